@@ -1,0 +1,23 @@
+"""Shared test setup: quiet TensorFlow, no network, small thread pools."""
+
+import os
+
+# Tests must never download anything: point Keras at an empty private cache.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_home(tmp_path_factory, monkeypatch):
+    """Give every test an empty KERAS_HOME so no cached ImageNet file is ever used by accident."""
+    home = tmp_path_factory.mktemp("keras_home")
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    yield
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
