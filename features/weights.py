@@ -1,0 +1,241 @@
+"""Resolve ``--weights imagenet|none|auto|PATH``, build the backbone with them, and record their identity.
+
+Why not just ``weights="imagenet"``: cluster nodes and CI are often offline. We look for the
+Keras cache file first (``$KERAS_HOME/models`` or ``~/.keras/models``), try Keras' own download
+only when it is missing, and otherwise fail with instructions for pre-fetching the file. Every
+result carries the sha256 of the file actually loaded, so stage two can tell two caches apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from features.backbones import BackboneSpec
+
+log = logging.getLogger("bneck")
+
+WEIGHT_CHOICES = ("imagenet", "none", "auto")
+_POLICY_LOCK = threading.Lock()
+
+
+class WeightsError(RuntimeError):
+    """The requested weights cannot be had, or do not fit the architecture."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What was loaded: ``kind`` is imagenet|none|file; ``identity`` is what the HDF5 attrs record."""
+
+    kind: str
+    path: str | None
+    sha256: str
+    seed: int
+
+    @property
+    def identity(self) -> str:
+        if self.kind == "none":
+            return f"none(seed={self.seed})"
+        if self.kind == "imagenet":
+            return "imagenet"
+        return f"file:{os.path.basename(self.path or '')}"
+
+
+def sha256_file(path: str, bufsize: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(bufsize), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dirs() -> list[str]:
+    """Where Keras keeps downloaded weights, in lookup order (KERAS_HOME is read now, not at import)."""
+    dirs = []
+    if os.environ.get("KERAS_HOME"):
+        dirs.append(os.path.join(os.environ["KERAS_HOME"], "models"))
+    dirs.append(os.path.join(os.path.expanduser("~"), ".keras", "models"))
+    return list(dict.fromkeys(dirs))
+
+
+def find_cached(spec: BackboneSpec) -> str | None:
+    """The cached ImageNet notop file for ``spec``, or None."""
+    for d in cache_dirs():
+        p = os.path.join(d, spec.notop_file)
+        if os.path.isfile(p) and os.path.getsize(p) > 0:
+            return p
+    return None
+
+
+def prefetch_help(spec: BackboneSpec) -> str:
+    """Instructions for getting ImageNet weights onto an offline machine."""
+    return (
+        f"ImageNet weights for {spec.name} are not cached and could not be downloaded.\n"
+        f"  Either, on a machine with internet access, run\n"
+        f"    python -c \"import keras; keras.applications.{spec.constructor}(include_top=False, weights='imagenet')\"\n"
+        f"  and copy ~/.keras/models/{spec.notop_file} to {cache_dirs()[0]}/ here\n"
+        f"  (or set KERAS_HOME to a directory whose models/ holds it);\n"
+        f"  or pass the file directly: --weights /path/to/{spec.notop_file}"
+    )
+
+
+def build_backbone(spec: BackboneSpec, *, input_size, layer: str | None = None, weights: str = "imagenet",
+                   seed: int = 0, dtype_policy: str | None = None):
+    """Build the truncated backbone (``layer`` output) with resolved weights; returns (model, WeightsInfo)."""
+    import keras
+
+    layer = layer or spec.default_layer
+    if layer not in spec.all_layers:
+        # Any layer of the model may be asked for; the named ones are just suggestions.
+        log.debug("layer %s is not one of the named layers of %s", layer, spec.name)
+    with _POLICY_LOCK:
+        previous = keras.config.dtype_policy()
+        if dtype_policy:
+            keras.config.set_dtype_policy(dtype_policy)
+        try:
+            # Seed before construction so --weights none is reproducible across shards and resumes.
+            keras.utils.set_random_seed(seed)
+            full, info = _build_with_weights(spec, input_size, weights, seed)
+        finally:
+            keras.config.set_dtype_policy(previous)
+    try:
+        out = full.get_layer(layer).output
+    except ValueError:
+        raise ValueError(
+            f"{spec.name} has no layer {layer!r}; named choices: {', '.join(spec.all_layers)} "
+            f"(see `bneck backbones --summary {spec.name}` for all)"
+        ) from None
+    model = keras.Model(full.input, out, name=f"{spec.name}_{layer}") if out is not full.output else full
+    model.trainable = False
+    return model, info
+
+
+def _build_with_weights(spec, input_size, weights, seed):
+    choice = (weights or "imagenet").strip()
+    if choice.lower() == "none":
+        log.warning("--weights none: %s runs with RANDOM weights (seed %d); features are not ImageNet features",
+                    spec.name, seed)
+        return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+    if choice.lower() in ("imagenet", "auto"):
+        try:
+            return _build_imagenet(spec, input_size, seed)
+        except WeightsError:
+            if choice.lower() == "imagenet":
+                raise
+            log.warning("=" * 70)
+            log.warning("--weights auto: no ImageNet weights for %s (offline, nothing cached).", spec.name)
+            log.warning("FALLING BACK TO RANDOM WEIGHTS (seed %d). Features will be far weaker.", seed)
+            log.warning("=" * 70)
+            return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+    return _build_from_file(spec, input_size, choice, seed)
+
+
+def _build_imagenet(spec, input_size, seed):
+    path = find_cached(spec)
+    if path is None:
+        try:
+            spec.build(input_size=spec.input_size, weights="imagenet")  # Keras downloads into its cache
+        except Exception as exc:  # no network, proxy, disk: all end the same way for the user
+            raise WeightsError(prefetch_help(spec) + f"\n  (download error: {type(exc).__name__}: {exc})") from None
+        path = find_cached(spec)
+        if path is None:
+            raise WeightsError(prefetch_help(spec) + "\n  (Keras reported success but the file is not in the cache)")
+    model = spec.build(input_size=input_size, weights=None)
+    try:
+        model.load_weights(path)
+    except Exception as exc:
+        raise WeightsError(f"cached ImageNet file {path} does not load into {spec.name}: {exc}; "
+                           "delete it and fetch it again") from None
+    return model, WeightsInfo("imagenet", path, sha256_file(path), seed)
+
+
+def _build_from_file(spec, input_size, path, seed):
+    if not os.path.isfile(path):
+        raise WeightsError(f"--weights {path!r}: no such file (choose imagenet, none, auto or a .h5 path)")
+    model = spec.build(input_size=input_size, weights=None)
+    if path.endswith(".weights.h5"):
+        load_keras3_weights(model, path)
+    elif path.endswith((".h5", ".hdf5")):
+        load_legacy_h5_by_name(model, path)
+    else:
+        raise WeightsError(f"--weights {path}: expected a Keras .weights.h5 or legacy .h5/.hdf5 file")
+    return model, WeightsInfo("file", os.path.abspath(path), sha256_file(path), seed)
+
+
+def _weighted_layers(model):
+    return [l for l in model.layers if l.weights]
+
+
+def load_legacy_h5_by_name(model, path: str) -> None:
+    """Load a legacy Keras .h5 (weights-only or full model) by layer name, ignoring extra (top) layers."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("layer_names", [])]
+        if not names:
+            raise WeightsError(f"{path}: not a Keras legacy weights file (no 'layer_names' attribute)")
+        missing, bad_shape = [], []
+        for layer in _weighted_layers(model):
+            if layer.name not in names:
+                missing.append(layer.name)
+                continue
+            g = group[layer.name]
+            wnames = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+            shapes = [tuple(g[n].shape) for n in wnames]
+            want = [tuple(w.shape) for w in layer.weights]
+            if shapes != want:
+                bad_shape.append(f"{layer.name}: file {shapes} vs model {want}")
+            else:
+                layer.set_weights([g[n][()] for n in wnames])
+    _raise_mismatch(path, model, missing, bad_shape, names)
+
+
+def load_keras3_weights(model, path: str) -> None:
+    """Load a Keras 3 .weights.h5 saved from the same architecture (with or without its top)."""
+    import h5py
+    from keras.src.utils.naming import to_snake_case
+
+    # Keras 3 keys layers by snake_case class name plus a counter, in model.layers order, so
+    # the notop model's keys are a prefix-compatible subset of the full model's.
+    counters: dict[str, int] = {}
+    missing, bad_shape = [], []
+    with h5py.File(path, "r") as f:
+        if "layers" not in f:
+            raise WeightsError(f"{path}: not a Keras 3 .weights.h5 file (no 'layers' group)")
+        available = list(f["layers"].keys())
+        for layer in model.layers:
+            base = to_snake_case(layer.__class__.__name__)
+            n = counters.get(base, 0)
+            counters[base] = n + 1
+            key = base if n == 0 else f"{base}_{n}"
+            if not layer.weights:
+                continue
+            if key not in f["layers"] or "vars" not in f["layers"][key]:
+                missing.append(f"{layer.name} (key {key})")
+                continue
+            vars_ = f["layers"][key]["vars"]
+            values = [vars_[str(i)][()] for i in range(len(vars_))]
+            want = [tuple(w.shape) for w in layer.weights]
+            if [v.shape for v in values] != want:
+                bad_shape.append(f"{layer.name}: file {[v.shape for v in values]} vs model {want}")
+            else:
+                layer.set_weights(values)
+    _raise_mismatch(path, model, missing, bad_shape, available)
+
+
+def _raise_mismatch(path, model, missing, bad_shape, available):
+    if not (missing or bad_shape):
+        return
+    lines = [f"--weights {path} does not fit {model.name}:"]
+    if missing:
+        lines.append(f"  {len(missing)} model layers not in the file: {', '.join(missing[:20])}"
+                     + (" ..." if len(missing) > 20 else ""))
+    if bad_shape:
+        lines.append(f"  {len(bad_shape)} layers with other shapes: " + "; ".join(bad_shape[:10]))
+    lines.append(f"  the file has layers: {', '.join(available[:30])}" + (" ..." if len(available) > 30 else ""))
+    raise WeightsError("\n".join(lines))
