@@ -1,0 +1,73 @@
+"""Describe a feature file for ``bneck info``: shapes, counts, provenance attrs and bad rows."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from features.store import _plain
+
+
+def describe_file(path: str, *, max_bad: int = 20) -> dict:
+    """Summary of one HDF5 feature file as plain JSON-able data."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "settings_json"}
+        datasets = {name: {"shape": list(d.shape), "dtype": str(d.dtype),
+                           "chunks": list(d.chunks) if d.chunks else None}
+                    for name, d in f.items() if isinstance(d, h5py.Dataset)}
+        n = len(f["valid"]) if "valid" in f else 0
+        valid = f["valid"][()] if "valid" in f else np.ones(n, bool)
+        bad_idx = np.flatnonzero(~valid)
+        reasons = [r.decode() if isinstance(r, bytes) else r for r in f["reason"][bad_idx]] if n else []
+        paths = [p.decode() if isinstance(p, bytes) else p for p in f["paths"][bad_idx[:max_bad]]] if n else []
+        info = {
+            "path": path,
+            "rows": n,
+            "valid": int(valid.sum()),
+            "bad": int(len(bad_idx)),
+            "bad_reasons": dict(collections.Counter(reasons)),
+            "bad_rows": [{"row": int(i), "path": p, "reason": r}
+                         for i, p, r in zip(bad_idx[:max_bad].tolist(), paths, reasons[:max_bad])],
+            "datasets": datasets,
+            "attrs": attrs,
+        }
+        if "labels" in f:
+            labels = f["labels"][()]
+            names = [_plain(x) for x in f["labels"].attrs.get("class_names", [])]
+            counts = np.bincount(labels[valid], minlength=len(names)) if len(names) else []
+            info["classes"] = {str(nm): int(c) for nm, c in zip(names, counts)}
+        if "targets" in f:
+            t = f["targets"][()]
+            names = [_plain(x) for x in f["targets"].attrs.get("target_names", [])]
+            present = np.isfinite(t).sum(axis=0)
+            info["targets_present"] = {str(nm): int(c) for nm, c in zip(names, present)}
+            info["rows_with_all_targets"] = int(np.isfinite(t).all(axis=1).sum())
+    return info
+
+
+def format_info(info: dict) -> str:
+    """Human-readable text for :func:`describe_file`."""
+    a = info["attrs"]
+    lines = [f"{info['path']}: {info['rows']} rows, {info['valid']} valid, {info['bad']} bad",
+             f"  backbone {a.get('backbone')} layer {a.get('layer')} pooling {a.get('pooling')} "
+             f"input {a.get('input_size')} precision {a.get('precision')} store {a.get('store_dtype')} "
+             f"flip {a.get('flip')} runtime {a.get('runtime')}",
+             f"  weights {a.get('weights')} sha256 {str(a.get('weights_sha256'))[:16] or '-'}",
+             f"  source {a.get('source_kind')} fingerprint {str(a.get('source_fingerprint'))[:16]} "
+             f"shard {a.get('shard')} rows [{a.get('row_start')}, {a.get('row_stop')}) "
+             f"format v{a.get('format_version')} complete {a.get('complete')}",
+             "  datasets:"]
+    for name, d in info["datasets"].items():
+        lines.append(f"    {name:18s} {str(tuple(d['shape'])):22s} {d['dtype']}")
+    if "classes" in info:
+        lines.append("  classes: " + ", ".join(f"{k}={v}" for k, v in info["classes"].items()))
+    if "targets_present" in info:
+        lines.append(f"  rows with every target: {info['rows_with_all_targets']}")
+    if info["bad"]:
+        lines.append("  bad rows: " + ", ".join(f"{k}={v}" for k, v in info["bad_reasons"].items()))
+        for r in info["bad_rows"]:
+            lines.append(f"    row {r['row']}: {r['path']} ({r['reason']})")
+    return "\n".join(lines)

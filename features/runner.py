@@ -1,0 +1,364 @@
+"""The stage-one runner: manifest -> decode (thread pool) -> mapper (model) -> writer thread -> HDF5.
+
+The shard is the unit of work and the chunk is the unit of commit. Decoding runs ahead of the
+model in a thread pool (Pillow releases the GIL), the model runs in the main thread, and a writer
+thread commits finished chunks so disk I/O hides behind compute.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from features import FORMAT_VERSION, backbones, images, keypoints, store
+from features.manifest import Manifest, parse_shard
+from features.sources import read_source
+
+log = logging.getLogger("bneck")
+
+# Fault-injection hook for the kill/resume tests: seconds to sleep after each batch, so a
+# test can reliably kill the process mid-run. Never set in normal use.
+_FAULT_DELAY = float(os.environ.get("BNECK_TEST_BATCH_DELAY", "0") or 0)
+
+
+class Terminated(RuntimeError):
+    """SIGTERM/SIGINT arrived: finished chunks were committed, the run can be resumed."""
+
+
+class TooManyBadImages(RuntimeError):
+    """More than --max-bad-fraction of the rows could not be decoded; chunks are kept."""
+
+
+@dataclass
+class ExtractConfig:
+    """Every setting of ``bneck extract`` (the CLI maps its flags one to one onto these)."""
+
+    data: str
+    output: str
+    backbone: str = "vgg16"
+    layer: str | None = None
+    input_size: str | None = None
+    pooling: str = "none"
+    weights: str = "imagenet"
+    seed: int = 0
+    precision: str = "auto"
+    store_dtype: str = "float16"
+    flip: bool = True
+    batch_size: int = 32
+    chunk_rows: int | None = None
+    shard: str | None = None
+    overwrite: bool = False
+    max_bad_fraction: float = 0.05
+    workers: int | None = None
+    runtime: str = "auto"
+    progress: bool = True
+    source: dict = field(default_factory=dict)  # kind, categories, image_root, path_column, ...
+
+
+@dataclass
+class ExtractSummary:
+    """What one run did (printed as the one-line summary, and as JSON with --json)."""
+
+    output: str
+    rows: int
+    computed: int
+    bad: int
+    seconds: float
+    bytes_written: int
+    skipped_existing: bool = False
+    bad_reasons: dict = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        if self.skipped_existing:
+            return f"{self.output} is already complete ({self.rows} rows); nothing to do (use --overwrite to redo)"
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.bad_reasons.items()))
+        return (f"{self.rows} images ({self.computed} computed now), {self.bad} bad"
+                + (f" [{reasons}]" if reasons else "")
+                + f", {self.seconds:.1f} s, {self.images_per_s:.1f} img/s, "
+                f"{self.bytes_written / 1e6:.1f} MB written -> {self.output}")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["images_per_s"] = round(self.images_per_s, 2)
+        return d
+
+
+def shard_output(output: str, shard: str | None) -> str:
+    """The predictable file name of shard I/N: ``OUT.shard-0000I-of-0000N.h5``."""
+    if not shard:
+        return output
+    i, n = parse_shard(shard)
+    root, ext = os.path.splitext(output)
+    return f"{root}.shard-{i:05d}-of-{n:05d}{ext or '.h5'}"
+
+
+def _resolve_runtime(runtime: str) -> str:
+    if runtime not in ("auto", "tensorflow"):
+        raise ValueError(f"--runtime {runtime!r} is not available in this build; use tensorflow")
+    return "tensorflow"
+
+
+def _default_workers() -> int:
+    # Decoding shares the cores with the model; one thread per core keeps decode ahead of
+    # inference without starving oneDNN (measured in bench/).
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Run stage one as configured; returns the summary. Raises on fatal errors (nothing finished is lost)."""
+    t0 = time.time()
+    spec = backbones.get(cfg.backbone)
+    input_size = backbones.parse_input_size(cfg.input_size, spec)
+    layer = cfg.layer or spec.default_layer
+    manifest = read_source(cfg.data, **{k: v for k, v in cfg.source.items() if v is not None})
+    start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
+    out = shard_output(cfg.output, cfg.shard)
+    runtime = _resolve_runtime(cfg.runtime)
+    from features import mapper, weights as W
+
+    precision = mapper.resolve_precision(cfg.precision)
+    if cfg.store_dtype not in ("float16", "float32"):
+        raise ValueError("--store-dtype must be float16 or float32")
+    chunk_rows = cfg.chunk_rows or cfg.batch_size * 8
+    if chunk_rows % cfg.batch_size:
+        raise ValueError("--chunk-rows must be a multiple of --batch-size (so resumed batches line up)")
+
+    # Weights are resolved before the settings so their hash is part of them.
+    model, winfo = W.build_backbone(spec, input_size=input_size, layer=layer, weights=cfg.weights,
+                                    seed=cfg.seed, dtype_policy=mapper.dtype_policy(precision))
+    settings = {
+        "format_version": FORMAT_VERSION, "backbone": spec.name, "layer": layer, "pooling": cfg.pooling,
+        "input_size": list(input_size), "weights": winfo.identity, "weights_sha256": winfo.sha256,
+        "seed": cfg.seed, "precision": precision, "store_dtype": cfg.store_dtype, "flip": cfg.flip,
+        "runtime": runtime, "source_kind": manifest.kind, "source_fingerprint": manifest.fingerprint(),
+        "shard": cfg.shard or "0/1", "row_start": start, "row_stop": stop,
+        "batch_size": cfg.batch_size, "chunk_rows": chunk_rows,
+    }
+    if cfg.overwrite:
+        if os.path.exists(out):
+            os.remove(out)
+        import shutil
+
+        shutil.rmtree(store.partial_dir(out), ignore_errors=True)
+    elif store.check_existing(out, settings):
+        return ExtractSummary(out, stop - start, 0, 0, time.time() - t0, 0, skipped_existing=True)
+
+    extractor = mapper.Extractor(model, spec.preprocess_input, pooling=cfg.pooling, flip=cfg.flip,
+                                 batch_size=cfg.batch_size)
+    pstore = store.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows).open()
+    try:
+        computed, written = _run_chunks(cfg, manifest, start, pstore, extractor, input_size)
+        return _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, input_size,
+                       computed, written, t0, out)
+    finally:
+        pstore.close()
+
+
+def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_size):
+    """Compute every missing chunk; returns (rows computed, bytes written)."""
+    todo = [k for k in range(pstore.n_chunks) if k not in pstore.done_chunks()]
+    if not todo:
+        return 0, 0
+    rows = [(k, i) for k in todo for i in range(*pstore.chunk_range(k))]
+    total_rows = pstore.n_rows
+    done_rows = total_rows - len(rows)
+    bar = _progress(cfg, total_rows, done_rows, os.path.basename(pstore.out_path))
+    writer = _Writer(pstore)
+    stop_flag = _install_signal_handlers()
+    computed = 0
+    with ThreadPoolExecutor(cfg.workers or _default_workers(), thread_name_prefix="decode") as pool:
+        def decode(i):
+            g = start + i
+            if g in manifest.row_errors:
+                return None, (0, 0), manifest.row_errors[g]
+            return images.decode(manifest.source(g), input_size)
+
+        window = collections.deque()
+        lookahead = cfg.batch_size * 4
+        it = iter(rows)
+        buf: dict[int, list] = {}
+        try:
+            while True:
+                while len(window) < lookahead:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    window.append((nxt, pool.submit(decode, nxt[1])))
+                if not window:
+                    break
+                batch = [window.popleft() for _ in range(min(cfg.batch_size, len(window)))]
+                # Batches never straddle chunks: chunk_rows is a multiple of batch_size and
+                # chunks are consumed whole, so resumed runs see identical batches.
+                results = [(k, i, f.result()) for (k, i), f in batch]
+                _compute_batch(results, extractor, input_size, buf)
+                if _FAULT_DELAY:
+                    time.sleep(_FAULT_DELAY)
+                computed += len(results)
+                bar.update(len(results))
+                for k in sorted(buf):
+                    a, b = pstore.chunk_range(k)
+                    if len(buf[k]) == b - a:
+                        writer.put(k, _chunk_arrays(buf.pop(k)))
+                writer.raise_if_failed()
+                if not buf:  # at a chunk boundary: a SIGTERM stops here, losing no computed row
+                    _check_signal(stop_flag)
+        except BaseException:
+            for _, f in window:
+                f.cancel()
+            writer.close(wait=True)  # finished chunks are still committed
+            bar.close()
+            raise
+    writer.close(wait=True)
+    bar.close()
+    return computed, writer.bytes_written
+
+
+def _compute_batch(results, extractor, input_size, buf):
+    h, w = input_size
+    n = len(results)
+    x = np.zeros((n, h, w, 3), dtype=np.uint8)
+    for j, (_, _, (arr, _, reason)) in enumerate(results):
+        if arr is not None:
+            x[j] = arr
+    orig, flipped = extractor(x)
+    for j, (k, i, (arr, size, reason)) in enumerate(results):
+        ok = arr is not None
+        row = {
+            "features": orig[j] if ok else np.zeros_like(orig[j]),
+            "valid": ok,
+            "reason": "" if ok else reason,
+            "image_size": np.asarray(size if ok else (0, 0), dtype=np.int32),
+        }
+        if flipped is not None:
+            row["features_flipped"] = flipped[j] if ok else np.zeros_like(flipped[j])
+        buf.setdefault(k, []).append(row)
+
+
+def _chunk_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
+    out = {}
+    for key in rows[0]:
+        vals = [r[key] for r in rows]
+        out[key] = np.array(vals, dtype=str) if key == "reason" else np.stack(vals) if np.ndim(vals[0]) else np.array(vals)
+    return out
+
+
+class _Writer:
+    """A thread that commits chunks so HDF5/npz writes overlap the next batches' compute."""
+
+    def __init__(self, pstore):
+        self.pstore, self.bytes_written, self.error = pstore, 0, None
+        self.q: queue.Queue = queue.Queue(maxsize=2)
+        self.t = threading.Thread(target=self._loop, name="writer", daemon=True)
+        self.t.start()
+
+    def _loop(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            try:
+                if self.error is None:
+                    self.bytes_written += self.pstore.write_chunk(*item)
+            except BaseException as exc:  # disk full, permissions: surface in the main thread
+                self.error = exc
+
+    def put(self, k, arrays):
+        self.q.put((k, arrays))
+
+    def raise_if_failed(self):
+        if self.error is not None:
+            raise store.StoreError(f"writing {self.pstore.dir} failed: {self.error}") from self.error
+
+    def close(self, wait=True):
+        self.q.put(None)
+        if wait:
+            self.t.join()
+        self.raise_if_failed()
+
+
+def _install_signal_handlers():
+    flag = {"sig": None}
+    if threading.current_thread() is not threading.main_thread():
+        return flag
+
+    def handler(signum, _frame):
+        flag["sig"] = signum
+
+    for s in (signal.SIGTERM,):
+        signal.signal(s, handler)
+    return flag
+
+
+def _check_signal(flag):
+    if flag["sig"] is not None:
+        raise Terminated(f"received signal {flag['sig']}: committed finished chunks; rerun the same command to resume")
+
+
+def _progress(cfg, total, initial, name):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc=f"extract {name}", disable=not cfg.progress,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, input_size, computed, written, t0, out):
+    valid, reasons = [], collections.Counter()
+    sizes = []
+    for k in range(pstore.n_chunks):
+        with np.load(pstore.chunk_path(k), allow_pickle=False) as z:
+            valid.append(z["valid"])
+            sizes.append(z["image_size"])
+            reasons.update(r for r in z["reason"].tolist() if r)
+    valid = np.concatenate(valid) if valid else np.zeros(0, bool)
+    sizes = np.concatenate(sizes) if sizes else np.zeros((0, 2), np.int32)
+    n, bad = stop - start, int((~valid).sum())
+    summary = ExtractSummary(out, n, computed, bad, time.time() - t0, written, bad_reasons=dict(reasons))
+    if n and bad / n > cfg.max_bad_fraction:
+        raise TooManyBadImages(
+            f"{bad} of {n} images ({bad / n:.1%}) could not be decoded ({dict(reasons)}), more than "
+            f"--max-bad-fraction {cfg.max_bad_fraction}. All chunks are kept in {pstore.dir}; rerun with a "
+            "higher --max-bad-fraction to finish without recomputing, or fix the inputs")
+    row_data = {"paths": store.string_array(manifest.paths[start:stop])}
+    if manifest.labels is not None:
+        row_data["labels"] = (np.asarray(manifest.labels[start:stop], dtype=np.int64),
+                              {"class_names": list(manifest.class_names)})
+    if manifest.targets is not None:
+        targets = np.asarray(manifest.targets[start:stop], dtype=np.float32)
+        names = list(manifest.target_names or [])
+        row_data["targets"] = (targets, {"target_names": names})
+        if cfg.flip:
+            row_data["targets_flipped"] = (keypoints.flip_targets(targets, names, sizes[:, 1]),
+                                           {"target_names": names})
+    attrs = {k: v for k, v in settings.items() if k not in ("batch_size", "chunk_rows")}
+    attrs.update(preprocessing=spec.preprocessing, task=manifest.task, n_rows=len(manifest),
+                 feature_shape=list(extractor.feature_shape))
+    if manifest.class_names is not None:
+        attrs["class_names"] = list(manifest.class_names)
+    if manifest.target_names is not None:
+        attrs["target_names"] = list(manifest.target_names)
+    bar = _progress(cfg, n, 0, "assemble " + os.path.basename(out))
+    pstore.finalize(row_data, attrs, feature_shape=extractor.feature_shape, store_dtype=cfg.store_dtype,
+                    flip=cfg.flip, h5_chunk_rows=_h5_chunk_rows(extractor.feature_shape, cfg), progress=bar.update)
+    bar.close()
+    summary.bytes_written += os.path.getsize(out)
+    summary.seconds = time.time() - t0
+    return summary
+
+
+def _h5_chunk_rows(feature_shape, cfg) -> int:
+    # One HDF5 chunk per batch, but at most ~4 MiB so single-row reads in stage two stay cheap.
+    row_bytes = int(np.prod(feature_shape)) * np.dtype(cfg.store_dtype).itemsize
+    return max(1, min(cfg.batch_size, (4 << 20) // max(1, row_bytes)))

@@ -1,0 +1,171 @@
+"""Stage one end to end through the Python API: correct features, alignment, resume, bad rows."""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from features import backbones, runner, store, weights
+from features.runner import ExtractConfig, extract
+from tests.imagefolders import make_class_folder
+
+SPEC = backbones.get("mobilenet")
+
+
+def _cfg(data, out, **kw):
+    base = dict(backbone="mobilenet", input_size="32", weights="none", seed=7, batch_size=4, progress=False,
+                precision="fp32", store_dtype="float32", max_bad_fraction=0.5)
+    base.update(kw)
+    return ExtractConfig(data=str(data), output=str(out), **base)
+
+
+def _reference(pictures, rels, precision="fp32"):
+    from features import mapper
+
+    model, _ = weights.build_backbone(SPEC, input_size=(32, 32), weights="none", seed=7,
+                                      dtype_policy=mapper.dtype_policy(precision))
+    x = np.stack([pictures[r] for r in rels]).astype("float32")
+    orig = np.asarray(model(SPEC.preprocess_input(x.copy()), training=False), dtype="float32")
+    flip = np.asarray(model(SPEC.preprocess_input(x[:, :, ::-1].copy()), training=False), dtype="float32")
+    return orig, flip
+
+
+def _rel_err(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    bad = [("cat", "zz_html.jpg", b"<html><body>not an image</body></html>"), ("dog", "aa_empty.png", b"")]
+    pics = make_class_folder(tmp_path / "data", per_class=5, bad=bad)
+    return tmp_path / "data", pics
+
+
+def test_features_match_the_backbone_and_rows_stay_aligned(dataset, tmp_path):
+    data, pics = dataset
+    s = extract(_cfg(data, tmp_path / "f.h5"))
+    assert s.rows == 12 and s.bad == 2 and s.bad_reasons == {"not_image": 1, "empty": 1}
+    with h5py.File(tmp_path / "f.h5") as f:
+        paths = [p.decode() for p in f["paths"][()]]
+        assert paths[0] == os.path.join("cat", "img000.png") and "cat/zz_html.jpg" in paths
+        assert list(f["labels"].attrs["class_names"]) == ["cat", "dog"]
+        labels, valid = f["labels"][()], f["valid"][()]
+        for p, lab, ok, reason in zip(paths, labels, valid, f["reason"][()]):
+            assert lab == (0 if p.startswith("cat") else 1)
+            assert ok == (p in pics) and (reason == b"") == ok
+        good = [i for i, p in enumerate(paths) if p in pics]
+        orig, flip = _reference(pics, [paths[i] for i in good])
+        feats, featsf = f["features"][()], f["features_flipped"][()]
+        for j, i in enumerate(good):
+            assert _rel_err(feats[i], orig[j]) <= 1e-4
+            assert _rel_err(featsf[i], flip[j]) <= 1e-4
+        assert not feats[~valid].any() and not featsf[~valid].any()
+        assert f.attrs["complete"] and f.attrs["backbone"] == "mobilenet" and f.attrs["preprocessing"] == "tf"
+        assert f.attrs["weights"] == "none(seed=7)" and f.attrs["precision"] == "fp32"
+
+
+def test_bf16_features_within_tolerance(dataset, tmp_path):
+    data, pics = dataset
+    extract(_cfg(data, tmp_path / "b.h5", precision="bf16", store_dtype="float16"))
+    with h5py.File(tmp_path / "b.h5") as f:
+        paths = [p.decode() for p in f["paths"][()]]
+        good = [i for i, p in enumerate(paths) if p in pics]
+        orig, _ = _reference(pics, [paths[i] for i in good])
+        feats = f["features"][()].astype("float32")
+        for j, i in enumerate(good):
+            assert _rel_err(feats[i], orig[j]) <= 3e-2
+        assert f.attrs["precision"] == "bf16" and f["features"].dtype == np.float16
+
+
+def test_rerun_is_noop_and_changed_settings_are_refused(dataset, tmp_path):
+    data, _ = dataset
+    out = tmp_path / "f.h5"
+    extract(_cfg(data, out))
+    mtime = os.path.getmtime(out)
+    again = extract(_cfg(data, out))
+    assert again.skipped_existing and os.path.getmtime(out) == mtime
+    with pytest.raises(store.StoreError, match="seed"):
+        extract(_cfg(data, out, seed=8))
+    redo = extract(_cfg(data, out, seed=8, overwrite=True))
+    assert redo.computed == 12
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(dataset, tmp_path, monkeypatch):
+    data, _ = dataset
+    full = tmp_path / "full.h5"
+    extract(_cfg(data, full, chunk_rows=4))
+    out = tmp_path / "resumed.h5"
+    calls = {"n": 0}
+    real = runner._compute_batch
+
+    def dies_on_third_batch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "_compute_batch", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_cfg(data, out, chunk_rows=4))
+    assert not out.exists() and len(os.listdir(store.partial_dir(str(out)))) >= 3  # settings, lock, 2 chunks
+    monkeypatch.setattr(runner, "_compute_batch", real)
+    s = extract(_cfg(data, out, chunk_rows=4))
+    assert s.computed == 4  # only the missing chunk was recomputed
+    with h5py.File(full) as a, h5py.File(out) as b:
+        for name in a:
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+    assert not os.path.exists(store.partial_dir(str(out)))
+
+
+def test_partial_run_with_other_settings_is_refused(dataset, tmp_path, monkeypatch):
+    data, _ = dataset
+    out = tmp_path / "f.h5"
+    monkeypatch.setattr(runner, "_compute_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        extract(_cfg(data, out))
+    monkeypatch.undo()
+    with pytest.raises(store.StoreError, match=r"other settings: .*pooling"):
+        extract(_cfg(data, out, pooling="avg"))
+
+
+def test_too_many_bad_images_keeps_chunks(dataset, tmp_path):
+    data, _ = dataset
+    out = tmp_path / "f.h5"
+    with pytest.raises(runner.TooManyBadImages, match="2 of 12"):
+        extract(_cfg(data, out, max_bad_fraction=0.1))
+    assert not out.exists()
+    s = extract(_cfg(data, out, max_bad_fraction=0.2))
+    assert s.computed == 0 and out.exists()
+
+
+def test_shards_partition_the_manifest(dataset, tmp_path):
+    data, _ = dataset
+    full = tmp_path / "all.h5"
+    extract(_cfg(data, full))
+    rows = []
+    for i in range(3):
+        s = extract(_cfg(data, tmp_path / "part.h5", shard=f"{i}/3"))
+        assert s.output.endswith(f"part.shard-{i:05d}-of-00003.h5")
+        with h5py.File(s.output) as f:
+            rows.append(f["features"][()])
+            assert f.attrs["shard"] == f"{i}/3"
+    with h5py.File(full) as f:
+        np.testing.assert_array_equal(np.concatenate(rows), f["features"][()])
+
+
+def test_pooling_and_no_flip(dataset, tmp_path):
+    data, _ = dataset
+    extract(_cfg(data, tmp_path / "p.h5", pooling="avg", flip=False))
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert f["features"].shape == (12, 1024) and "features_flipped" not in f
+        assert f.attrs["pooling"] == "avg" and not f.attrs["flip"]
+
+
+def test_second_writer_is_refused(tmp_path):
+    s1 = store.PartialStore(str(tmp_path / "x.h5"), {"a": 1}, n_rows=4, chunk_rows=2).open()
+    try:
+        with pytest.raises(store.StoreError, match="another bneck process"):
+            store.PartialStore(str(tmp_path / "x.h5"), {"a": 1}, n_rows=4, chunk_rows=2).open()
+    finally:
+        s1.close()
