@@ -1,0 +1,241 @@
+"""The model directory: a trained head plus ``model.json``, written atomically, verified on load.
+
+Layout::
+
+    model_dir/
+        model.json      # format, head_loader, caller metadata, sha256 of every other file
+        head.keras ...  # Keras heads: whatever head.save(dir) writes
+        head.joblib     # other heads (scikit-learn...): joblib pickle
+
+A model directory is built in a hidden temporary directory next to its destination and moved
+into place with one ``os.replace``, so ``path`` is either absent, the previous model, or the
+complete new model: never half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelDirError", "load_model_dir", "save_model_dir",
+           "sha256_file"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bneck-model"
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+JOBLIB_HEAD = "head.joblib"
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing, malformed, tampered with, or cannot be written."""
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_default(obj):
+    """Make numpy values and paths in caller metadata JSON-serialisable."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"model metadata value of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _safe_relpath(name: str, where) -> PurePosixPath:
+    """Validate a relative file name inside a model dir (no absolute paths, no '..')."""
+    rel = PurePosixPath(str(name).replace(os.sep, "/"))
+    if not rel.parts or rel.is_absolute() or ".." in rel.parts or rel.parts[0] == "":
+        raise ModelDirError(f"{where}: invalid file name {name!r} (must be relative, no '..')")
+    return rel
+
+
+def _list_files(root: Path) -> list[str]:
+    """All regular files under root as sorted posix relative names, except model.json."""
+    names = []
+    for dirpath, _dirs, files in os.walk(root):
+        for fn in files:
+            rel = (Path(dirpath) / fn).relative_to(root).as_posix()
+            if rel != MODEL_JSON:
+                names.append(rel)
+    return sorted(names)
+
+
+def _is_replaceable(path: Path) -> bool:
+    """True for an empty dir or a previous model dir: the only things overwrite may delete."""
+    return path.is_dir() and not path.is_symlink() and (
+        (path / MODEL_JSON).is_file() or not any(path.iterdir()))
+
+
+def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
+                   overwrite: bool = False) -> dict:
+    """Save ``head`` and ``meta`` as a model directory at ``path``, atomically.
+
+    Args:
+        path: destination directory (its parent is created if needed).
+        head: the trained head. If it has a ``save(dirpath)`` method (Keras heads) that is
+            called; otherwise it is pickled with joblib to ``head.joblib``.
+        meta: JSON-serialisable metadata (head type, params, feature provenance, class or
+            target names, metrics...); numpy scalars/arrays are converted.
+        extra_files: ``{relative name: bytes or path of a file to copy}`` added to the dir
+            (e.g. plots, a confusion matrix CSV).
+        overwrite: replace an existing model directory at ``path``. Without it an existing
+            ``path`` is an error. For safety only an empty directory or one containing a
+            ``model.json`` is ever replaced.
+
+    ``model.json`` gets ``meta`` plus ``format``, ``format_version``, ``head_loader`` ("keras"
+    or "joblib") and ``files`` (sha256 of every other file). Everything is written to a
+    temporary directory next to ``path`` and moved into place at the end; on any error the
+    temporary directory is removed and ``path`` is left as it was. Returns the model.json dict.
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not overwrite:
+        raise ModelDirError(f"{path}: already exists (pass overwrite=True to replace it)")
+    if os.path.lexists(path) and not _is_replaceable(path):
+        raise ModelDirError(f"{path}: refusing to overwrite: not a bneck model directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory => same filesystem, so the final os.replace is an atomic rename. Not
+    # mkdtemp: its 0700 mode would survive the rename and hide the model from other users.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial"
+    os.mkdir(tmp)
+    try:
+        if callable(getattr(head, "save", None)):
+            head.save(tmp)
+            loader = "keras"
+        else:
+            import joblib
+
+            joblib.dump(head, tmp / JOBLIB_HEAD)
+            loader = "joblib"
+        for name, content in (extra_files or {}).items():
+            rel = _safe_relpath(name, path)
+            if rel.as_posix() == MODEL_JSON:
+                raise ModelDirError(f"{path}: extra file may not be called {MODEL_JSON}")
+            dest = tmp.joinpath(*rel.parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, (bytes, bytearray, memoryview)):
+                dest.write_bytes(bytes(content))
+            else:
+                shutil.copyfile(content, dest)
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        doc.update({k: v for k, v in meta.items() if k not in ("files", "format",
+                                                                 "format_version")})
+        doc["head_loader"] = loader  # how the head was written decides how it is read back
+        doc["files"] = {name: sha256_file(tmp / name) for name in _list_files(tmp)}
+        text = json.dumps(doc, indent=2, default=_json_default, allow_nan=True)
+        with open(tmp / MODEL_JSON, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        _move_into_place(tmp, path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved model directory %s", path)
+    return json.loads(text)
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename the finished tmp dir to path; with overwrite, swap out the old dir first."""
+    if not os.path.lexists(path):
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # created meanwhile by someone else: do not clobber it
+            raise ModelDirError(f"{path}: could not move the new model into place ({exc})")
+        return
+    if not overwrite or not _is_replaceable(path):
+        raise ModelDirError(f"{path}: appeared while saving; not overwriting it")
+    # A directory cannot be atomically replaced by a non-empty one, so: old -> aside, new ->
+    # path (restoring old if that fails), then delete old. path is never half-written.
+    old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_model_json(path) -> dict:
+    """Read and check the model.json of a model directory (no hashing, no head loading)."""
+    path = Path(path)
+    mj = path / MODEL_JSON
+    if not mj.is_file():
+        raise ModelDirError(f"{path}: not a bneck model directory (no {MODEL_JSON})")
+    try:
+        meta = json.loads(mj.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{mj}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelDirError(f"{mj}: not a bneck model (format is not {FORMAT!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelDirError(f"{mj}: format_version {version!r} is not supported by this bneck "
+                            f"(max {FORMAT_VERSION}); upgrade bneck")
+    if not isinstance(meta.get("files"), dict):
+        raise ModelDirError(f"{mj}: no 'files' checksum table")
+    return meta
+
+
+def verify_model_dir(path, meta: dict | None = None) -> dict:
+    """Check every file listed in model.json against its sha256; return the metadata."""
+    path = Path(path)
+    meta = read_model_json(path) if meta is None else meta
+    for name, digest in meta["files"].items():
+        file = path.joinpath(*_safe_relpath(name, path).parts)
+        if not file.is_file():
+            raise ModelDirError(f"{path}: file {name!r} listed in {MODEL_JSON} is missing")
+        if sha256_file(file) != digest:
+            raise ModelDirError(f"{path}: file {name!r} does not match its sha256 in "
+                                f"{MODEL_JSON} (modified or corrupted)")
+    return meta
+
+
+def load_model_dir(path):
+    """Load a model directory: verify checksums, then load the head. Returns (head, meta).
+
+    Every file listed in ``model.json`` is checked against its sha256 first; a missing or
+    modified file raises :class:`ModelDirError` naming it. Keras heads
+    (``head_loader == "keras"``) are loaded with ``pipeline.heads.dense.DenseHead.load``;
+    others with ``joblib.load``.
+
+    Security: ``head.joblib`` is a pickle, and unpickling runs arbitrary code. The checksums
+    only detect accidental corruption (anyone can rewrite model.json too), so load model
+    directories from trusted sources only.
+    """
+    path = Path(path)
+    meta = verify_model_dir(path)
+    loader = meta.get("head_loader")
+    if loader == "keras":
+        from pipeline.heads.dense import DenseHead  # lazy: pulls in TensorFlow
+
+        head = DenseHead.load(path)
+    elif loader == "joblib":
+        if JOBLIB_HEAD not in meta["files"]:
+            raise ModelDirError(f"{path}: {JOBLIB_HEAD} is not listed in {MODEL_JSON}")
+        import joblib
+
+        head = joblib.load(path / JOBLIB_HEAD)
+    else:
+        raise ModelDirError(f"{path}: unknown head_loader {loader!r} in {MODEL_JSON}")
+    return head, meta

@@ -1,0 +1,160 @@
+"""Tests for pipeline.modeldir: atomic save, overwrite, checksums, head loaders."""
+
+import hashlib
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from pipeline.modeldir import ModelDirError, load_model_dir, save_model_dir, sha256_file
+
+
+class PlainHead:
+    """A head without save(): persisted with joblib."""
+
+    def __init__(self, w):
+        self.w = w
+
+
+class FakeKerasHead:
+    """Stands in for pipeline.heads.dense.DenseHead: save(dir) / load(dir)."""
+
+    fail = False
+
+    def __init__(self, w):
+        self.w = w
+
+    def save(self, dirpath):
+        np.save(f"{dirpath}/head.npy", self.w)
+        (dirpath / "sub").mkdir()
+        (dirpath / "sub" / "cfg.txt").write_text("units=4")
+        if self.fail:
+            raise RuntimeError("disk full")
+
+    @classmethod
+    def load(cls, dirpath):
+        return cls(np.load(f"{dirpath}/head.npy"))
+
+
+@pytest.fixture
+def fake_dense(monkeypatch):
+    module = types.ModuleType("pipeline.heads.dense")
+    module.DenseHead = FakeKerasHead
+    monkeypatch.setitem(sys.modules, "pipeline.heads.dense", module)
+
+
+def _listing(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+META = {"head": "logreg", "params": {"C": np.float64(0.5)}, "class_names": ["a", "b"],
+        "metrics": {"acc": np.float32(0.75)}, "provenance": {"input_size": np.array([32, 32])}}
+
+
+def test_sha256_file(tmp_path):
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"abc" * 1000)
+    assert sha256_file(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_joblib_round_trip(tmp_path):
+    src = tmp_path / "notes.txt"
+    src.write_text("hello")
+    out = tmp_path / "models" / "m1"
+    doc = save_model_dir(out, PlainHead([1, 2]), META,
+                         extra_files={"report/cm.csv": b"1,2\n", "notes.txt": str(src)})
+    assert doc["format"] == "bneck-model" and doc["format_version"] == 1
+    assert doc["head_loader"] == "joblib" and doc["params"] == {"C": 0.5}
+    assert doc["provenance"]["input_size"] == [32, 32]
+    assert set(doc["files"]) == {"head.joblib", "report/cm.csv", "notes.txt"}
+    assert doc["files"]["report/cm.csv"] == hashlib.sha256(b"1,2\n").hexdigest()
+    assert json.loads((out / "model.json").read_text()) == doc
+    head, meta = load_model_dir(out)
+    assert isinstance(head, PlainHead) and head.w == [1, 2] and meta == doc
+    assert _listing(out.parent) == ["m1"]  # no temp leftovers
+
+
+def test_keras_style_head(tmp_path, fake_dense):
+    out = tmp_path / "m"
+    doc = save_model_dir(out, FakeKerasHead(np.arange(3.0)), {"head": "dense"})
+    assert doc["head_loader"] == "keras"
+    assert set(doc["files"]) == {"head.npy", "sub/cfg.txt"}
+    head, meta = load_model_dir(out)
+    assert isinstance(head, FakeKerasHead) and meta["head"] == "dense"
+    np.testing.assert_array_equal(head.w, np.arange(3.0))
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeKerasHead, "fail", True)
+    out = tmp_path / "m"
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_model_dir(out, FakeKerasHead(np.zeros(2)), {})
+    assert not out.exists() and _listing(tmp_path) == []
+    # Same with an existing model and overwrite=True: the old model is untouched.
+    save_model_dir(out, PlainHead(1), {"v": 1})
+    with pytest.raises(RuntimeError):
+        save_model_dir(out, FakeKerasHead(np.zeros(2)), {"v": 2}, overwrite=True)
+    assert _listing(tmp_path) == ["m"] and load_model_dir(out)[1]["v"] == 1
+
+
+def test_unserialisable_meta_leaves_nothing(tmp_path):
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        save_model_dir(tmp_path / "m", PlainHead(1), {"bad": object()})
+    assert _listing(tmp_path) == []
+
+
+def test_overwrite_semantics(tmp_path):
+    out = tmp_path / "m"
+    save_model_dir(out, PlainHead(1), {"v": 1}, extra_files={"old.txt": b"old"})
+    with pytest.raises(ModelDirError, match="already exists"):
+        save_model_dir(out, PlainHead(2), {"v": 2})
+    assert load_model_dir(out)[0].w == 1
+    save_model_dir(out, PlainHead(2), {"v": 2}, overwrite=True)
+    head, meta = load_model_dir(out)
+    assert head.w == 2 and meta["v"] == 2 and not (out / "old.txt").exists()
+    assert _listing(tmp_path) == ["m"]
+    # overwrite never deletes a directory that is not a model directory
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "cat.jpg").write_bytes(b"meow")
+    with pytest.raises(ModelDirError, match="not a bneck model directory"):
+        save_model_dir(precious, PlainHead(3), {}, overwrite=True)
+    assert _listing(precious) == ["cat.jpg"]
+    (tmp_path / "empty").mkdir()
+    save_model_dir(tmp_path / "empty", PlainHead(4), {}, overwrite=True)
+    assert load_model_dir(tmp_path / "empty")[0].w == 4
+
+
+def test_bad_extra_file_names(tmp_path):
+    for name in ("../escape.txt", "/abs.txt", "model.json"):
+        with pytest.raises(ModelDirError):
+            save_model_dir(tmp_path / "m", PlainHead(1), {}, extra_files={name: b"x"})
+    assert _listing(tmp_path) == []
+
+
+def test_tampering_detected(tmp_path):
+    out = tmp_path / "m"
+    save_model_dir(out, PlainHead(1), {}, extra_files={"a/b.txt": b"data"})
+    (out / "a" / "b.txt").write_bytes(b"evil")
+    with pytest.raises(ModelDirError, match=r"'a/b\.txt' does not match its sha256"):
+        load_model_dir(out)
+    (out / "a" / "b.txt").unlink()
+    with pytest.raises(ModelDirError, match=r"'a/b\.txt' .* is missing"):
+        load_model_dir(out)
+
+
+def test_bad_model_json(tmp_path):
+    out = tmp_path / "m"
+    with pytest.raises(ModelDirError, match="no model.json"):
+        load_model_dir(out)
+    doc = save_model_dir(out, PlainHead(1), {})
+    for broken, message in [("{not json", "unreadable"),
+                            (json.dumps(dict(doc, format="x")), "not a bneck model"),
+                            (json.dumps(dict(doc, format_version=9)), "format_version 9"),
+                            (json.dumps(dict(doc, head_loader="torch")), "unknown head_loader"),
+                            (json.dumps(dict(doc, files={"../x": "0"})), "invalid file name")]:
+        (out / "model.json").write_text(broken)
+        with pytest.raises(ModelDirError, match=message):
+            load_model_dir(out)
