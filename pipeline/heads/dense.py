@@ -1,0 +1,395 @@
+"""Dense (MLP) head trained with Keras on cached bottleneck features.
+
+The network is tiny, so on 2 cores reading features dominates: an ndarray goes
+straight to ``model.fit``; a lazy HDF5 view is streamed in sorted-index batches.
+"""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+from keras import layers, ops
+from sklearn.base import BaseEstimator
+from sklearn.metrics import accuracy_score
+from sklearn.utils.validation import check_is_fitted
+
+from .specialists import neg_rmse
+
+__all__ = ["DenseHead", "infer_task", "output_spec", "masked_mse", "masked_mae"]
+
+TASKS = ("multiclass", "binary", "multilabel", "regression")
+_CLASSIFICATION = ("multiclass", "binary", "multilabel")
+_FITTED = ("task_", "n_outputs_", "best_epoch_", "history_", "input_shape_", "y_ndim_")
+
+
+def _masked_mean(y_true, y_pred, err):
+    """Per-row values whose batch mean is the mean of `err` over finite targets only."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    mask = ops.isfinite(y_true)
+    # Replace NaN *before* subtracting: a NaN in the unselected branch of `where`
+    # still poisons the gradient.
+    e = ops.where(mask, err(y_pred - ops.where(mask, y_true, ops.zeros_like(y_true))), 0.0)
+    # Keras averages the returned vector over rows.  Scaling each row's error sum
+    # by rows / finite-count makes that average the masked mean over the whole
+    # batch: every present target weighs the same, and an all-NaN batch gives 0.
+    n_rows = ops.cast(ops.shape(y_true)[0], y_pred.dtype)
+    n_finite = ops.maximum(ops.sum(ops.cast(mask, y_pred.dtype)), 1.0)
+    return ops.sum(ops.reshape(e, (ops.shape(e)[0], -1)), axis=-1) * n_rows / n_finite
+
+
+@keras.saving.register_keras_serializable(package="bneck")
+def masked_mse(y_true, y_pred):
+    """Mean squared error that ignores NaN (missing) targets."""
+    return _masked_mean(y_true, y_pred, ops.square)
+
+
+@keras.saving.register_keras_serializable(package="bneck")
+def masked_mae(y_true, y_pred):
+    """Mean absolute error that ignores NaN (missing) targets."""
+    return _masked_mean(y_true, y_pred, ops.abs)
+
+
+def infer_task(y):
+    """Guess the task from targets: float 2-D -> regression, 2-D 0/1 -> multilabel, else by class count."""
+    y = np.asarray(y)
+    if y.dtype.kind == "f" and (y.ndim == 2 or np.isnan(y).any() or np.any(np.mod(y, 1))):
+        return "regression"
+    if y.ndim == 2:
+        if np.isin(y, (0, 1)).all():
+            return "multilabel"
+        raise ValueError("2-D integer targets must be 0/1 (multi-label); use float for regression")
+    n = len(np.unique(y))
+    if n < 2:
+        raise ValueError("y has a single class; a classifier needs at least two")
+    return "binary" if n == 2 else "multiclass"
+
+
+def output_spec(task):
+    """(activation, loss, metric) of the output layer for `task`; the pairing is fixed here only."""
+    if task == "multiclass":
+        return "softmax", keras.losses.SparseCategoricalCrossentropy(), \
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    if task in ("binary", "multilabel"):  # independent sigmoid(s): never softmax-style CE
+        return "sigmoid", keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")
+    if task == "regression":
+        return "linear", masked_mse, keras.metrics.MeanMetricWrapper(masked_mae, name="mae")
+    raise ValueError(f"task must be 'auto' or one of {TASKS}, got {task!r}")
+
+
+def _as_input(X):
+    """Keep lazy views (shape + __getitem__) as they are; anything else becomes float32 ndarray."""
+    if isinstance(X, np.ndarray) or not (hasattr(X, "shape") and hasattr(X, "__getitem__")):
+        return np.asarray(X, dtype=np.float32)
+    return X
+
+
+def channel_stats(X, batch_rows=1024):
+    """Per-channel (last axis) mean and variance of X, streamed in row blocks for lazy views."""
+    n = len(X)
+    total, total_sq, count = 0.0, 0.0, 0
+    for s in range(0, n, batch_rows):
+        block = X[s:s + batch_rows] if isinstance(X, np.ndarray) else X[np.arange(s, min(s + batch_rows, n))]
+        flat = np.asarray(block, dtype=np.float64).reshape(-1, block.shape[-1])
+        total, total_sq, count = total + flat.sum(0), total_sq + (flat ** 2).sum(0), count + len(flat)
+    mean = total / max(count, 1)
+    var = np.maximum(total_sq / max(count, 1) - mean ** 2, 1e-6)  # dead channels must not divide by 0
+    return mean.astype(np.float32), var.astype(np.float32)
+
+
+class _Batches(keras.utils.PyDataset):
+    """Batches of a lazy X by sorted row index, reshuffled every epoch without random access to the whole file."""
+
+    def __init__(self, X, y, batch_size, shuffle, seed=0, window_batches=8):
+        super().__init__(workers=1, use_multiprocessing=False)  # HDF5 reads serialise anyway
+        self.X, self.y, self.bs, self.shuffle = X, y, int(batch_size), shuffle
+        self.window = self.bs * window_batches
+        self.rng = np.random.default_rng(seed)
+        self._plan()
+
+    def _plan(self):
+        n = len(self.X)
+        if not self.shuffle:
+            self.batches = [np.arange(s, min(s + self.bs, n)) for s in range(0, n, self.bs)]
+            return
+        # Shuffle rows inside windows of a few batches (each read stays local in
+        # the file), cut the result into equal batches and shuffle their order.
+        # A random window offset per epoch stops the same rows always sharing a
+        # batch; the batch count stays ceil(n / bs), as Keras fixes it at epoch 1.
+        edges = np.unique(np.r_[0, np.arange(self.rng.integers(self.window), n, self.window), n])
+        rows = np.concatenate([lo + self.rng.permutation(hi - lo) for lo, hi in zip(edges[:-1], edges[1:])])
+        batches = [np.sort(rows[i:i + self.bs]) for i in range(0, n, self.bs)]
+        self.batches = [batches[i] for i in self.rng.permutation(len(batches))]
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        idx = self.batches[i]
+        return np.asarray(self.X[idx], dtype=np.float32), self.y[idx]
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._plan()
+
+
+class _EpochControl(keras.callbacks.Callback):
+    """LR schedule, per-epoch history (with lr), early stopping and explicit best-weights restore."""
+
+    def __init__(self, lr_at, monitor, patience):
+        super().__init__()
+        self.lr_at, self.monitor, self.patience = lr_at, monitor, patience
+        self.history, self.best, self.best_epoch, self.best_weights, self.wait = {}, np.inf, 0, None, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.lr_at is not None:
+            self.model.optimizer.learning_rate = self.lr_at(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["lr"] = float(self.model.optimizer.learning_rate.numpy())
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+        current = logs.get(self.monitor, np.nan)
+        if current < self.best:  # NaN never counts as an improvement
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            self.best_weights = self.model.get_weights()
+        else:
+            self.wait += 1
+            if self.patience is not None and self.wait >= self.patience:
+                self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class DenseHead(BaseEstimator):
+    """Small Keras MLP head on bottleneck features, as a scikit-learn estimator.
+
+    ``Input -> Flatten | GlobalAveragePooling -> Dense(units, relu) -> Dropout -> output``
+    where the output matches the task: multiclass = softmax + sparse categorical
+    cross-entropy; binary = one sigmoid unit + binary cross-entropy; multilabel =
+    one sigmoid per label + binary cross-entropy; regression = linear + MSE over
+    finite targets only (NaN = missing; a partly labelled row still trains the
+    outputs it has).
+
+    Parameters
+    ----------
+    task : {"auto", "multiclass", "binary", "multilabel", "regression"}
+        "auto" uses :func:`infer_task`; set it explicitly so GridSearchCV treats
+        the head as a classifier (stratified folds) or regressor.
+    pool : {"flatten", "gap"}
+        How (N, H, W, C) maps become vectors; 2-D features are used as they are.
+    units, dropout : int (0 = no hidden layer), float
+    optimizer, learning_rate : {"adam", "sgd"}, float
+    momentum, nesterov : SGD only
+    lr_decay : {"auto", "linear", "none"}
+        "linear" decays the LR from `learning_rate` to ``learning_rate * 0.01``
+        over `epochs` (Nouri's keypoints write-up); "auto" = linear for SGD, none for Adam.
+    epochs, batch_size : int
+    patience : int or None
+        Stop after this many epochs without a lower ``val_loss`` (``loss`` when
+        there is no validation data).  The best epoch's weights are always restored.
+    seed : int
+        ``fit`` calls ``keras.utils.set_random_seed(seed)``: this seeds the
+        *global* Python, NumPy and TensorFlow RNGs (what Keras needs to repeat a fit).
+    verbose : int
+
+    Attributes
+    ----------
+    model_ : keras.Model, compiled, best weights restored
+    classes_ : ndarray (classification; 0..C-1 label indices for multilabel)
+    n_outputs_, task_, best_epoch_ : int, str, int
+    history_ : dict of per-epoch lists: loss, accuracy | mae, val_*, lr
+    """
+
+    def __init__(self, task="auto", pool="flatten", units=256, dropout=0.5, optimizer="adam",
+                 learning_rate=1e-3, momentum=0.9, nesterov=True, lr_decay="auto", epochs=30,
+                 batch_size=64, patience=8, normalize=True, seed=0, verbose=0):
+        self.task, self.pool, self.units, self.dropout = task, pool, units, dropout
+        self.normalize = normalize
+        self.optimizer, self.learning_rate, self.momentum = optimizer, learning_rate, momentum
+        self.nesterov, self.lr_decay, self.epochs = nesterov, lr_decay, epochs
+        self.batch_size, self.patience, self.seed, self.verbose = batch_size, patience, seed, verbose
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import ClassifierTags, RegressorTags
+
+        # The estimator type depends on `task`; with "auto" it is unknown until fit.
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        if self.task in _CLASSIFICATION:
+            tags.estimator_type, tags.regressor_tags = "classifier", None
+            tags.classifier_tags = ClassifierTags(multi_label=self.task == "multilabel")
+        elif self.task == "regression":
+            tags.estimator_type, tags.regressor_tags = "regressor", RegressorTags()
+        return tags
+
+    def _encode(self, y):
+        """Targets in the form the task's loss expects."""
+        y = np.asarray(y)
+        if self.task_ == "multiclass":
+            if not np.isin(y, self.classes_).all():
+                raise ValueError("y contains labels not seen in the training targets")
+            return np.searchsorted(self.classes_, y).astype(np.int32)
+        if self.task_ == "binary":
+            return (y == self.classes_[1]).astype(np.float32).reshape(-1, 1)
+        return y.astype(np.float32).reshape(len(y), -1)
+
+    def _build(self, activation):
+        """The head network: (pool) -> hidden -> dropout -> output."""
+        inp = keras.Input(shape=self.input_shape_, name="features")
+        x = inp
+        if self.normalize:  # built-in layer: loads with safe_mode and travels with exports
+            x = layers.Normalization(axis=-1, mean=self.feature_mean_, variance=self.feature_var_, name="normalize")(x)
+        if len(self.input_shape_) > 1:  # 2-D features need no pooling
+            gap = {2: layers.GlobalAveragePooling1D, 3: layers.GlobalAveragePooling2D,
+                   4: layers.GlobalAveragePooling3D}.get(len(self.input_shape_))
+            pool = {"flatten": layers.Flatten, "gap": gap}.get(self.pool)
+            if pool is None:
+                raise ValueError(f"pool must be 'flatten' or 'gap' (gap: 2-4 feature dims); got "
+                                 f"{self.pool!r} for features of shape {self.input_shape_}")
+            x = pool(name="pool")(x)
+        if self.units:
+            x = layers.Dense(self.units, activation="relu", name="hidden")(x)
+            x = layers.Dropout(self.dropout, seed=self.seed, name="dropout")(x)
+        out_layer = layers.Dense(self.n_outputs_, activation=activation, name="output")
+        out = out_layer(x)
+        if self.task_ == "regression" and self.target_mean_ is not None:
+            # Start at the mean target (e.g. the mean keypoint in pixels) instead of 0.
+            w, _ = out_layer.get_weights()
+            out_layer.set_weights([w, self.target_mean_.astype(np.float32)])
+        return keras.Model(inp, out, name="dense_head")
+
+    def _make_optimizer(self):
+        """Optimizer plus the per-epoch LR function (None for a constant LR)."""
+        if self.optimizer == "adam":
+            opt = keras.optimizers.Adam(learning_rate=self.learning_rate)
+        elif self.optimizer == "sgd":
+            opt = keras.optimizers.SGD(learning_rate=self.learning_rate, momentum=self.momentum,
+                                       nesterov=self.nesterov)
+        else:
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        decay = {"auto": "linear" if self.optimizer == "sgd" else "none"}.get(self.lr_decay, self.lr_decay)
+        if decay not in ("linear", "none"):
+            raise ValueError(f"lr_decay must be 'auto', 'linear' or 'none', got {self.lr_decay!r}")
+        lr0, span = float(self.learning_rate), max(int(self.epochs) - 1, 1)
+        return opt, (lambda e: lr0 * (1.0 - 0.99 * min(e, span) / span)) if decay == "linear" else None
+
+    def fit(self, X, y, validation_data=None):
+        """Train on `X` (ndarray or lazy view) and `y`; `validation_data=(X_val, y_val)` drives early stopping."""
+        X, y = _as_input(X), np.asarray(y)
+        if len(X) != len(y):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+        self.task_ = infer_task(y) if self.task == "auto" else self.task
+        activation, loss, metric = output_spec(self.task_)
+        if self.task_ in ("multiclass", "binary"):
+            self.classes_ = np.unique(y)
+            self.n_outputs_ = 1 if self.task_ == "binary" else len(self.classes_)
+        else:
+            self.n_outputs_ = y.reshape(len(y), -1).shape[1]
+            if self.task_ == "multilabel":
+                self.classes_ = np.arange(self.n_outputs_)
+        self.input_shape_, self.y_ndim_ = tuple(int(d) for d in X.shape[1:]), y.ndim
+        # Lazy views are read in training-sized batches, never in big slabs.
+        rows = 4096 if isinstance(X, np.ndarray) else int(self.batch_size)
+        self.feature_mean_, self.feature_var_ = channel_stats(X, rows) if self.normalize else (None, None)
+        self.target_mean_ = None
+        if self.task_ == "regression":
+            with np.errstate(all="ignore"):
+                self.target_mean_ = np.nan_to_num(np.nanmean(y.reshape(len(y), -1).astype(np.float64), axis=0))
+        keras.utils.set_random_seed(self.seed)
+        opt, lr_at = self._make_optimizer()
+        self.model_ = self._build(activation)
+        self.model_.compile(optimizer=opt, loss=loss, metrics=[metric])
+        y_enc, val = self._encode(y), None
+        if validation_data is not None:
+            Xv, yv = validation_data
+            Xv, yv = _as_input(Xv), self._encode(yv)
+            val = (Xv, yv) if isinstance(Xv, np.ndarray) else _Batches(Xv, yv, self.batch_size, False)
+        control = _EpochControl(lr_at, "val_loss" if val is not None else "loss", self.patience)
+        kw = dict(epochs=int(self.epochs), validation_data=val, callbacks=[control], verbose=self.verbose)
+        if isinstance(X, np.ndarray):  # fast path: Keras slices and shuffles in memory
+            self.model_.fit(X, y_enc, batch_size=self.batch_size, shuffle=True, **kw)
+        else:  # our PyDataset does its own (file-friendly) shuffling
+            self.model_.fit(_Batches(X, y_enc, self.batch_size, True, self.seed), shuffle=False, **kw)
+        self.history_, self.best_epoch_ = control.history, int(control.best_epoch)
+        return self
+
+    def _forward(self, X, batch_size=None):
+        """Raw model outputs, computed in contiguous chunks (lazy views are read chunk by chunk)."""
+        check_is_fitted(self, "model_")
+        X = _as_input(X)
+        n, bs = len(X), int(batch_size or max(self.batch_size, 256))
+        # Eager calls: no tf.function to trace per model and per odd-sized last chunk.
+        rows = (lambda s: X[s:s + bs]) if isinstance(X, np.ndarray) else \
+            (lambda s: np.asarray(X[np.arange(s, min(s + bs, n))], dtype=np.float32))
+        outs = [ops.convert_to_numpy(self.model_(rows(s), training=False)) for s in range(0, n, bs)]
+        return np.concatenate(outs) if outs else np.empty((0, self.n_outputs_), np.float32)
+
+    def predict(self, X, batch_size=None):
+        """Labels (classification, 0/1 matrix for multilabel) or (N, K) values (regression)."""
+        out = self._forward(X, batch_size)
+        if self.task_ == "multiclass":
+            return self.classes_[out.argmax(axis=1)]
+        if self.task_ == "binary":
+            return self.classes_[(out[:, 0] > 0.5).astype(int)]
+        if self.task_ == "multilabel":
+            return (out > 0.5).astype(int)
+        return out[:, 0] if self.y_ndim_ == 1 else out
+
+    def predict_proba(self, X, batch_size=None):
+        """Class probabilities: (N, C) for multiclass/multilabel, (N, 2) for binary."""
+        if getattr(self, "task_", self.task) == "regression":
+            raise AttributeError("predict_proba is only available for classification tasks")
+        out = self._forward(X, batch_size)
+        return np.column_stack([1.0 - out[:, 0], out[:, 0]]) if self.task_ == "binary" else out
+
+    def score(self, X, y):
+        """Accuracy (subset accuracy for multilabel) or negative RMSE over finite targets."""
+        pred = self.predict(X)
+        if self.task_ != "regression":
+            return float(accuracy_score(np.asarray(y), pred))
+        return neg_rmse(y, pred)
+
+    def to_keras(self):
+        """A standalone, uncompiled copy of the head model (input = feature tensor) for stitching."""
+        check_is_fitted(self, "model_")
+        model = keras.models.clone_model(self.model_)
+        model.set_weights(self.model_.get_weights())
+        return model
+
+    def save(self, dirpath):
+        """Write ``head.keras`` (weights, no optimizer state) and ``head.json`` (params + fitted attributes)."""
+        check_is_fitted(self, "model_")
+        os.makedirs(dirpath, exist_ok=True)
+        self.to_keras().save(os.path.join(dirpath, "head.keras"))
+        meta = {"params": self.get_params(), "fitted": {k: getattr(self, k) for k in _FITTED}}
+        if hasattr(self, "classes_"):
+            meta["classes"], meta["classes_dtype"] = self.classes_.tolist(), self.classes_.dtype.str
+        with open(os.path.join(dirpath, "head.json"), "w") as f:
+            json.dump(meta, f, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+    @classmethod
+    def load(cls, dirpath):
+        """Rebuild a fitted head saved by :meth:`save` (Keras ``safe_mode=True``, not compiled)."""
+        with open(os.path.join(dirpath, "head.json")) as f:
+            meta = json.load(f)
+        head = cls(**meta["params"])
+        for k, v in meta["fitted"].items():
+            setattr(head, k, tuple(v) if k == "input_shape_" else v)
+        if "classes" in meta:
+            head.classes_ = np.array(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
+        head.model_ = keras.saving.load_model(os.path.join(dirpath, "head.keras"),
+                                              safe_mode=True, compile=False)
+        return head
+
+    def history_csv(self, path):
+        """Write :attr:`history_` as CSV: one row per epoch, one column per logged quantity."""
+        check_is_fitted(self, "history_")
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["epoch", *self.history_])
+            w.writerows([i, *row] for i, row in enumerate(zip(*self.history_.values())))
