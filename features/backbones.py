@@ -49,6 +49,11 @@ class BackboneSpec:
         """The backbone's own Keras ``preprocess_input`` (works on NumPy arrays and tensors)."""
         return self._module().preprocess_input(x)
 
+    @property
+    def preprocess_function(self):
+        """The Keras ``preprocess_input`` function itself, resolved now (safe to call inside tf.function)."""
+        return self._module().preprocess_input
+
     def decode_predictions(self, preds, top=5):
         """ImageNet top-k decoding for the full model's output."""
         return self._module().decode_predictions(preds, top=top)

@@ -156,12 +156,12 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     elif store.check_existing(out, settings):
         return ExtractSummary(out, stop - start, 0, 0, time.time() - t0, 0, skipped_existing=True)
 
-    extractor = mapper.Extractor(model, spec.preprocess_input, pooling=cfg.pooling, flip=cfg.flip,
+    extractor = mapper.Extractor(model, spec.preprocess_function, pooling=cfg.pooling, flip=cfg.flip,
                                  batch_size=cfg.batch_size)
     pstore = store.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows).open()
     try:
         computed, written = _run_chunks(cfg, manifest, start, pstore, extractor, input_size)
-        return _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, input_size,
+        return _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo,
                        computed, written, t0, out)
     finally:
         pstore.close()
@@ -314,7 +314,7 @@ def _progress(cfg, total, initial, name):
                 dynamic_ncols=True, smoothing=0.1)
 
 
-def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, input_size, computed, written, t0, out):
+def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo, computed, written, t0, out):
     valid, reasons = [], collections.Counter()
     sizes = []
     for k in range(pstore.n_chunks):
@@ -344,7 +344,8 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, input
                                            {"target_names": names})
     attrs = {k: v for k, v in settings.items() if k not in ("batch_size", "chunk_rows")}
     attrs.update(preprocessing=spec.preprocessing, task=manifest.task, n_rows=len(manifest),
-                 feature_shape=list(extractor.feature_shape))
+                 feature_shape=list(extractor.feature_shape), source_root=os.path.abspath(manifest.root),
+                 weights_path=winfo.path or "")
     if manifest.class_names is not None:
         attrs["class_names"] = list(manifest.class_names)
     if manifest.target_names is not None:

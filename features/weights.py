@@ -130,6 +130,11 @@ def _build_with_weights(spec, input_size, weights, seed):
             log.warning("--weights auto: no ImageNet weights for %s (offline, nothing cached).", spec.name)
             log.warning("FALLING BACK TO RANDOM WEIGHTS (seed %d). Features will be far weaker.", seed)
             log.warning("=" * 70)
+            import keras
+
+            # The failed ImageNet attempt consumed random state: reseed so the fallback equals
+            # `--weights none --seed S`, which predict/export rebuild from the recorded attrs.
+            keras.utils.set_random_seed(seed)
             return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
     return _build_from_file(spec, input_size, choice, seed)
 

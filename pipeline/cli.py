@@ -164,6 +164,10 @@ def main(argv=None) -> int:
     except Terminated as exc:
         log.error("%s", exc)
         return EXIT_TERMINATED
+    except BrokenPipeError:
+        # `bneck predict ... | head`: the reader left; stop quietly like other Unix tools.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         log.error("interrupted; finished chunks are kept, rerun the same command to resume")
         return EXIT_INTERRUPTED

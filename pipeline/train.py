@@ -1,0 +1,185 @@
+"""Fit a head on a cached feature file and write a model directory: the API behind ``bneck train``.
+
+Notebook use::
+
+    from pipeline.train import train
+    meta = train("features.h5", "models/svm", head="svm", pooling="avg", grid={"C": [0.1, 1, 10]})
+    meta["metrics"]["accuracy"]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+
+import numpy as np
+
+from pipeline.data import load_training_data
+from pipeline.evaluate import MODEL_COMPAT_KEYS, metrics_for
+from pipeline.modeldir import save_model_dir
+
+log = logging.getLogger("bneck")
+
+#: Provenance copied from the feature file into model.json (what predict/export rebuild from).
+PROVENANCE_KEYS = MODEL_COMPAT_KEYS + ("weights_path", "seed", "precision", "store_dtype", "flip",
+                                       "format_version", "source_root", "source_kind", "feature_shape",
+                                       "runtime", "package_version")
+
+
+def build_head(head: str, task: str, target_names=None, *, params: dict | None = None, groups=None,
+               specialist_base: str = "ridge", jobs: int = 1, seed: int = 0):
+    """Construct an unfitted head estimator by name with CLI-style parameters."""
+    from pipeline import heads
+
+    params = dict(params or {})
+    if head in ("svm", "logreg") and task != "classification":
+        raise ValueError(f"--head {head} needs class labels; this feature file is {task} (use dense or specialists)")
+    if head == "specialists":
+        if task != "regression":
+            raise ValueError("--head specialists needs keypoint targets; this feature file has class labels")
+        from features.keypoints import load_groups
+
+        group_map = load_groups(groups, target_names) if groups else heads.default_groups(target_names)
+        if specialist_base == "dense":
+            base = heads.make_head("dense", task="regression", seed=seed, **params)
+        elif specialist_base == "ridge":
+            from sklearn.linear_model import Ridge
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
+
+            base = make_pipeline(StandardScaler(), Ridge(alpha=float(params.pop("alpha", 10.0))))
+        else:
+            raise ValueError("--specialist-base must be ridge or dense")
+        return heads.make_head("specialists", base=base, groups=group_map, n_jobs=jobs)
+    if head == "dense":
+        params.setdefault("task", "regression" if task == "regression" else "auto")
+        params.setdefault("seed", seed)
+    elif head in ("svm", "logreg"):
+        params.setdefault("seed", seed)
+    return heads.make_head(head, **params)
+
+
+def _jsonable(params: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, dict):
+            out[k] = {str(a): (list(b) if isinstance(b, (list, tuple)) else b) for a, b in v.items()}
+        else:
+            out[k] = repr(v)
+    return out
+
+
+def train(features, output, *, head: str = "dense", pooling: str = "none", use_flipped=None, val=None,
+          val_split: float = 0.2, seed: int = 0, memory_budget="2GiB", params: dict | None = None,
+          grid: dict | None = None, cv: int = 3, jobs: int = 1, groups=None, specialist_base: str = "ridge",
+          overwrite: bool = False) -> dict:
+    """Train ``head`` on ``features`` and save it to the model directory ``output``.
+
+    Parameters mirror ``bneck train``: ``pooling`` is applied on load; ``use_flipped`` (None = auto)
+    adds the mirrored views as training rows; validation comes from ``val`` (a feature file) or a
+    stratified ``val_split`` by source row; ``grid`` (e.g. ``{"C": [0.1, 1]}``) runs a parallel
+    cross-validated grid search with ``jobs`` workers. Returns the saved ``model.json`` content.
+    """
+    t0 = time.time()
+    data = load_training_data(features, pooling=pooling, use_flipped=use_flipped, val=val, val_split=val_split,
+                              seed=seed, memory_budget=memory_budget)
+    log.info("training %s head on %d rows (%d source images%s), validating on %d; %d invalid rows skipped%s",
+             head, len(data.X), data.n_train_rows, " + mirrored" if data.used_flipped else "",
+             data.n_val_rows, data.n_invalid_skipped,
+             "" if data.in_memory else " (streaming from HDF5: larger than the memory budget)")
+    est = build_head(head, data.task, data.target_names, params=params, groups=groups,
+                     specialist_base=specialist_base, jobs=jobs, seed=seed)
+    extra: dict = {}
+    grid_info = None
+    if grid:
+        from pipeline.heads import grid_search
+
+        search = grid_search(est, grid, data.X, data.y, cv=cv, n_jobs=jobs)
+        est = search.best_estimator_
+        grid_info = {"best_params": _jsonable(search.best_params_), "best_cv_score": float(search.best_score_)}
+        extra["grid_results.csv"] = _grid_csv(search)
+        log.info("grid search: best %s (cv score %.4f)", search.best_params_, search.best_score_)
+    elif head == "dense":
+        est.fit(data.X, data.y, validation_data=(data.X_val, data.y_val) if data.X_val is not None else None)
+    else:
+        est.fit(data.X, data.y)
+    fit_seconds = time.time() - t0
+    meta_core = {"task": data.task, "class_names": data.class_names, "target_names": data.target_names,
+                 "pooling": pooling}
+    metrics = metrics_for(est, data.X_val, data.y_val, meta_core) if data.X_val is not None else {}
+    if hasattr(est, "history_"):
+        extra["history.csv"] = _history_csv(est.history_)
+        png = _learning_curve_png(est.history_)
+        if png:
+            extra["learning_curve.png"] = png
+    meta = {
+        "head": head,
+        "params": _jsonable(est.get_params(deep=False)),
+        **meta_core,
+        "features": {k: data.attrs[k] for k in PROVENANCE_KEYS if k in data.attrs},
+        "training": {"features_file": str(features), "val_file": str(val) if val else None,
+                     "val_split": None if val else val_split, "seed": seed, "used_flipped": data.used_flipped,
+                     "n_train_rows": data.n_train_rows, "n_val_rows": data.n_val_rows,
+                     "n_training_samples": len(data.X), "n_invalid_skipped": data.n_invalid_skipped,
+                     "n_missing_targets_skipped": getattr(data, "n_missing_targets_skipped", 0),
+                     "in_memory": data.in_memory, "seconds": round(fit_seconds, 2), "grid": grid_info},
+        "metrics": metrics,
+    }
+    if head == "dense" and getattr(est, "best_epoch_", None) is not None:
+        meta["training"]["best_epoch"] = int(est.best_epoch_)
+    if head == "specialists":
+        meta["training"]["rows_used_per_group"] = {g: int(n) for g, n in est.n_rows_used_.items()}
+        meta["groups"] = {g: [data.target_names[i] for i in cols] for g, cols in est.groups_.items()}
+    saved = save_model_dir(output, est, meta, extra_files=extra, overwrite=overwrite)
+    data.close() if hasattr(data, "close") else None
+    return saved
+
+
+def _history_csv(history: dict) -> str:
+    keys = list(history)
+    n = max((len(v) for v in history.values()), default=0)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["epoch", *keys])
+    for i in range(n):
+        w.writerow([i + 1, *[history[k][i] if i < len(history[k]) else "" for k in keys]])
+    return buf.getvalue().encode()
+
+
+def _grid_csv(search) -> str:
+    res = search.cv_results_
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["params", "mean_test_score", "std_test_score", "rank", "mean_fit_time"])
+    for i, p in enumerate(res["params"]):
+        w.writerow([json.dumps(_jsonable(p)), res["mean_test_score"][i], res["std_test_score"][i],
+                    res["rank_test_score"][i], res["mean_fit_time"][i]])
+    return buf.getvalue().encode()
+
+
+def _learning_curve_png(history: dict) -> bytes | None:
+    """A loss/metric plot when the [plots] extra (matplotlib) is installed, else None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "val_loss"):
+        if key in history:
+            ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("learning curve")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
