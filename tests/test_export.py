@@ -1,0 +1,175 @@
+"""pipeline.export: one stitched model (pixels -> scores/targets) that matches Predictor.
+
+Tolerances asserted against ``Predictor(model_dir).predict_arrays`` on the same uint8 images
+(features stored as float32, so predict has no storage rounding to differ by):
+
+* keras / savedmodel, float32: max abs diff <= 1e-4 on class probabilities, relative 1e-4 on
+  regression targets (measured ~3e-7 and ~7e-7: the same float32 arithmetic, different order);
+* tflite float32: <= 1e-3 (measured ~4e-7; the converter fuses conv + batch norm);
+* tflite float16 weights: <= 1e-2 (probabilities) / relative 1e-2 (targets) (measured ~1e-3);
+* tflite int8: runs and gives finite probabilities; on these noise images with a random-weights
+  backbone the features barely differ between images, so int8 keeps top-1 on only some of them
+  (measured 0.1-0.9 agreement) and nothing tighter is asserted.
+
+The backbone is MobileNet with random weights cut at ``conv_pw_1_relu`` (16x16x64 maps): its
+deeper random layers shrink activations to ~1e-20, which would make folded scaler weights
+overflow float16, and a 16x16 map also checks that Flatten orders features like the heads do.
+"""
+
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from features import backbones
+from features.runner import ExtractConfig, extract
+from pipeline import export as ex
+from pipeline.predict import Predictor
+from pipeline.train import train
+from tests.imagefolders import make_class_folder
+
+CFG = dict(backbone="mobilenet", layer="conv_pw_1_relu", input_size="32", weights="none", seed=3, precision="fp32",
+           store_dtype="float32", batch_size=4, progress=False, flip=False)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Model dirs for every head kind, and the images (uint8) and predictions to check against."""
+    d = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KERAS_HOME", str(d / "keras_home"))  # nothing cached is ever used
+        pics = make_class_folder(d / "data", classes=("a", "b", "c"), per_class=6)
+        make_class_folder(d / "bin", classes=("no", "yes"), per_class=5, seed=1)
+        with open(d / "t.csv", "w", newline="") as f:  # interleaved groups a: [0, 2], b: [1, 3], c: [4]
+            w = csv.writer(f)
+            w.writerow(["path", "a_x", "b_x", "a_y", "b_y", "c"])
+            rng = np.random.default_rng(1)
+            w.writerows([os.path.join("data", p), *np.round(rng.uniform(0, 32, 5), 2)] for p in sorted(pics))
+        extract(ExtractConfig(data=str(d / "data"), output=str(d / "f.h5"), **CFG))
+        extract(ExtractConfig(data=str(d / "bin"), output=str(d / "b.h5"), **CFG))
+        extract(ExtractConfig(data=str(d / "t.csv"), output=str(d / "r.h5"), **{**CFG, "pooling": "max"}))
+        dense = {"epochs": 2, "units": 8}
+        train(d / "f.h5", d / "dense", head="dense", params=dense)
+        train(d / "f.h5", d / "logreg", head="logreg", pooling="avg")
+        train(d / "f.h5", d / "svm", head="svm")
+        train(d / "f.h5", d / "rbf", head="svm", pooling="avg", params={"kernel": "rbf"})
+        train(d / "b.h5", d / "bin_logreg", head="logreg", pooling="max")
+        train(d / "b.h5", d / "bin_dense", head="dense", params=dense)
+        train(d / "r.h5", d / "specialists", head="specialists")
+        x = np.concatenate([np.stack([pics[p] for p in sorted(pics)[::4]]),
+                            np.random.default_rng(5).integers(0, 256, (2, 32, 32, 3), np.uint8)])
+        names = ("dense", "logreg", "svm", "bin_logreg", "bin_dense", "specialists")
+        yield {"dir": d, "x": x, "want": {m: Predictor(d / m).predict_arrays(x) for m in names}}
+
+
+def _run(path, fmt, x):
+    return ex._open_artefact(str(path), fmt)[0](x)
+
+
+def _close(got, want, tol, regression):
+    got, want = got.reshape(want.shape[0], -1), want.reshape(want.shape[0], -1)
+    scale = np.abs(want).max() if regression else 1.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("mode,backbone", [("caffe", "vgg16"), ("tf", "mobilenet"), ("torch", "densenet121"),
+                                           ("none (in model)", "efficientnetb0")])
+def test_preprocess_layer_equals_preprocess_input(mode, backbone):
+    spec = backbones.get(backbone)
+    assert spec.preprocessing == mode
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, ex.preprocessing_layer(mode)(inp))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    x[0, 0, 0] = [255, 0, 128]  # extremes, and channels that differ (catches a missing RGB->BGR)
+    np.testing.assert_allclose(np.asarray(model(x)), spec.preprocess_input(x.copy()), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dense", "logreg", "svm", "specialists", "bin_logreg", "bin_dense"])
+def test_keras_export_matches_predict_and_loads_safely(models, name, tmp_path):
+    out = tmp_path / "m.keras"
+    report = ex.export(models["dir"] / name, out)
+    regression = name == "specialists"
+    assert report["format"] == "keras" and report["bytes"] == os.path.getsize(out) > 0
+    assert report["input_shape"] == [None, 32, 32, 3]
+    assert report["output_names"] == ["targets" if regression else "scores"]
+    assert report["max_rel_diff" if regression else "max_abs_diff"] <= 1e-4
+    assert os.listdir(tmp_path) == ["m.keras"]  # no temporary file left behind
+    model = keras.saving.load_model(out, safe_mode=True, compile=False)  # built-in layers only
+    assert model.get_layer("preprocess").trainable is False
+    got, want = np.asarray(model(models["x"].astype("float32"))), models["want"][name]
+    if regression:
+        assert np.isfinite(got).all() and got.shape == (len(models["x"]), 5)
+    _close(got, want, 1e-4, regression)
+
+
+@pytest.mark.parametrize("name", ["dense", "logreg", "svm", "specialists"])
+def test_tflite_float32_matches_predict(models, name, tmp_path):
+    report = ex.export(models["dir"] / name, tmp_path / "m.tflite", format="tflite")
+    assert report["max_abs_diff"] < 1e-2
+    _close(_run(tmp_path / "m.tflite", "tflite", models["x"]), models["want"][name], 1e-3, name == "specialists")
+
+
+@pytest.mark.parametrize("name", ["logreg", "specialists"])
+def test_tflite_float16_within_1e_2(models, name, tmp_path):
+    report = ex.export(models["dir"] / name, tmp_path / "h.tflite", format="tflite", quantize="float16")
+    full = ex.export(models["dir"] / name, tmp_path / "f.tflite", format="tflite", check=False)
+    assert report["bytes"] < 0.7 * full["bytes"] and "max_abs_diff" not in full
+    _close(_run(tmp_path / "h.tflite", "tflite", models["x"]), models["want"][name], 1e-2, name == "specialists")
+
+
+def test_tflite_int8_runs_on_images_found_under_source_root(models, tmp_path):
+    report = ex.export(models["dir"] / "logreg", tmp_path / "q.tflite", format="tflite", quantize="int8",
+                       n_representative=10)
+    assert report["n_checked"] == 8 and 0 <= report["top1_agreement"] <= 1
+    got = _run(tmp_path / "q.tflite", "tflite", models["x"])
+    assert got.shape == models["want"]["logreg"].shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got.sum(axis=1), 1, atol=0.02)
+
+
+def test_int8_without_images_is_a_clear_error(models, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "find_images", lambda root, n: [])
+    with pytest.raises(ValueError, match="representative images"):
+        ex.export(models["dir"] / "logreg", tmp_path / "q.tflite", format="tflite", quantize="int8")
+    assert not os.listdir(tmp_path)
+
+
+def test_savedmodel_serves_the_same_scores_and_replaces_only_a_savedmodel(models, tmp_path):
+    out = tmp_path / "sm"
+    for _ in range(2):  # the second export replaces the first
+        report = ex.export(models["dir"] / "svm", out, format="savedmodel")
+        assert report["max_abs_diff"] <= 1e-4
+    _close(_run(out, "savedmodel", models["x"]), models["want"]["svm"], 1e-4, False)
+    assert sorted(os.listdir(tmp_path)) == ["sm"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        ex.export(models["dir"] / "svm", tmp_path / "other", format="savedmodel")
+    assert os.listdir(tmp_path / "other") == ["keep.txt"]
+
+
+def test_rbf_svm_and_bad_arguments_are_refused(models, tmp_path):
+    with pytest.raises(ValueError, match="only linear scikit-learn heads convert to a Dense layer"):
+        ex.export(models["dir"] / "rbf", tmp_path / "m.keras")
+    with pytest.raises(ValueError, match="format"):
+        ex.export(models["dir"] / "svm", tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(ValueError, match="tflite.? only"):
+        ex.export(models["dir"] / "svm", tmp_path / "m.keras", quantize="int8")
+    with pytest.raises(ValueError, match=".keras"):
+        ex.export(models["dir"] / "svm", tmp_path / "m.h5")
+    assert not os.listdir(tmp_path)
+
+
+def test_specialists_with_a_nonlinear_base_are_refused():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+
+    from pipeline.heads import SpecialistsHead
+
+    rng = np.random.default_rng(0)
+    head = SpecialistsHead(base=make_pipeline(StandardScaler(), SVR()), groups={"p": [0]}).fit(
+        rng.normal(size=(10, 4)), rng.normal(size=(10, 1)))
+    with pytest.raises(ValueError, match="only linear scikit-learn heads convert to a Dense layer"):
+        ex._head_output(head, {"head": "specialists", "task": "regression"}, keras.Input((4,)))
