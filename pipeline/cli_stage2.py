@@ -34,7 +34,7 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     g = p.add_argument_group("dense head")
     g.add_argument("--units", type=int, help="hidden units, 0 for none (default 256)")
-    g.add_argument("--dropout", type=float, help="dropout rate (default 0.5)")
+    g.add_argument("--dropout", type=float, help="dropout rate (default: 0.5 for classes, 0.1 for regression)")
     g.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
     g.add_argument("--batch-size", type=int, help="batch size (default 64)")
     g.add_argument("--optimizer", choices=["adam", "sgd"], help="adam, or sgd with Nesterov momentum (default adam)")

@@ -1,0 +1,101 @@
+"""Training every head type from real feature files; model dirs, provenance, keypoint specialists."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.evaluate import evaluate
+from pipeline.train import train
+from tests.imagefolders import make_class_folder
+from tests.stage2_fixtures import extract_fast, faces
+
+
+@pytest.fixture(scope="module")
+def cls_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    make_class_folder(root / "data", classes=("a", "b", "c"), per_class=10, size=(32, 32),
+                      bad=[("a", "broken.png", b"\x89PNG\r\n\x1a\nxx")])
+    return extract_fast(root / "data", root / "f.h5", input_size="32")
+
+
+@pytest.mark.parametrize("head,kw", [("dense", dict(params={"epochs": 2})), ("svm", dict(pooling="avg")),
+                                     ("logreg", dict(pooling="avg", grid={"C": [0.1, 1.0]}, jobs=2))])
+def test_each_classification_head_trains_and_saves(cls_file, tmp_path, head, kw):
+    meta = train(cls_file, tmp_path / "m", head=head, **kw)
+    files = set(meta["files"])
+    assert ("head.keras" in files) == (head == "dense") and ("head.joblib" in files) == (head != "dense")
+    assert meta["features"]["backbone"] == "mobilenet" and meta["class_names"] == ["a", "b", "c"]
+    assert meta["training"]["n_invalid_skipped"] == 1 and meta["training"]["used_flipped"]
+    assert meta["training"]["n_train_rows"] + meta["training"]["n_val_rows"] == 30
+    assert 0 <= meta["metrics"]["accuracy"] <= 1
+    if head == "dense":
+        assert {"history.csv", "learning_curve.png"} <= files
+    if "grid" in kw:
+        assert meta["training"]["grid"]["best_params"]["C"] in (0.1, 1.0) and "grid_results.csv" in files
+    with open(tmp_path / "m" / "model.json") as f:
+        assert json.load(f)["files"] == meta["files"]
+    result = evaluate(tmp_path / "m", cls_file)
+    assert set(result) >= {"accuracy", "top1_accuracy", "per_class", "confusion_matrix"}
+    assert np.sum(result["confusion_matrix"]) == 30
+
+
+def test_existing_model_dir_needs_overwrite(cls_file, tmp_path):
+    train(cls_file, tmp_path / "m", head="logreg", pooling="avg")
+    with pytest.raises(Exception, match="exists"):
+        train(cls_file, tmp_path / "m", head="logreg", pooling="avg")
+    train(cls_file, tmp_path / "m", head="logreg", pooling="avg", overwrite=True)
+
+
+def test_wrong_head_for_task_is_clear(cls_file, tmp_path):
+    with pytest.raises(ValueError, match="specialists needs keypoint targets"):
+        train(cls_file, tmp_path / "m", head="specialists")
+
+
+@pytest.fixture(scope="module")
+def face_files(tmp_path_factory):
+    return faces(str(tmp_path_factory.mktemp("faces")))
+
+
+def _mean_rmse(face_files):
+    from pipeline.data import FeatureFile
+
+    with FeatureFile(face_files["train"]) as a, FeatureFile(face_files["val"]) as b:
+        mean = np.nanmean(a.targets, axis=0)
+        t = b.targets
+    return float(np.sqrt(np.nanmean((t - mean) ** 2)))
+
+
+def test_specialists_beat_the_mean_and_use_partial_rows(face_files, tmp_path):
+    meta = train(face_files["train"], tmp_path / "spec", head="specialists", val=face_files["val"], jobs=2)
+    rmse = evaluate(tmp_path / "spec", face_files["val"])["rmse_px"]
+    baseline = _mean_rmse(face_files)
+    assert rmse < 0.5 * baseline, (rmse, baseline)
+    used = meta["training"]["rows_used_per_group"]
+    # Each group trains on exactly the rows where its own points are present (original + mirrored):
+    # the eye centres on nearly every row, the eyebrows on the ~30% of fully labelled rows.
+    from pipeline.data import FeatureFile
+
+    with FeatureFile(face_files["train"]) as f:
+        names, t = f.target_names, f.targets
+    for group, cols in meta["groups"].items():
+        present = np.isfinite(t[:, [names.index(c) for c in cols]]).all(axis=1).sum()
+        assert used[group] == 2 * present, group
+    assert used["eye_centers"] > 0.9 * 2 * 240 and 0 < used["eyebrows"] < 0.6 * used["eye_centers"]
+    assert set(meta["groups"]) == {"eye_centers", "nose_tip", "mouth_corners_top_lip", "bottom_lip",
+                                   "eye_corners", "eyebrows"}
+
+
+def test_flip_augmentation_does_not_hurt(face_files, tmp_path):
+    with_flip = train(face_files["train"], tmp_path / "a", head="specialists", val=face_files["val"])
+    without = train(face_files["train"], tmp_path / "b", head="specialists", val=face_files["val"], use_flipped=False)
+    assert with_flip["training"]["n_training_samples"] == 2 * without["training"]["n_training_samples"]
+    assert with_flip["metrics"]["rmse_px"] <= 1.05 * without["metrics"]["rmse_px"]
+
+
+def test_dense_regression_head_on_keypoints(face_files, tmp_path):
+    meta = train(face_files["train"], tmp_path / "d", head="dense", val=face_files["val"],
+                 params={"epochs": 30, "units": 128})
+    assert meta["metrics"]["rmse_px"] < 0.8 * _mean_rmse(face_files)
+    assert "per_keypoint" in meta["metrics"] and os.path.exists(tmp_path / "d" / "history.csv")
