@@ -134,11 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in (_add_extract, _add_info, _add_backbones):
         add(sub)
-    try:
-        from pipeline import cli_stage2
-    except ImportError:  # stage two commands ship in the same package; absence is a packaging bug
-        raise
+    from pipeline import cli_extras, cli_stage2
+
     cli_stage2.add_commands(sub)
+    cli_extras.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,5 @@
+"""CLI commands beyond the two stages: merge, finetune, classify, visualize-filters, frames."""
+
+
+def add_commands(sub) -> None:
+    """Register the extra subcommands on ``sub`` (each module adds its own parser)."""
