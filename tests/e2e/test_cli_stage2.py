@@ -1,0 +1,115 @@
+"""`bneck train/evaluate/predict/export` as a user runs them, and predict == evaluate == export on the same images."""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.imagefolders import make_class_folder
+
+EXTRACT = ["--backbone", "mobilenet", "--input-size", "32", "--layer", "conv_pw_1_relu", "--weights", "none",
+           "--seed", "5", "--precision", "fp32", "--store-dtype", "float32", "--batch-size", "8", "--no-progress"]
+
+
+def bneck(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    r = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True, env=env)
+    return r
+
+
+def ok(*args):
+    r = bneck(*args)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    make_class_folder(root / "train", classes=("a", "b", "c"), per_class=8, seed=1)
+    make_class_folder(root / "test", classes=("a", "b", "c"), per_class=3, seed=2)
+    ok("extract", root / "train", "-o", root / "train.h5", *EXTRACT)
+    ok("extract", root / "test", "-o", root / "test.h5", *EXTRACT)
+    return root
+
+
+def test_train_evaluate_json_headline(work):
+    out = json.loads(ok("train", work / "train.h5", "-o", work / "svm", "--head", "svm", "--pooling", "avg",
+                        "--grid", "C=0.1,1", "--jobs", "2", "--json"))
+    assert out["head"] == "svm" and "accuracy" in out
+    res = json.loads(ok("evaluate", work / "svm", work / "test.h5", "--json"))
+    assert list(res)[0] == "accuracy" and res["n"] == 9 and len(res["confusion_matrix"]) == 3
+    text = ok("evaluate", work / "svm", work / "test.h5")
+    assert "confusion matrix" in text
+
+
+def _cached_scores(h5, model_dir):
+    from pipeline.evaluate import head_scores
+    from pipeline.modeldir import load_model_dir
+
+    head, meta = load_model_dir(model_dir)
+    with h5py.File(h5) as f:
+        x = f["features"][()]
+        paths = [p.decode() for p in f["paths"][()]]
+    if meta["pooling"] == "avg":
+        x = x.mean(axis=(1, 2))
+    return dict(zip(paths, head_scores(head, x, "classification")))
+
+
+@pytest.mark.parametrize("head,extra", [("logreg", ["--pooling", "avg"]), ("dense", ["--epochs", "3"])])
+def test_predict_matches_evaluate_on_cached_features(work, head, extra):
+    ok("train", work / "train.h5", "-o", work / head, "--head", head, *extra, "--overwrite")
+    lines = ok("predict", work / head, work / "test", "--json", "--top-k", "3").strip().splitlines()
+    assert len(lines) == 9
+    cached = _cached_scores(work / "test.h5", work / head)
+    for line in lines:
+        r = json.loads(line)
+        rel = os.path.relpath(r["path"], work / "test")
+        want = cached[rel]
+        names = ["a", "b", "c"]
+        assert r["label"] == names[int(np.argmax(want))]
+        for name, score in r["scores"].items():
+            assert score == pytest.approx(float(want[names.index(name)]), abs=1e-4)
+
+
+def test_tta_flip_and_bad_file_exit_code(work, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    r = bneck("predict", work / "logreg", work / "test" / "a", bad, "--tta-flip", "--json")
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert r.returncode == 1 and lines[-1]["error"] == "not_image" and len(lines) == 4
+    assert all("scores" in x for x in lines[:3])
+
+
+def test_export_keras_matches_predict(work, tmp_path):
+    import keras
+
+    from features.images import load_rgb
+
+    report = json.loads(ok("export", work / "logreg", "-o", tmp_path / "m.keras", "--json"))
+    assert report["max_abs_diff"] <= 1e-4
+    model = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    files = sorted((work / "test" / "b").iterdir())
+    x = np.stack([load_rgb(str(p), (32, 32)) for p in files]).astype("float32")
+    scores = np.asarray(model(x))
+    lines = [json.loads(s) for s in ok("predict", work / "logreg", *files, "--json").splitlines()]
+    for row, r in zip(scores, lines):
+        assert ["a", "b", "c"][int(np.argmax(row))] == r["label"]
+        assert max(r["scores"].values()) == pytest.approx(float(row.max()), abs=1e-4)
+
+
+def test_incompatible_features_refused_by_cli(work, tmp_path):
+    make_class_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=2)
+    ok("extract", tmp_path / "d", "-o", tmp_path / "other.h5", *EXTRACT[:-3], "--input-size", "48",
+       "--batch-size", "8", "--no-progress")
+    r = bneck("evaluate", work / "logreg", tmp_path / "other.h5")
+    assert r.returncode == 1 and "input_size" in r.stderr
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["features"] = np.zeros((2, 4))
+    r = bneck("train", foreign, "-o", tmp_path / "m")
+    assert r.returncode == 1 and "foreign.h5" in r.stderr
