@@ -16,6 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter 
 
 log = logging.getLogger("bneck")
 
+#: Commands that never touch TensorFlow (no need to pay its import).
+_NO_TENSORFLOW = {"info", "merge"}
+
 EXIT_ERROR, EXIT_USAGE, EXIT_BAD_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 
 
@@ -153,6 +156,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    if not args.verbose and args.command not in _NO_TENSORFLOW:
+        from features.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     from features.runner import Terminated, TooManyBadImages
 
     try:
