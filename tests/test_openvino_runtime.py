@@ -1,0 +1,138 @@
+"""The OpenVINO runtime against the TensorFlow mapper: same features (fp32), close features (bf16).
+
+OpenVINO is an optional extra (``pip install bneck[openvino]``), so this module is skipped
+when it is not installed. Backbones use seeded random weights (``weights="none"``) at 64x64.
+"""
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from features import backbones, mapper, openvino_runtime, weights  # noqa: E402
+
+SIZE = (64, 64)
+BATCH = 4
+
+
+def _images(n, seed=0):
+    """Smooth random images with a little noise (natural-ish, and not mirror-symmetric)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE[0], 0:SIZE[1]] / SIZE[0]
+    out = np.empty((n, *SIZE, 3), np.uint8)
+    for i in range(n):
+        a, b, c = rng.uniform(-1, 1, (3, 3))
+        img = 128 + 90 * np.sin(3 * (a * xx[..., None] + b * yy[..., None]) + c) + rng.normal(0, 12, (*SIZE, 3))
+        out[i] = np.clip(img, 0, 255)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: weights.build_backbone(backbones.get(name), input_size=SIZE, weights="none", seed=7)[0]
+            for name in ("mobilenet", "vgg16")}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("ov_cache"))
+
+
+def _rel_err(a, b):
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _cosine(a, b):
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _both(models, name, pooling, precision, cache, flip=True):
+    spec = backbones.get(name)
+    tf_ex = mapper.Extractor(models[name], spec.preprocess_input, pooling=pooling, flip=flip, batch_size=BATCH)
+    ov_ex = openvino_runtime.OpenVINOExtractor(models[name], spec.preprocess_input, pooling=pooling, flip=flip,
+                                               batch_size=BATCH, precision=precision, cache_dir=cache)
+    return tf_ex, ov_ex
+
+
+def test_available():
+    assert openvino_runtime.available()
+
+
+@pytest.mark.parametrize("name", ["mobilenet", "vgg16"])
+@pytest.mark.parametrize("pooling", ["none", "avg", "max"])
+def test_fp32_matches_tensorflow(models, cache, name, pooling):
+    tf_ex, ov_ex = _both(models, name, pooling, "fp32", cache)
+    assert ov_ex.feature_shape == tf_ex.feature_shape and ov_ex.input_size == tf_ex.input_size
+    for x in (_images(BATCH, 1), _images(BATCH - 1, 2)):  # a full batch, then a short last batch
+        ref_o, ref_f = tf_ex(x)
+        got_o, got_f = ov_ex(x)
+        assert got_o.dtype == np.float32 and got_o.shape == (len(x),) + tf_ex.feature_shape
+        assert got_f.shape == got_o.shape
+        assert np.all(np.linalg.norm(ref_o.reshape(len(x), -1), axis=1) > 0)
+        assert _rel_err(got_o, ref_o).max() <= 1e-4
+        assert _rel_err(got_f, ref_f).max() <= 1e-4
+        assert _rel_err(got_f, got_o).min() > 1e-3  # the flipped view really is another view
+
+
+@pytest.mark.parametrize("name,pooling", [("mobilenet", "avg"), ("vgg16", "none")])
+def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
+    tf_ex, ov_ex = _both(models, name, pooling, "bf16", cache)
+    assert ov_ex.describe()["inference_precision"] == "bf16"
+    x = _images(BATCH - 1, 3)
+    ref_o, ref_f = tf_ex(x)
+    got_o, got_f = ov_ex(x)
+    assert _cosine(got_o, ref_o).min() >= 0.99
+    assert _cosine(got_f, ref_f).min() >= 0.99
+
+
+def test_flip_is_the_mirror_image_and_no_flip_splits_requests(models, cache):
+    spec = backbones.get("mobilenet")
+    kw = dict(pooling="avg", batch_size=BATCH, precision="fp32", cache_dir=cache)
+    with_flip = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, flip=True, **kw)
+    no_flip = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, flip=False, **kw)
+    x = _images(BATCH, 4)
+    orig, flipped = with_flip(x)
+    mirrored, none = no_flip(x[:, :, ::-1])
+    assert none is None
+    assert _rel_err(mirrored, flipped).max() <= 1e-5
+    # Every stream gets a request: without flip the batch is split when there are >= 2 streams.
+    d = no_flip.describe()
+    assert d["requests_per_call"] * d["request_batch"] >= BATCH
+    assert d["requests_per_call"] >= min(d["streams"], BATCH)
+    short, _ = no_flip(x[:1])
+    assert _rel_err(short, no_flip(x)[0][:1]).max() <= 1e-5
+
+
+def test_compiled_model_cache_is_written(models, tmp_path):
+    spec = backbones.get("mobilenet")
+    openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+                                       batch_size=2, precision="fp32", cache_dir=str(tmp_path / "c"))
+    assert any(p.suffix == ".blob" for p in (tmp_path / "c").iterdir())
+    # An unusable cache directory (here: a file) only disables the cache.
+    (tmp_path / "f").write_text("")
+    ex = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+                                            batch_size=2, precision="fp32", cache_dir=str(tmp_path / "f"))
+    assert ex.cache_dir is None and ex(np.zeros((1, *SIZE, 3), np.uint8))[0].shape == (1, 1024)
+
+
+def test_rejects_bad_inputs(models, cache):
+    spec = backbones.get("mobilenet")
+    ex = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+                                            batch_size=2, precision="fp32", cache_dir=cache)
+    with pytest.raises(ValueError, match="exceeds"):
+        ex(_images(3))
+    with pytest.raises(TypeError, match="uint8"):
+        ex(_images(2).astype(np.float32))
+    with pytest.raises(ValueError, match="expects"):
+        ex(np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="precision"):
+        openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, precision="fp16")
+
+
+def test_rejects_mixed_precision_keras_model():
+    spec = backbones.get("mobilenet")
+    model, _ = weights.build_backbone(spec, input_size=SIZE, weights="none", dtype_policy="mixed_bfloat16")
+    with pytest.raises(ValueError, match="float32 backbone"):
+        openvino_runtime.OpenVINOExtractor(model, spec.preprocess_input, cache_dir=None)
