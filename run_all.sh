@@ -58,12 +58,12 @@ case "${1:-demo}" in
     demo
     ;;
   test)
-    install "test,plots"
+    install "test,plots,openvino"
     shift
     "$VENV/bin/python" -m pytest -q "$@"
     ;;
   test-slow)
-    install "test,plots"
+    install "test,plots,openvino"
     shift
     "$VENV/bin/python" -m pytest -q -m slow "$@"
     ;;

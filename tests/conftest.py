@@ -5,6 +5,9 @@ import os
 # Tests must never download anything: point Keras at an empty private cache.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# `--runtime auto` picks OpenVINO when the extra is installed; its TF->OpenVINO conversion costs
+# seconds per run, so the suite defaults to TensorFlow and the OpenVINO tests ask for it by name.
+os.environ.setdefault("BNECK_RUNTIME", "tensorflow")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -169,3 +169,23 @@ def test_second_writer_is_refused(tmp_path):
             store.PartialStore(str(tmp_path / "x.h5"), {"a": 1}, n_rows=4, chunk_rows=2).open()
     finally:
         s1.close()
+
+
+def test_openvino_runtime_end_to_end(dataset, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")  # the [openvino] extra
+    data, pics = dataset
+    monkeypatch.setenv("BNECK_RUNTIME", "auto")
+    assert runner.resolve_runtime("auto") == "openvino"
+    extract(_cfg(data, tmp_path / "tf.h5", runtime="tensorflow"))
+    extract(_cfg(data, tmp_path / "ov.h5", runtime="auto"))
+    with h5py.File(tmp_path / "tf.h5") as a, h5py.File(tmp_path / "ov.h5") as b:
+        assert b.attrs["runtime"] == "openvino" and a.attrs["runtime"] == "tensorflow"
+        for name in ("features", "features_flipped"):
+            for x, y in zip(a[name][()], b[name][()]):
+                assert _rel_err(y, x) <= 1e-4
+        np.testing.assert_array_equal(a["valid"][()], b["valid"][()])
+
+
+def test_runtime_choice_errors():
+    with pytest.raises(ValueError, match="--runtime must be one of"):
+        runner.resolve_runtime("onnx")
