@@ -272,13 +272,13 @@ def build_extractor(backbone: str, *, input_size="224", batch: int = 32, precisi
                 raise SystemExit(f"--runtime openvino supports --precision bf16 or fp32, not {precision}")
             model, _ = weights.build_backbone(spec, input_size=size, layer=layer, weights="none", seed=seed)
             ex = openvino_runtime.OpenVINOExtractor(
-                model, spec.preprocess_input, pooling=pooling, flip=flip, batch_size=batch, precision=precision,
+                model, spec.preprocess_function, pooling=pooling, flip=flip, batch_size=batch, precision=precision,
                 cache_dir=cache_dir or os.path.join(DEFAULT_ROOT, "openvino-cache"))
             info["openvino"] = ex.describe()
         else:
             model, _ = weights.build_backbone(spec, input_size=size, layer=layer, weights="none", seed=seed,
                                               dtype_policy=mapper.dtype_policy(precision))
-            ex = mapper.Extractor(model, spec.preprocess_input, pooling=pooling, flip=flip, batch_size=batch)
+            ex = mapper.Extractor(model, spec.preprocess_function, pooling=pooling, flip=flip, batch_size=batch)
     info["build_seconds"] = round(t.seconds, 2)
     info["feature_shape"] = list(ex.feature_shape)
     return ex, info

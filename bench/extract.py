@@ -1,0 +1,129 @@
+"""End-to-end stage one, side by side with its ceilings: JPEG files on disk -> finished HDF5 file.
+
+For each backbone, in ONE run on the same cores: the model-only ceiling C of every runtime
+(images/s with both views, random uint8 batch already in memory), the decode-only rate D,
+the pipeline's hardware limit 1 / (1/C_best + 1/D) (two views to infer, one image to decode),
+the real `bneck extract` (subprocess, its own peak RSS), and optionally the classic approach
+(`image_dataset_from_directory` + `model.predict` fp32, one pass per view).
+
+    python bench/extract.py --backbones vgg16,resnet50,mobilenet,mobilenetv2 --n 400 --classic vgg16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+_CHILD = """
+import json, resource, sys
+from pipeline.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+      file=sys.stderr)
+"""
+
+
+def run_extract(data: str, out: str, backbone: str, runtime: str, precision: str, batch: int) -> dict:
+    """`bneck extract` in a child process; its --json summary plus its own peak RSS."""
+    args = [sys.executable, "-c", _CHILD, "-q", "extract", data, "-o", out, "--backbone", backbone, "--weights", "none",
+            "--runtime", runtime, "--precision", precision, "--batch-size", str(batch), "--no-progress",
+            "--overwrite", "--json"]
+    r = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if r.returncode != 0:
+        raise RuntimeError(f"bneck extract failed:\n{r.stderr[-2000:]}")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    summary.update(json.loads(r.stderr.strip().splitlines()[-1]))
+    return summary
+
+
+def model_ceiling(backbone: str, runtime: str, precision: str, batch: int, seconds: float) -> dict:
+    """Model-only images/s (both views) of one runtime."""
+    import numpy as np
+
+    ex, info = common.build_extractor(backbone, batch=batch, precision=precision, runtime=runtime)
+    h, w = ex.input_size
+    x = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    times = common.run_for(lambda: ex(x), min_seconds=seconds, min_iters=3, warmup=2)
+    s = common.summarize(times, batch)
+    return {"runtime": runtime, "precision": info["precision"], "images_per_s": s["items_per_s"],
+            "features_per_s": round(2 * s["items_per_s"], 2), "build_seconds": info["build_seconds"]}
+
+
+def decode_rate(paths, workers: int) -> float:
+    """Decode-only images/s at 224 with the stage-one decoder and a thread pool."""
+    from features import images
+
+    seconds, _ = common.threaded_throughput(lambda p: images.decode(p, (224, 224)), paths, workers)
+    return len(paths) / seconds
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbones", default="vgg16,resnet50,mobilenet,mobilenetv2", help="comma-separated names")
+    p.add_argument("--n", type=int, default=400, help="256x256 JPEGs in the fixture (default 400)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--runtimes", default="tensorflow,openvino", help="runtimes to measure (default both)")
+    p.add_argument("--seconds", type=float, default=8.0, help="time each ceiling at least this long (default 8)")
+    p.add_argument("--classic", default="vgg16", help="backbones to also run the classic approach on ('' = none)")
+    common.add_output_args(p)
+    args = p.parse_args(argv)
+
+    from features import openvino_runtime
+
+    runtimes = [r for r in args.runtimes.split(",") if r and (r != "openvino" or openvino_runtime.available())]
+    directory, paths = common.jpeg_folder(args.n, 4, size=(256, 256), root=args.fixture_root)
+    common.warm_page_cache(paths)
+    workers = os.cpu_count() or 2
+    result = {"bench": "extract", "env": common.env_info(), "n": args.n, "batch": args.batch,
+              "jpeg": "256x256 q90", "input_size": [224, 224], "views": 2, "backbones": {}}
+    decode = [decode_rate(paths, workers) for _ in range(2)]
+    result["decode_images_per_s"] = round(max(decode), 1)
+    for name in [b for b in args.backbones.split(",") if b]:
+        common.log(f"== {name}")
+        row = {"ceilings": {}}
+        for rt in runtimes:
+            for precision in (["bf16", "fp32"] if rt == "tensorflow" else ["bf16"]):
+                c = model_ceiling(name, rt, precision, args.batch, args.seconds)
+                row["ceilings"][f"{rt}_{precision}"] = c
+                common.log(f"   ceiling {rt} {precision}: {c['images_per_s']} img/s")
+        best_key = max(row["ceilings"], key=lambda k: row["ceilings"][k]["images_per_s"])
+        best = row["ceilings"][best_key]
+        d = decode_rate(paths, workers)
+        limit = 1.0 / (1.0 / best["images_per_s"] + 1.0 / d)
+        rt, precision = best_key.split("_")
+        with tempfile.TemporaryDirectory() as tmp:
+            e2e = run_extract(directory, os.path.join(tmp, "f.h5"), name, rt, precision, args.batch)
+        steady = e2e["images_per_s_after_startup"]
+        row.update({"best_runtime": best_key, "decode_images_per_s": round(d, 1), "limit_images_per_s": round(limit, 2),
+                    "extract": {k: e2e[k] for k in ("images_per_s", "images_per_s_after_startup", "startup_seconds",
+                                                     "seconds", "peak_rss_mb", "bytes_written")},
+                    "ratio_to_limit": round(steady / limit, 3), "features_per_s": round(2 * steady, 2)})
+        common.log(f"   extract {steady} img/s after {e2e['startup_seconds']} s start-up; limit {limit:.1f}; "
+                   f"ratio {row['ratio_to_limit']}")
+        if name in args.classic.split(","):
+            import contextlib
+
+            import classic
+
+            with contextlib.redirect_stdout(sys.stderr):  # this script prints ONE JSON object
+                c = classic.main(["--backbone", name, "--n", str(args.n), "--batch", str(args.batch)]
+                                 + (["--fixture-root", args.fixture_root] if args.fixture_root else []))
+            row["classic"] = {"images_per_s": c["images_per_s"], "features_per_s": c["features_per_s"]}
+            row["speedup_vs_classic"] = round(steady / c["images_per_s"], 2)
+        result["backbones"][name] = row
+    result["peak_rss_mb_bench_process"] = round(common.peak_rss_mb(), 1)
+    common.emit(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
