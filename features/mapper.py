@@ -61,6 +61,18 @@ def _pool(y, pooling: str):
     return y
 
 
+def check_batch(batch: np.ndarray, batch_size: int, input_size: tuple[int, int]) -> int:
+    """Validate a uint8 batch for an extractor of ``batch_size`` at ``input_size``; returns its length."""
+    n = len(batch)
+    if n > batch_size:
+        raise ValueError(f"batch of {n} exceeds the extractor's batch size {batch_size}")
+    if tuple(batch.shape[1:3]) != tuple(input_size):
+        raise ValueError(f"batch images are {batch.shape[1:3]}, the model expects {input_size}")
+    if batch.dtype != np.uint8:
+        raise TypeError(f"batch must be uint8, got {batch.dtype}")
+    return n
+
+
 class Extractor:
     """Callable mapping a uint8 batch (B, H, W, 3) to float32 original and flipped features.
 
@@ -90,11 +102,7 @@ class Extractor:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Features of ``batch`` and of its mirror image (None when flip is off)."""
-        n = len(batch)
-        if n > self.batch_size:
-            raise ValueError(f"batch of {n} exceeds the extractor's batch size {self.batch_size}")
-        if batch.shape[1:3] != self.input_size:
-            raise ValueError(f"batch images are {batch.shape[1:3]}, the model expects {self.input_size}")
+        n = check_batch(batch, self.batch_size, self.input_size)
         if n < self.batch_size:
             pad = np.zeros((self.batch_size - n,) + batch.shape[1:], dtype=np.uint8)
             batch = np.concatenate([batch, pad])

@@ -156,13 +156,9 @@ class OpenVINOExtractor:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Features of ``batch`` and of its mirror image (None when flip is off)."""
-        n = len(batch)
-        if n > self.batch_size:
-            raise ValueError(f"batch of {n} exceeds the extractor's batch size {self.batch_size}")
-        if batch.shape[1:3] != self.input_size:
-            raise ValueError(f"batch images are {batch.shape[1:3]}, the model expects {self.input_size}")
-        if batch.dtype != np.uint8:
-            raise TypeError(f"batch must be uint8, got {batch.dtype}")
+        from features.mapper import check_batch
+
+        n = check_batch(batch, self.batch_size, self.input_size)
         padded = self._parts * self.request_batch
         x = np.zeros((padded,) + self.input_size + (3,), dtype=np.uint8)
         x[:n] = batch
