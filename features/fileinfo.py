@@ -13,7 +13,10 @@ def describe_file(path: str, *, max_bad: int = 20) -> dict:
     """Summary of one HDF5 feature file as plain JSON-able data."""
     import h5py
 
+    from features.merge import check_sources
+
     with h5py.File(path, "r") as f:
+        check_sources(f)  # a merged file whose shard files are gone would read as zeros
         attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "settings_json"}
         datasets = {name: {"shape": list(d.shape), "dtype": str(d.dtype),
                            "chunks": list(d.chunks) if d.chunks else None}

@@ -3,3 +3,6 @@
 
 def add_commands(sub) -> None:
     """Register the extra subcommands on ``sub`` (each module adds its own parser)."""
+    from pipeline import cli_merge
+
+    cli_merge.add_commands(sub)

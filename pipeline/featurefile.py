@@ -63,6 +63,10 @@ class FeatureFile:
             raise FeatureFileError(
                 f"{where}: incomplete feature file (extraction was interrupted or this is a "
                 "partial shard); re-run or resume the extraction / merge the shards")
+        # A merged (virtual) file shows fill values where a shard file is missing: refuse it instead.
+        from features.merge import check_sources
+
+        check_sources(self._h5, error=FeatureFileError)
         if "features" not in self._h5:
             raise FeatureFileError(f"{where}: missing the 'features' dataset")
         n = self._h5["features"].shape[0]

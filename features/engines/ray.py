@@ -1,0 +1,281 @@
+"""``bneck extract --engine ray``: the shards of one extraction run by a pool of Ray actors.
+
+Design: the manifest is split into N shards (``shards_per_worker`` per actor, fixed in
+``OUT.h5.ray/plan.json`` so a rerun resumes with the same split whatever the cluster size). One
+actor per GPU (or CPU actors when there is none) loads the backbone once and runs
+:func:`features.runner.extract` on each shard it is handed: the local runner's decode threads,
+chunk commits, locking and atomic shard files, unchanged. Shards go to whichever actor is free, so
+slow nodes do not hold the run back. The finished shard files are then merged with
+:func:`features.merge.merge` (``copy=True``) into the requested output and the work directory is
+removed. The result equals the local engine's, row order and bytes included.
+
+Resuming: finished shard files are skipped, interrupted shards resume from their committed
+chunks; an output that is already complete is recognised as such without starting Ray.
+
+Every node must see ``DATA`` and the output directory at the same paths (a shared filesystem)
+and have bneck installed. With a Ray Client address (``ray://host:10001``) the coordinating code
+runs as a task on the cluster, so the machine you type on needs no access to the files.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+
+from features import store
+from features.runner import ExtractConfig, ExtractSummary, TooManyBadImages, extract, shard_output
+
+log = logging.getLogger("bneck")
+
+SHARDS_PER_WORKER = 4
+_LOCAL_OBJECT_STORE = 256 << 20  # only summaries cross the object store; rows go to disk
+
+
+def work_dir(output: str) -> str:
+    """Where the shard files of ``output`` live until they are merged."""
+    return output + ".ray"
+
+
+def extract_ray(cfg: ExtractConfig, *, address: str | None = None, num_workers: int | None = None,
+                num_gpus_per_worker: float | None = None, shards_per_worker: int = SHARDS_PER_WORKER,
+                stats: dict | None = None) -> ExtractSummary:
+    """Run ``cfg`` on Ray and return the summary; the output equals :func:`features.runner.extract`'s.
+
+    ``address``: None starts (or reuses) a local Ray instance; "auto", "HOST:PORT" or
+    "ray://HOST:10001" join a running cluster. ``num_workers``: actors (default: one per GPU, else
+    one per 8 CPUs of the cluster). ``num_gpus_per_worker``: GPUs per actor (default: 1 when the
+    cluster has GPUs, else 0; fractions share a GPU). ``stats``, if given, is filled with phase
+    timings (Ray start, actors ready, per-shard seconds, merge) for benchmarks.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--engine ray needs Ray, an optional extra: pip install 'bneck[ray]'") from None
+    if cfg.shard:
+        raise ValueError("--engine ray makes its own shards; run without --shard")
+    cfg = _absolute(cfg)
+    started, stats = False, stats if stats is not None else {}
+    t0 = time.time()
+    if not ray.is_initialized():
+        if address:
+            try:
+                ray.init(address=address)
+            except ConnectionError as exc:
+                raise RuntimeError(
+                    f"cannot join the Ray cluster at {address}: {exc}. Ray >= 2.59 clusters check a token: "
+                    "export RAY_AUTH_MODE=token here too (the token is read from ~/.ray/auth_token or "
+                    "$RAY_AUTH_TOKEN)") from None
+        else:
+            ray.init(include_dashboard=False, object_store_memory=_LOCAL_OBJECT_STORE)
+        started = True
+    stats["ray_init_s"] = round(time.time() - t0, 3)
+    try:
+        args = (cfg, num_workers, num_gpus_per_worker, shards_per_worker)
+        from ray.util.client import ray as client
+
+        if client.is_connected():  # Ray Client: the files live on the cluster, not here
+            summary, remote_stats = ray.get(ray.remote(num_cpus=0)(_drive_remote).remote(*args))
+            stats.update(remote_stats)
+            return ExtractSummary(**summary)
+        return _drive(*args, stats=stats)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _drive_remote(*args) -> tuple[dict, dict]:
+    stats: dict = {}
+    return dataclasses.asdict(_drive(*args, stats=stats)), stats
+
+
+def _drive(cfg: ExtractConfig, num_workers, num_gpus_per_worker, shards_per_worker, *,
+           stats: dict) -> ExtractSummary:
+    import ray
+    from ray.util import ActorPool
+    from tqdm.auto import tqdm
+
+    from features.merge import merge
+    from features.sources import read_source
+
+    t0 = time.time()
+    if os.path.exists(cfg.output) and not cfg.overwrite:
+        # The local engine's check: "already complete", or a clear error; it never recomputes here.
+        return extract(dataclasses.replace(cfg, progress=False))
+    work = work_dir(cfg.output)
+    if cfg.overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+    n = len(read_source(cfg.data, **{k: v for k, v in cfg.source.items() if v is not None}))
+    workers, cpus, gpus = _plan_workers(num_workers, num_gpus_per_worker)
+    n_shards = _plan_shards(work, n, workers * shards_per_worker, cfg.batch_size)
+    shard_cfg = dataclasses.replace(cfg, output=os.path.join(work, os.path.basename(cfg.output)), overwrite=False,
+                                    progress=False, max_bad_fraction=1.0, workers=cfg.workers or cpus)
+    shards = [f"{i}/{n_shards}" for i in range(n_shards)]
+    workers = min(workers, n_shards)
+    log.info("ray: %d rows in %d shards on %d actors (%s CPU, %s GPU each) -> %s", n, n_shards, workers, cpus,
+             gpus, work)
+    actor_cls = ray.remote(_ShardWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2)
+    actors = [actor_cls.remote(cpus) for _ in range(workers)]
+    stats.update(workers=workers, n_shards=n_shards, cpus_per_worker=cpus, gpus_per_worker=gpus, shards=[])
+    computed = written = 0
+    bar = tqdm(total=n, unit="img", desc=f"extract {os.path.basename(cfg.output)} [ray x{workers}]",
+               disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        ray.get([a.ready.remote() for a in actors])  # Ray workers started, TensorFlow imported
+        stats["actors_ready_s"] = round(time.time() - t0, 3)
+        pool = ActorPool(actors)
+        cfg_dict = dataclasses.asdict(shard_cfg)
+        for s in pool.map_unordered(lambda a, shard: a.run.remote(cfg_dict, shard), shards):
+            computed, written = computed + s["computed"], written + s["bytes_written"]
+            stats["shards"].append({k: s[k] for k in ("output", "rows", "computed", "seconds", "pid")})
+            bar.update(s["rows"])
+        stats["shards_done_s"] = round(time.time() - t0, 3)
+    except ray.exceptions.RayTaskError as exc:  # re-raise the worker's own error (StoreError, ...)
+        cause = getattr(exc, "cause", None)
+        raise (cause if isinstance(cause, BaseException) else RuntimeError(str(exc))) from None
+    finally:
+        bar.close()
+        for a in actors:
+            ray.kill(a)
+    files = [shard_output(shard_cfg.output, s) for s in shards]
+    bad, reasons = _count_bad(files)
+    if n and bad / n > cfg.max_bad_fraction:
+        raise TooManyBadImages(
+            f"{bad} of {n} images ({bad / n:.1%}) could not be decoded ({dict(reasons)}), more than "
+            f"--max-bad-fraction {cfg.max_bad_fraction}. The shard files are kept in {work}; rerun with a "
+            "higher --max-bad-fraction to finish without recomputing, or fix the inputs")
+    t_merge = time.time()
+    merge(files, cfg.output, copy=True, overwrite=cfg.overwrite, progress=cfg.progress)
+    shutil.rmtree(work, ignore_errors=True)
+    stats["merge_s"] = round(time.time() - t_merge, 3)
+    return ExtractSummary(cfg.output, n, computed, bad, time.time() - t0, written + os.path.getsize(cfg.output),
+                          bad_reasons=dict(reasons))
+
+
+def _absolute(cfg: ExtractConfig) -> ExtractConfig:
+    """Absolute paths: actors do not share the caller's working directory."""
+    source = dict(cfg.source)
+    for key in ("categories", "image_root"):
+        if source.get(key):
+            source[key] = os.path.abspath(source[key])
+    return dataclasses.replace(cfg, data=os.path.abspath(cfg.data), output=os.path.abspath(cfg.output),
+                               source=source)
+
+
+def _plan_workers(num_workers, gpus_per_worker) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) for the connected cluster."""
+    import ray
+
+    res = ray.cluster_resources()
+    total_cpu, total_gpu = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")] or [total_cpu]
+    if gpus_per_worker is None:
+        gpus_per_worker = 1 if total_gpu else 0
+    if gpus_per_worker < 0 or (num_workers is not None and num_workers < 1):
+        raise ValueError("--num-gpus-per-worker must be >= 0 and the number of workers >= 1")
+    if gpus_per_worker and total_gpu < gpus_per_worker:
+        raise ValueError(f"--num-gpus-per-worker {gpus_per_worker} but the Ray cluster has {total_gpu:g} GPUs; "
+                         "pass --num-gpus-per-worker 0 to run on CPUs")
+    if num_workers is None:
+        # A GPU actor per GPU; on CPUs one TensorFlow process scales well up to ~8 cores.
+        num_workers = int(total_gpu // gpus_per_worker) if gpus_per_worker else max(1, int(total_cpu // 8))
+    cpus = max(1, min(int(total_cpu // num_workers), int(max(node_cpus))))
+    return num_workers, cpus, gpus_per_worker
+
+
+def _plan_shards(work: str, n_rows: int, wanted: int, batch_size: int) -> int:
+    """The shard count of this run: fixed at the first attempt so reruns resume the same shard files."""
+    os.makedirs(work, exist_ok=True)
+    plan_path = os.path.join(work, "plan.json")
+    if os.path.exists(plan_path):
+        with open(plan_path, encoding="utf-8") as f:
+            return int(json.load(f)["n_shards"])
+    # Every shard at least one batch long, so tiny datasets do not spawn empty shards.
+    n_shards = max(1, min(wanted, n_rows // max(1, batch_size)))
+    store._atomic_write_bytes(plan_path, json.dumps({"n_shards": n_shards, "n_rows": n_rows}).encode())
+    return n_shards
+
+
+def _count_bad(files: list[str]) -> tuple[int, collections.Counter]:
+    import h5py
+
+    bad, reasons = 0, collections.Counter()
+    for path in files:
+        with h5py.File(path, "r") as f:
+            valid = f["valid"][()]
+            bad += int((~valid).sum())
+            reasons.update(r.decode() if isinstance(r, bytes) else r for r in f["reason"][()][~valid])
+    return bad, reasons
+
+
+class _ShardWorker:
+    """A Ray actor: one TensorFlow process that runs whole shards through the local runner."""
+
+    def __init__(self, cpus: int):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        # Before any op runs: keep this actor on its share of the node's cores.
+        tf.config.threading.set_intra_op_parallelism_threads(int(cpus))
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(cpus)))
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)  # fractional GPUs share the memory
+        self._cache: dict = {}
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def run(self, cfg_dict: dict, shard: str) -> dict:
+        cfg = ExtractConfig(**{**cfg_dict, "shard": shard})
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            with _reuse_model(self._cache):
+                return {**extract(cfg).as_dict(), "pid": os.getpid()}
+        finally:
+            if main:  # the runner's SIGTERM handler is for a CLI process, not for a Ray worker
+                signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _reuse_model(cache: dict):
+    """Build the backbone and trace (or compile) its graph once per actor, not once per shard."""
+    from features import mapper, weights
+
+    try:
+        from features import openvino_runtime as ov
+    except ImportError:  # pragma: no cover - a build without the OpenVINO runtime module
+        ov = None
+    build, make_extractor = weights.build_backbone, mapper.Extractor
+    make_ov = getattr(ov, "OpenVINOExtractor", None)
+
+    def cached_build(spec, **kw):
+        key = ("model", spec.name, repr(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = build(spec, **kw)
+        return cache[key]
+
+    def cached(kind, factory):
+        def make(model, preprocess, **kw):
+            key = (kind, id(model), repr(sorted(kw.items())))
+            if key not in cache:
+                cache[key] = factory(model, preprocess, **kw)
+            return cache[key]
+        return make
+
+    weights.build_backbone, mapper.Extractor = cached_build, cached("tf", make_extractor)
+    if make_ov is not None:
+        ov.OpenVINOExtractor = cached("openvino", make_ov)
+    try:
+        yield
+    finally:
+        weights.build_backbone, mapper.Extractor = build, make_extractor
+        if make_ov is not None:
+            ov.OpenVINOExtractor = make_ov

@@ -1,0 +1,288 @@
+"""Merge the shard files of one ``bneck extract --shard I/N`` run into one feature file.
+
+The result equals a single-machine run of the same settings, dataset by dataset, and opens like
+any feature file. By default every dataset is an HDF5 *virtual dataset* (VDS) that maps each
+shard's rows in order: instant, no copy, but the shard files must stay next to the merged file
+(the VDS stores their paths relative to it, so the directory can be moved as a whole).
+``copy=True`` writes a self-contained file instead, streamed in blocks.
+
+Everything is checked before anything is written; the output appears atomically (temp name,
+then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import time
+
+import numpy as np
+
+from features.manifest import parse_shard, shard_bounds
+from features.store import PRODUCER, _plain, partial_dir
+
+DATASETS = ("features", "features_flipped", "labels", "targets", "targets_flipped", "paths", "valid",
+            "reason", "image_size")
+_PER_SHARD = {"shard", "row_start", "row_stop", "created", "settings_json", "complete"}
+# Paths on the machine that ran the shard: they may differ between cluster nodes; shard 0's is kept.
+_HOST_LOCAL = {"source_root", "weights_path"}
+_MERGE_ATTRS = {"merged_from", "virtual", "vds_sources", "note"}
+_BLOCK_BYTES = 64 << 20
+VDS_NOTE = ("virtual dataset: rows are read from the shard files in vds_sources (paths relative to this "
+            "file); keep them next to it, move the directory as a whole, or merge with --copy")
+
+
+class MergeError(ValueError):
+    """The shards cannot be merged as given (nothing was written)."""
+
+
+def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool = False,
+          progress: bool = True) -> dict:
+    """Merge ``shards`` (the files of shards 0..N-1 of one run, any order) into ``output``; returns a summary."""
+    t0 = time.time()
+    infos = _check_shards([os.fspath(s) for s in shards])
+    output = os.fspath(output)
+    real_out = os.path.realpath(output)
+    for s in infos:
+        if os.path.realpath(s["path"]) == real_out:
+            raise MergeError(f"output {output} is one of the shard files; choose another output")
+    if os.path.exists(output) and not overwrite:
+        raise MergeError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
+    n = infos[-1]["row_stop"]
+    attrs = _merged_attrs(infos, n, copy)
+    out_dir = os.path.dirname(os.path.abspath(output))
+    tmp = f"{output}.tmp-{os.getpid()}"
+    import h5py
+
+    try:
+        with h5py.File(tmp, "w") as f:
+            if copy:
+                _write_copy(f, infos, n, progress, os.path.basename(output))
+            else:
+                attrs["vds_sources"] = _write_vds(f, infos, n, out_dir)
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            f.attrs["complete"] = True
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return {"output": output, "shards": [s["path"] for s in infos], "n_shards": len(infos), "rows": n,
+            "virtual": not copy, "bytes": os.path.getsize(output), "seconds": round(time.time() - t0, 3)}
+
+
+# -- checks ------------------------------------------------------------------------------------
+def _check_shards(paths: list[str]) -> list[dict]:
+    if not paths:
+        raise MergeError("no shard files given")
+    seen = {}
+    for p in paths:
+        key = os.path.realpath(p)
+        if key in seen:
+            raise MergeError(f"shard file {p} is given twice (also as {seen[key]})")
+        seen[key] = p
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise MergeError("; ".join(_missing_message(p) for p in missing))
+    infos = sorted((_read_shard(p) for p in paths), key=lambda s: s["index"])
+    first = infos[0]
+    for s in infos[1:]:
+        _compare(first, s)
+    count = first["count"]
+    by_index = {}
+    for s in infos:
+        if s["index"] in by_index:
+            raise MergeError(f"shard {s['index']}/{count} is given twice: {by_index[s['index']]} and {s['path']}")
+        by_index[s["index"]] = s["path"]
+    absent = [i for i in range(count) if i not in by_index]
+    if absent:
+        hints = [_expected_name(first["path"], i, count) for i in absent[:10]]
+        raise MergeError(f"shards {absent[:10]} of {count} are missing: "
+                         + "; ".join(f"{h} exists but was not given" if os.path.isfile(h) else _missing_message(h)
+                                     for h in hints))
+    n_rows = first["attrs"].get("n_rows")
+    if not isinstance(n_rows, int):
+        raise MergeError(f"{first['path']}: has no n_rows attr")
+    for s in infos:
+        want = shard_bounds(int(n_rows), s["index"], count)
+        if (s["row_start"], s["row_stop"]) != want:
+            raise MergeError(f"{s['path']}: shard {s['index']}/{count} covers rows [{s['row_start']}, "
+                             f"{s['row_stop']}) but shard {s['index']}/{count} of {n_rows} rows is {list(want)}")
+        for name, (length, _, _) in s["datasets"].items():
+            if length != s["row_stop"] - s["row_start"]:
+                raise MergeError(f"{s['path']}: dataset {name!r} has {length} rows, expected "
+                                 f"{s['row_stop'] - s['row_start']}")
+    return infos
+
+
+def _missing_message(p: str) -> str:
+    if os.path.isdir(partial_dir(p)):
+        return (f"{p} is not finished: only {partial_dir(p)}/ exists (the extraction was interrupted); "
+                "rerun the same `bneck extract --shard I/N` command to resume it")
+    return f"{p}: no such shard file"
+
+
+def _expected_name(path: str, index: int, count: int) -> str:
+    d, base = os.path.split(path)
+    new, k = re.subn(r"\.shard-\d+-of-\d+", f".shard-{index:05d}-of-{count:05d}", base)
+    return os.path.join(d, new) if k else f"shard {index}/{count}"
+
+
+def _read_shard(path: str) -> dict:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise MergeError(f"{path}: not an HDF5 file ({exc})") from None
+    with f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        if attrs.get("producer") != PRODUCER or "settings_json" not in attrs:
+            raise MergeError(f"{path}: not a bneck feature file (no producer='bneck'/settings_json attrs)")
+        if not attrs.get("complete"):
+            raise MergeError(f"{path}: incomplete feature file (complete is not set); rerun its extraction")
+        if attrs.get("virtual") or any(f[n].is_virtual for n in f if isinstance(f[n], h5py.Dataset)):
+            raise MergeError(f"{path}: is itself a merged (virtual) file, not a shard")
+        try:
+            index, count = parse_shard(attrs.get("shard"))
+        except ValueError as exc:
+            raise MergeError(f"{path}: bad shard attr: {exc}") from None
+        datasets = {n: (f[n].shape[0], (f[n].dtype, f[n].shape[1:], f[n].chunks),
+                        {k: _plain(v) for k, v in f[n].attrs.items()}) for n in DATASETS if n in f}
+    if "features" not in datasets:
+        raise MergeError(f"{path}: has no 'features' dataset")
+    return {"path": path, "attrs": attrs, "index": index, "count": count, "datasets": datasets,
+            "row_start": int(attrs.get("row_start", -1)), "row_stop": int(attrs.get("row_stop", -1)),
+            "settings": json.loads(attrs["settings_json"])}
+
+
+def _compare(a: dict, b: dict) -> None:
+    """Raise naming the first attr, setting or dataset in which shard ``b`` differs from shard ``a``."""
+    where = f"{b['path']} and {a['path']} come from different runs"
+    if a["count"] != b["count"]:
+        raise MergeError(f"{where}: shard counts differ ({a['attrs']['shard']} vs {b['attrs']['shard']})")
+    skip = _PER_SHARD | _HOST_LOCAL
+    for key in sorted(set(a["attrs"]) | set(b["attrs"])):
+        if key not in skip and a["attrs"].get(key) != b["attrs"].get(key):
+            raise MergeError(f"{where}: {key} differs ({a['attrs'].get(key)!r} vs {b['attrs'].get(key)!r})")
+    sa, sb = _full_run(a["settings"], 0), _full_run(b["settings"], 0)
+    for key in sorted(set(sa) | set(sb)):
+        if sa.get(key) != sb.get(key):
+            raise MergeError(f"{where}: setting {key} differs ({sa.get(key)!r} vs {sb.get(key)!r})")
+    if set(a["datasets"]) != set(b["datasets"]):
+        raise MergeError(f"{where}: datasets differ ({sorted(a['datasets'])} vs {sorted(b['datasets'])})")
+    for name, (_, (dt, shape, _), dattrs) in a["datasets"].items():
+        _, (dt2, shape2, _), dattrs2 = b["datasets"][name]
+        if dt != dt2 or shape != shape2:
+            raise MergeError(f"{where}: dataset {name!r} is {dt2}{shape2} vs {dt}{shape}")
+        if dattrs != dattrs2:
+            raise MergeError(f"{where}: attrs of dataset {name!r} differ ({dattrs2} vs {dattrs})")
+
+
+def _full_run(settings: dict, n_rows: int) -> dict:
+    """The settings an unsharded run of the same data would record."""
+    return {**settings, "shard": "0/1", "row_start": 0, "row_stop": n_rows}
+
+
+def _merged_attrs(infos: list[dict], n: int, copy: bool) -> dict:
+    attrs = {k: v for k, v in infos[0]["attrs"].items() if k not in _MERGE_ATTRS}
+    attrs.update(shard="0/1", row_start=0, row_stop=n,
+                 settings_json=json.dumps(_full_run(infos[0]["settings"], n), sort_keys=True),
+                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 merged_from=[os.path.basename(s["path"]) for s in infos], virtual=not copy)
+    attrs.pop("complete", None)  # set last, once every dataset is written
+    if not copy:
+        attrs["note"] = VDS_NOTE
+    return attrs
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _write_vds(f, infos: list[dict], n: int, out_dir: str) -> list[str]:
+    import h5py
+
+    sources = [os.path.relpath(os.path.abspath(s["path"]), out_dir) for s in infos]
+    for name, (_, (dtype, shape, _), dattrs) in infos[0]["datasets"].items():
+        layout = h5py.VirtualLayout(shape=(n, *shape), dtype=dtype)
+        for s, rel in zip(infos, sources, strict=True):
+            a, b = s["row_start"], s["row_stop"]
+            if b > a:  # HDF5 cannot map an empty selection
+                layout[a:b] = h5py.VirtualSource(rel, name, shape=(b - a, *shape), dtype=dtype)
+        ds = f.create_virtual_dataset(name, layout, fillvalue=None)
+        for key, value in dattrs.items():
+            ds.attrs[key] = value
+    return sources
+
+
+def _write_copy(f, infos: list[dict], n: int, progress: bool, label: str) -> None:
+    import h5py
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, unit="row", desc=f"merge {label}", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for name, (_, (dtype, shape, _), dattrs) in infos[0]["datasets"].items():
+            chunk_rows = max((s["datasets"][name][1][2] or (0,))[0] for s in infos)
+            chunks = (min(chunk_rows, n), *shape) if chunk_rows and n else None
+            ds = f.create_dataset(name, shape=(n, *shape), dtype=dtype, chunks=chunks)
+            for key, value in dattrs.items():
+                ds.attrs[key] = value
+            row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * max(1, dtype.itemsize))
+            block = max(1, _BLOCK_BYTES // row_bytes)
+            for s in infos:
+                with h5py.File(s["path"], "r") as src:
+                    sds = src[name]
+                    for a in range(0, s["row_stop"] - s["row_start"], block):
+                        b = min(a + block, s["row_stop"] - s["row_start"])
+                        ds[s["row_start"] + a:s["row_start"] + b] = sds[a:b]
+                        if name == "features":
+                            bar.update(b - a)
+    finally:
+        bar.close()
+
+
+# -- stage two's guard -------------------------------------------------------------------------
+def check_sources(file, *, error=MergeError) -> list[str]:
+    """Raise ``error`` unless every source file of every virtual dataset of ``file`` is present and fits.
+
+    ``file`` is a path or an open ``h5py.File``. HDF5 silently returns fill values (zeros) for a
+    missing VDS source, so readers must call this before trusting a merged file. Relative source
+    names are resolved against the merged file's directory, as HDF5 does. Returns the absolute
+    source paths checked (empty for an ordinary file).
+    """
+    import h5py
+
+    own = not isinstance(file, h5py.File)
+    f = h5py.File(file, "r") if own else file
+    try:
+        base = os.path.dirname(os.path.abspath(f.filename))
+        needed: dict[str, list] = {}
+        for name, ds in f.items():
+            if isinstance(ds, h5py.Dataset) and ds.is_virtual:
+                for m in ds.virtual_sources():
+                    path = m.file_name if os.path.isabs(m.file_name) else os.path.join(base, m.file_name)
+                    lo, hi = m.vspace.get_select_bounds()
+                    shape = (hi[0] - lo[0] + 1, *ds.shape[1:])
+                    needed.setdefault(path, []).append((name, m.dset_name, shape))
+        for path, uses in needed.items():
+            if not os.path.isfile(path):
+                raise error(f"{f.filename}: merged file needs its shard file {path}, which is missing; "
+                            "put the shard files back next to it, or re-merge with `bneck merge --copy`")
+            try:
+                with h5py.File(path, "r") as src:
+                    for _, dset_name, shape in uses:
+                        if dset_name not in src or tuple(src[dset_name].shape) != tuple(shape):
+                            raise error(f"{f.filename}: shard file {path} no longer matches the merge "
+                                        f"(dataset {dset_name!r}); re-run `bneck merge`")
+                    if not bool(src.attrs.get("complete", False)):
+                        raise error(f"{f.filename}: shard file {path} is not a complete feature file")
+            except OSError as exc:
+                raise error(f"{f.filename}: shard file {path} cannot be read ({exc})") from None
+        return sorted(needed)
+    finally:
+        if own:
+            f.close()
