@@ -6,3 +6,4 @@ def add_commands(sub) -> None:
     from pipeline import cli_merge
 
     cli_merge.add_commands(sub)
+    from pipeline import cli_more; cli_more.add_commands(sub)  # noqa: E702

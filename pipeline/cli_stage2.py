@@ -108,7 +108,7 @@ def _cmd_evaluate(args) -> int:
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="run new images through the stitched backbone and head")
-    p.add_argument("model", help="model directory from `bneck train`")
+    p.add_argument("model", help="model directory from `bneck train` or `bneck finetune`")
     p.add_argument("inputs", nargs="+", help="image files or directories (searched recursively)")
     p.add_argument("--top-k", type=int, default=5, help="classes to report per image (default 5)")
     p.add_argument("--tta-flip", action="store_true", help="average the original and mirrored predictions")
@@ -138,7 +138,7 @@ def _cmd_predict(args) -> int:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export backbone + preprocessing + head as one model")
-    p.add_argument("model", help="model directory from `bneck train`")
+    p.add_argument("model", help="model directory from `bneck train` or `bneck finetune`")
     p.add_argument("-o", "--output", required=True, help="output file (.keras/.tflite) or directory (savedmodel)")
     p.add_argument("--format", choices=["keras", "savedmodel", "tflite"], default="keras",
                    help="export format (default keras)")

@@ -202,6 +202,12 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
     quantize, bytes, input_shape, output_names} and, with ``check``, n_checked, max_abs_diff and
     top1_agreement (classification) or max_rel_diff (regression).
     """
+    from pipeline.finetune import export_finetuned, is_finetuned
+
+    if is_finetuned(model_dir):
+        return export_finetuned(model_dir, output, format=format, quantize=quantize,
+                                representative_images=representative_images,
+                                n_representative=n_representative, check=check)
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if quantize not in (None, "float16", "int8"):

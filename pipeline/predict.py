@@ -97,5 +97,7 @@ class Predictor:
 
 def predict(model_dir, inputs, *, top_k: int = 5, tta_flip: bool = False, batch_size: int = 32):
     """Predict on image files/directories; yields result dicts (the ``bneck predict --json`` lines)."""
-    predictor = Predictor(model_dir, tta_flip=tta_flip, batch_size=batch_size)
+    from pipeline.finetune import predictor_for  # a fine-tuned dir holds one whole model
+
+    predictor = predictor_for(model_dir, tta_flip=tta_flip, batch_size=batch_size)
     yield from predictor.predict_files(list_images(inputs), top_k=top_k)

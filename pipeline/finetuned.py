@@ -1,0 +1,157 @@
+"""Serving a fine-tuned model directory: predict, evaluate on images and export the whole network."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+
+import numpy as np
+
+from features import keypoints
+from pipeline.finetune_data import decode_rows, targets_for
+from pipeline.predict import Predictor
+
+log = logging.getLogger("bneck")
+
+MODEL_FILE = "model.keras"
+
+
+class _Identity:
+    """A 'head' whose outputs are already the scores, for :func:`pipeline.evaluate.metrics_for`."""
+
+    def predict_proba(self, s):
+        return s
+
+    def predict(self, s):
+        return s
+
+
+def is_finetuned(model_dir) -> bool:
+    """True when ``model_dir`` is a fine-tuned model directory (``head: "finetuned"``)."""
+    from pipeline.modeldir import read_model_json
+
+    return read_model_json(model_dir).get("head") == "finetuned"
+
+
+def load_finetuned(model_dir):
+    """(keras model, meta) of a fine-tuned model directory, checksums verified, ``safe_mode=True``."""
+    import keras
+
+    from pipeline.modeldir import ModelDirError, verify_model_dir
+
+    meta = verify_model_dir(model_dir)
+    if meta.get("head") != "finetuned" or MODEL_FILE not in meta["files"]:
+        raise ModelDirError(f"{model_dir}: not a fine-tuned model directory (no {MODEL_FILE})")
+    return keras.saving.load_model(os.path.join(model_dir, MODEL_FILE), safe_mode=True, compile=False), meta
+
+
+class FinetunedPredictor(Predictor):
+    """:class:`pipeline.predict.Predictor` for a fine-tuned model directory: same ``predict_files``/``predict_arrays``.
+
+    >>> FinetunedPredictor("models/finetuned").predict_files(["cat.jpg"], top_k=3)
+    """
+
+    def __init__(self, model_dir, *, tta_flip: bool = False, batch_size: int = 32):
+        self.model, self.meta = load_finetuned(model_dir)
+        self.prov, self.tta_flip, self.batch_size = self.meta["features"], tta_flip, batch_size
+        self.input_size = tuple(int(v) for v in self.prov["input_size"])
+
+    def predict_arrays(self, x: np.ndarray, widths=None) -> np.ndarray:
+        """Scores (classification) or targets (regression) for a uint8 batch at the input size."""
+        run = lambda a: np.asarray(self.model.predict(a.astype(np.float32), batch_size=self.batch_size,  # noqa: E731
+                                                      verbose=0), np.float64)
+        out = run(x)
+        if not self.tta_flip:
+            return out
+        other = run(x[:, :, ::-1])
+        if self.meta["task"] == "regression":
+            w = np.asarray(widths if widths is not None else [self.input_size[1]] * len(x))
+            other = keypoints.flip_targets(other, self.meta["target_names"], w)
+        return (out + other) / 2
+
+
+def predictor_for(model_dir, **kw):
+    """The right predictor for any model directory: fine-tuned or head on a frozen backbone."""
+    return FinetunedPredictor(model_dir, **kw) if is_finetuned(model_dir) else Predictor(model_dir, **kw)
+
+
+def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32, source=None) -> dict:
+    """Metrics of any model directory on labelled images (class folder, CSV, Kaggle CSV), decoded end to end.
+
+    Returns a dict with the headline ``accuracy`` or ``rmse_px`` at the top level, like
+    :func:`pipeline.evaluate.evaluate`, plus ``n_bad_skipped`` (undecodable images left out).
+    """
+    from features.sources import read_source
+    from pipeline.evaluate import metrics_for
+
+    pred = predictor_for(model_dir, batch_size=batch_size)
+    man = read_source(data, **(source or {}))
+    x, w, rows, n_bad = decode_rows(man, pred.input_size)
+    y = targets_for(man, pred.meta, rows)
+    scores = np.concatenate([pred.predict_arrays(x[s:s + batch_size], widths=w[s:s + batch_size])
+                             for s in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 1))
+    result = metrics_for(_Identity(), scores, y, pred.meta, top_k=top_k)
+    key = "accuracy" if pred.meta["task"] == "classification" else "rmse_px"
+    return {key: result.pop(key), "task": pred.meta["task"], "head": pred.meta["head"], "model": str(model_dir),
+            "data": str(data), "n_bad_skipped": n_bad, **result}
+
+
+def export_finetuned(model_dir, output, *, format: str = "keras", quantize: str | None = None,
+                     representative_images=None, n_representative: int = 100, check: bool = True) -> dict:
+    """Export a fine-tuned model directory like :func:`pipeline.export.export` (same formats, report and check).
+
+    The saved network already is the stitched pixels -> scores/targets model, so it is written as
+    it is: ``.keras``, a TF SavedModel directory, or ``.tflite`` (``quantize`` float16/int8).
+    """
+    from pipeline import export as ex
+
+    if format not in ex.FORMATS:
+        raise ValueError(f"format must be one of {', '.join(ex.FORMATS)}, got {format!r}")
+    if quantize not in (None, "float16", "int8") or (quantize and format != "tflite"):
+        raise ValueError("quantize must be None, or 'float16'/'int8' with format='tflite'")
+    output = os.fspath(output)
+    if format == "keras" and not output.endswith(".keras"):
+        raise ValueError(f"{output}: a Keras model file must end in .keras")
+    if os.path.isdir(output) and not (format == "savedmodel" and ex._is_savedmodel(output)):
+        raise FileExistsError(f"{output}: is a directory and not a SavedModel export; not replacing it")
+    pred = FinetunedPredictor(model_dir)
+    size, root = pred.input_size, pred.prov.get("source_root") or ""
+    calib = ex._load_images(list(representative_images), size, n_representative, skip_bad=False) \
+        if representative_images else None
+    if quantize == "int8" and calib is None and os.path.isdir(root):
+        calib = ex._load_images(ex.find_images(root, n_representative), size, n_representative, skip_bad=True)
+    if quantize == "int8" and calib is None:
+        raise ValueError(f"int8 quantization needs representative images (none under {root!r}); "
+                         "pass representative_images=[paths]")
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(output)}.{uuid.uuid4().hex[:12]}.partial")  # same fs: atomic
+    try:
+        if format == "keras":
+            tmp += ".keras"
+            pred.model.save(tmp)
+            os.replace(tmp, output)
+        elif format == "savedmodel":
+            pred.model.export(tmp, format="tf_saved_model", verbose=False)
+            ex._replace_dir(tmp, output)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(ex._tflite_bytes(pred.model, quantize, calib))
+            os.replace(tmp, output)
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    run, names = ex._open_artefact(output, format)
+    n_bytes = os.path.getsize(output) if os.path.isfile(output) else \
+        sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(output) for f in fs)
+    report = {"path": output, "format": format, "quantize": quantize, "bytes": n_bytes,
+              "input_shape": [None, *size, 3], "output_names": names}
+    if check:
+        x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
+        report.update(ex._compare(run(x), pred.predict_arrays(x), pred.meta["task"]))
+    return report

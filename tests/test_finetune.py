@@ -1,0 +1,200 @@
+"""Fine-tuning: which layers train, BatchNorm statistics, best-epoch restore, flip-aware keypoints, the model dir."""
+
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from features import backbones, keypoints
+from features.weights import build_backbone
+from pipeline import finetune as ft
+from pipeline.train import train
+from tests.imagefolders import make_class_folder
+from tests.stage2_fixtures import extract_fast
+
+SPEC = backbones.get("mobilenet")
+LAYER = "conv_pw_2_relu"  # shallow: deeper layers of a *random* MobileNet give vanishing activations and gradients
+BACKBONE = f"mobilenet_{LAYER}"  # the nested backbone model's name inside the stitched network
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory):
+    """A class folder and a dense-head model directory trained on its features (mobilenet 32x32, random seed 1)."""
+    root = tmp_path_factory.mktemp("ft")
+    make_class_folder(root / "data", classes=("a", "b", "c"), per_class=8)
+    feats = extract_fast(root / "data", root / "f.h5", input_size="32", layer=LAYER)
+    train(feats, root / "m", head="dense", params={"epochs": 2, "units": 16})
+    return {"root": root, "data": str(root / "data"), "model": str(root / "m")}
+
+
+def _backbone():
+    model, _ = build_backbone(SPEC, input_size=(32, 32), layer=LAYER, weights="none", seed=1)
+    return model
+
+
+def _trainable(model):
+    return [l.name for l in model.layers if l.trainable and l.weights]
+
+
+def test_unfreeze_last_counts_weighted_layers_and_bn_follows_train_bn():
+    bb = _backbone()
+    assert ft.select_trainable(bb, unfreeze_last=3) == ["conv_pw_2"]
+    assert _trainable(bb) == ["conv_pw_2"] and len(bb.trainable_weights) == 1
+    assert ft.select_trainable(bb, unfreeze_last=3, train_bn=True) == ["conv_dw_2_bn", "conv_pw_2", "conv_pw_2_bn"]
+    assert _trainable(bb) == ["conv_dw_2_bn", "conv_pw_2", "conv_pw_2_bn"]
+    assert ft.select_trainable(bb, unfreeze_last=0) == [] and bb.trainable_weights == []
+
+
+def test_unfreeze_prefix():
+    bb = _backbone()
+    assert ft.select_trainable(bb, unfreeze="conv_pw_2,conv_dw_2") == ["conv_dw_2", "conv_pw_2"]
+    assert ft.select_trainable(bb, unfreeze="conv_pw_1", train_bn=True) == ["conv_pw_1", "conv_pw_1_bn"]
+    assert _trainable(bb) == ["conv_pw_1", "conv_pw_1_bn"]
+    with pytest.raises(ValueError, match="prefixes in this backbone: conv1, conv"):
+        ft.select_trainable(bb, unfreeze="block5")
+    with pytest.raises(ValueError, match="has 10 layers with weights"):
+        ft.select_trainable(bb, unfreeze_last=99)
+
+
+def test_best_epoch_keeps_and_restores_the_best_weights():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    cb = ft.BestEpoch("val_accuracy", "max", 3)
+    cb.set_model(model)
+    for epoch, (acc, value) in enumerate([(0.5, 1.0), (0.9, 2.0), (0.7, 3.0)]):
+        model.set_weights([np.full((2, 1), value, np.float32), np.zeros(1, np.float32)])
+        cb.on_epoch_begin(epoch)
+        cb.on_epoch_end(epoch, {"val_accuracy": acc})
+    cb.on_train_end()
+    assert cb.best_epoch == 2 and cb.history["val_accuracy"] == [0.5, 0.9, 0.7]
+    assert np.all(model.get_weights()[0] == 2.0)
+
+
+NAMES = ["left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y", "nose_tip_x",
+         "nose_tip_y"]
+
+
+def test_flip_keypoint_batch_matches_flip_targets():
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 90, (4, 6)).astype(np.float32)
+    t[1, 2] = np.nan
+    widths = np.array([96, 96, 40, 64], np.float32)
+    x = rng.integers(0, 256, (4, 8, 8, 3)).astype(np.float32)
+    flip = np.array([True, False, True, True])
+    xo, to = ft.flip_keypoint_batch(x, t, widths, NAMES, flip)
+    want = np.where(flip[:, None], keypoints.flip_targets(t, NAMES, widths), t)
+    np.testing.assert_allclose(np.asarray(to), want, rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(np.asarray(xo)[flip], x[flip][:, :, ::-1])
+    np.testing.assert_array_equal(np.asarray(xo)[~flip], x[~flip])
+
+
+def test_keypoint_augmentation_flips_images_and_targets_together():
+    n = 32
+    x = np.zeros((n, 16, 16, 3), np.uint8)
+    x[:, :, :8] = 200  # bright left half: its side tells whether the image was mirrored
+    t = np.tile(np.array([[10.0, 5.0, 3.0, 5.0, 7.0, 9.0]], np.float32), (n, 1))
+    w = np.full(n, 16, np.float32)
+    xa, ta = ft.make_augment("regression", target_names=NAMES, seed=3)(x, t, w)
+    xa, ta = np.asarray(xa), np.asarray(ta)
+    mirrored = xa[:, :, 8:].mean(axis=(1, 2, 3)) > xa[:, :, :8].mean(axis=(1, 2, 3))
+    assert 0 < mirrored.sum() < n  # both outcomes happen
+    np.testing.assert_allclose(ta[mirrored], keypoints.flip_targets(t[mirrored], NAMES, 16))
+    np.testing.assert_array_equal(ta[~mirrored], t[~mirrored])
+    assert xa.dtype == np.float32 and xa.min() >= 0 and xa.max() <= 255
+
+
+def test_classification_augmentation_changes_pixels_not_labels():
+    x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), np.uint8)
+    y = np.arange(4)
+    xa, ya = ft.make_augment("classification", seed=0)(x, y, np.full(4, 32, np.float32))
+    assert np.asarray(xa).shape == x.shape and np.abs(np.asarray(xa) - x).mean() > 1
+    np.testing.assert_array_equal(np.asarray(ya), y)
+
+
+def test_temper_normalization_caps_the_gain_of_dead_channels():
+    var = np.array([1e-6, 0.5, 1.0, 2.0], np.float32)
+    inp = keras.Input((4,))
+    norm = keras.layers.Normalization(mean=np.zeros(4), variance=var, name="normalize")
+    head = keras.Model(inp, keras.layers.Dense(2)(norm(inp)))
+    x = np.array([[0.0, 1.0, 2.0, 3.0]], np.float32)  # the dead channel at its mean: output unchanged
+    before = np.asarray(head(x))
+    assert ft.temper_normalization([head]) == 1
+    np.testing.assert_allclose(np.asarray(head(x)), before, rtol=1e-6)
+    assert norm.get_config()["variance"] == pytest.approx([0.0075, 0.5, 1.0, 2.0])  # 1e-2 x the median 0.75
+    np.testing.assert_allclose(np.asarray(norm(np.ones((1, 4), np.float32)))[0, 0], 1 / np.sqrt(0.0075), rtol=1e-5)
+
+
+def _layer(model, name):
+    return model.get_layer(BACKBONE).get_layer(name)
+
+
+def test_finetune_end_to_end(stage2, tmp_path):
+    out = str(tmp_path / "ft")
+    meta = ft.finetune(stage2["model"], stage2["data"], out, unfreeze_last=3, epochs=2, batch_size=8, lr=1e-2)
+    f = meta["finetune"]
+    assert meta["head"] == "finetuned" and f["trainable_backbone_layers"] == ["conv_pw_2"]
+    assert f["n_train"] + f["n_val"] == 24 and f["best_epoch"] in (1, 2)
+    with open(os.path.join(out, "history.csv")) as fh:
+        hist = list(csv.DictReader(fh))
+    assert len(hist) == 2
+    # The best epoch's weights were restored: the saved model scores exactly what that epoch logged.
+    best = hist[f["best_epoch"] - 1]
+    assert meta["metrics"]["accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
+    assert meta["metrics"]["val_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-4)
+
+    model, _ = ft.load_finetuned(out)
+    start = _backbone()
+    # Frozen BN (the default): moving statistics untouched, also inside the unfrozen block.
+    for name in ("conv_pw_2_bn", "conv_dw_2_bn", "conv1_bn"):
+        for got, was in zip(_layer(model, name).get_weights(), start.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, was)
+    kernel = start.get_layer("conv_pw_2").get_weights()[0]
+    assert not np.array_equal(_layer(model, "conv_pw_2").get_weights()[0], kernel)
+    np.testing.assert_array_equal(_layer(model, "conv_pw_1").get_weights()[0],
+                                  start.get_layer("conv_pw_1").get_weights()[0])
+
+    pred = ft.FinetunedPredictor(out)
+    files = [os.path.join(stage2["data"], "a", "img000.png"), os.path.join(stage2["data"], "c", "img001.png")]
+    res = list(pred.predict_files(files, top_k=2))
+    assert [r["path"] for r in res] == files and all(r["label"] in "abc" and len(r["scores"]) == 2 for r in res)
+    ev = ft.evaluate_on_images(out, stage2["data"])
+    assert ev["n"] == 24 and ev["head"] == "finetuned" and 0 <= ev["accuracy"] <= 1
+    report = ft.export_finetuned(out, str(tmp_path / "exp.keras"))
+    assert report["max_abs_diff"] < 1e-5 and report["output_names"] == ["scores"]
+
+
+def test_train_bn_updates_moving_statistics(stage2, tmp_path):
+    meta = ft.finetune(stage2["model"], stage2["data"], str(tmp_path / "bn"), unfreeze_last=3, train_bn=True,
+                       epochs=1, batch_size=8, augment=False)
+    assert meta["finetune"]["trainable_backbone_layers"] == ["conv_dw_2_bn", "conv_pw_2", "conv_pw_2_bn"]
+    model, _ = ft.load_finetuned(str(tmp_path / "bn"))
+    start = _backbone()
+    moving = lambda m, n: m.get_layer(n).moving_mean.numpy()  # noqa: E731
+    assert not np.allclose(moving(model.get_layer(BACKBONE), "conv_pw_2_bn"), moving(start, "conv_pw_2_bn"))
+    # BN layers outside the unfrozen part stay frozen even with --train-bn.
+    np.testing.assert_array_equal(moving(model.get_layer(BACKBONE), "conv_pw_1_bn"), moving(start, "conv_pw_1_bn"))
+
+
+def test_finetune_refuses_bad_requests(stage2, tmp_path):
+    with pytest.raises(ValueError, match="choose what to unfreeze"):
+        ft.finetune(stage2["model"], stage2["data"], str(tmp_path / "x"))
+    other = tmp_path / "other"
+    make_class_folder(other, classes=("a", "zebra"), per_class=2)
+    with pytest.raises(ValueError, match="zebra"):
+        ft.finetune(stage2["model"], str(other), str(tmp_path / "x"), unfreeze_last=1)
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_keypoint_finetune(tmp_path):
+    from features.demo import make_demo
+
+    paths = make_demo(tmp_path / "demo", n_faces=24)
+    feats = extract_fast(paths["keypoints_training"], tmp_path / "k.h5", input_size="32")
+    train(feats, tmp_path / "km", head="dense", params={"epochs": 1, "units": 8})
+    meta = ft.finetune(str(tmp_path / "km"), paths["keypoints_training"], str(tmp_path / "kft"), unfreeze_last=1,
+                       epochs=1, batch_size=8, val=paths["keypoints_validation"])
+    assert meta["task"] == "regression" and meta["finetune"]["monitor"] == "val_loss"
+    assert np.isfinite(meta["metrics"]["rmse_px"]) and meta["finetune"]["n_val"] == 6
+    ev = ft.evaluate_on_images(str(tmp_path / "kft"), paths["keypoints_validation"])
+    assert ev["rmse_px"] == pytest.approx(meta["metrics"]["rmse_px"], rel=1e-4)
