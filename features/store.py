@@ -16,6 +16,8 @@ import glob
 import json
 import os
 import shutil
+import signal
+import threading
 
 import numpy as np
 
@@ -23,6 +25,44 @@ from features import FORMAT_VERSION, __version__
 
 PRODUCER = "bneck"
 _CHUNK_FMT = "chunk-{:07d}.npz"
+
+
+def _parse_kill_at(text: str):
+    if not text:
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3) or not parts[0] or int(parts[1]) < 1:
+            raise ValueError
+        sig = getattr(signal, "SIG" + parts[2].upper().removeprefix("SIG")) if len(parts) == 3 else signal.SIGKILL
+    except (ValueError, AttributeError):
+        raise ValueError(f"BNECK_TEST_KILL_AT must look like POINT:N or POINT:N:SIGNAL, got {text!r}") from None
+    return parts[0], int(parts[1]), sig
+
+
+# Fault-injection hook for the reliability tests (tests/reliability/), like BNECK_TEST_BATCH_DELAY
+# in features/runner.py; never set in normal use. BNECK_TEST_KILL_AT="POINT:N[:SIGNAL]" sends
+# SIGKILL (or SIGNAL, e.g. TERM) to this process the N-th time the named point is reached.
+# Points: start, model_built (runner.extract); partial_opened, chunk_tmp_written (temp chunk
+# fsynced, before its rename), chunk_committed, finalize_chunk (a chunk copied into the final
+# temp file), finalize_tmp_written (final temp file complete, before its rename),
+# finalize_renamed (after the rename, before the partial dir is removed) in this module;
+# decode (an image decoded, in a worker thread) and batch (a batch computed, before its chunk is
+# queued) in runner._run_chunks; model_tmp_written, model_moved_aside in pipeline.modeldir.
+# Unset, fault_point() is one comparison.
+_KILL_AT = _parse_kill_at(os.environ.get("BNECK_TEST_KILL_AT", ""))
+_KILL_SEEN: dict[str, int] = {}
+_KILL_LOCK = threading.Lock()
+
+
+def fault_point(name: str) -> None:
+    """Testing hook: act on BNECK_TEST_KILL_AT when ``name`` is reached (no-op when unset)."""
+    if _KILL_AT is None or _KILL_AT[0] != name:
+        return
+    with _KILL_LOCK:
+        _KILL_SEEN[name] = n = _KILL_SEEN.get(name, 0) + 1
+    if n == _KILL_AT[1]:
+        os.kill(os.getpid(), _KILL_AT[2])
 
 
 class StoreError(RuntimeError):
@@ -84,6 +124,18 @@ def check_existing(out_path: str, settings: dict) -> bool:
     return True
 
 
+def bad_reasons(out_path: str) -> dict[str, int]:
+    """``{reason: count}`` of the invalid rows of a complete feature file."""
+    import collections
+
+    import h5py
+
+    with h5py.File(out_path, "r") as f:
+        valid = f["valid"][()]
+        reasons = f["reason"].asstr()[()][~valid] if (~valid).any() else []
+    return dict(collections.Counter(str(r) for r in reasons))
+
+
 class PartialStore:
     """Chunks of one output file under ``OUT.h5.partial/``, guarded by an exclusive lock."""
 
@@ -94,8 +146,12 @@ class PartialStore:
         self._lock_fd = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def open(self) -> "PartialStore":
-        """Create or resume the partial directory; refuse a second writer or changed settings."""
+    def open(self, overwrite: bool = False) -> "PartialStore":
+        """Create or resume the partial directory; refuse a second writer or changed settings.
+
+        ``overwrite`` discards the output and any partial run, but only once the lock is held,
+        so it can never pull the chunks away from under a writer that is still running.
+        """
         os.makedirs(self.dir, exist_ok=True)
         fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -107,8 +163,17 @@ class PartialStore:
                                  "wait for it or stop it first") from None
             raise
         self._lock_fd = fd
-        for stale in glob.glob(os.path.join(self.dir, "*.tmp-*")):
-            os.remove(stale)  # leftovers of a killed writer; never a finished chunk
+        # Leftovers of a killed writer, never a finished chunk: temp chunks, and temp final
+        # files next to the output (a kill just before the final rename leaves a full-size one).
+        for stale in glob.glob(os.path.join(glob.escape(self.dir), "*.tmp-*")) + \
+                glob.glob(glob.escape(self.out_path) + ".tmp-*"):
+            os.remove(stale)
+        if overwrite:
+            if os.path.lexists(self.out_path):
+                os.remove(self.out_path)
+            for name in os.listdir(self.dir):
+                if name != "lock":
+                    os.remove(os.path.join(self.dir, name))
         meta = os.path.join(self.dir, "settings.json")
         if os.path.exists(meta):
             with open(meta, encoding="utf-8") as f:
@@ -120,6 +185,7 @@ class PartialStore:
                                  "Rerun with the original settings to resume, or pass --overwrite to start again")
         else:
             _atomic_write_bytes(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
+        fault_point("partial_opened")
         return self
 
     def close(self) -> None:
@@ -155,12 +221,18 @@ class PartialStore:
         """Commit chunk ``k`` atomically; returns bytes written."""
         path = self.chunk_path(k)
         tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            _remove_quietly(tmp)  # a disk-full failure must not keep the half chunk's blocks
+            raise
         size = os.path.getsize(tmp)
+        fault_point("chunk_tmp_written")
         os.replace(tmp, path)
+        fault_point("chunk_committed")
         return size
 
     def read_chunk(self, k: int) -> dict[str, np.ndarray]:
@@ -168,6 +240,33 @@ class PartialStore:
             return {name: z[name] for name in z.files}
 
     # -- final file ---------------------------------------------------------------------------
+    def _check_space(self, feature_bytes: int, row_data: dict) -> None:
+        """Refuse, before HDF5 writes a byte, to assemble a final file the disk cannot hold.
+
+        HDF5 is not safe against a full disk: a write failing with ENOSPC inside h5py leaves
+        the library in a broken state, prints pages of tracebacks and crashes the interpreter
+        at exit (SIGSEGV, seen in tests/reliability). The final file is the moment a run needs
+        the most space (chunks and final file coexist), so estimate its size from the known
+        shapes (a slight overestimate) and compare with the free space first.
+        """
+        need = feature_bytes + self.n_rows * 64  # valid, image_size, reason (vlen string)
+        for arr in row_data.values():
+            arr = np.asarray(arr[0] if isinstance(arr, tuple) else arr)
+            need += (sum(len(str(v).encode("utf-8", "surrogateescape")) + 48 for v in arr.ravel())
+                     if arr.dtype.kind in "OUS" else arr.nbytes * (2 if arr.dtype.kind == "f" else 1))
+        need = int(need * 1.02) + (256 << 10)  # chunk indexes, headers, attributes
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.out_path)))
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise StoreError(
+                f"not enough disk space to write {self.out_path}: it needs about {need / 1e6:.1f} MB, "
+                f"{free / 1e6:.1f} MB are free ([Errno {errno.ENOSPC}] No space left on device). All "
+                f"{self.n_chunks} chunks are kept in {self.dir}; free some space and rerun the same "
+                "command to finish without recomputing")
+
     def finalize(self, row_data: dict[str, np.ndarray], attrs: dict, *, feature_shape, store_dtype: str,
                  flip: bool, h5_chunk_rows: int, progress=None) -> str:
         """Assemble all chunks plus per-row manifest data into the final HDF5 file, atomically.
@@ -181,6 +280,8 @@ class PartialStore:
             raise StoreError(f"cannot finalize {self.out_path}: chunks {missing[:10]} are missing")
         tmp = f"{self.out_path}.tmp-{os.getpid()}"
         n = self.n_rows
+        n_views = 2 if flip else 1
+        self._check_space(n * int(np.prod(feature_shape)) * np.dtype(store_dtype).itemsize * n_views, row_data)
         try:
             with h5py.File(tmp, "w") as f:
                 shape = (n, *feature_shape)
@@ -203,6 +304,7 @@ class PartialStore:
                     f["image_size"][a:b] = c["image_size"]
                     if progress is not None:
                         progress(b - a)
+                    fault_point("finalize_chunk")
                 valid = f["valid"][()]
                 for name, arr in row_data.items():
                     ds_attrs = {}
@@ -224,14 +326,44 @@ class PartialStore:
                 f.attrs["complete"] = True
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            fault_point("finalize_tmp_written")
             os.replace(tmp, self.out_path)
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)
             raise
+        fault_point("finalize_renamed")
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         return self.out_path
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def remove_stale_partial(out_path: str) -> None:
+    """Remove the partial dir left next to a complete ``out_path`` by a writer killed after its
+    final rename, unless a live process holds its lock (e.g. an ``--overwrite`` run)."""
+    d = partial_dir(out_path)
+    if not os.path.isdir(d):
+        return
+    try:
+        fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return
+    try:
+        shutil.rmtree(d, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 def string_array(values) -> np.ndarray:

@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from features.store import fault_point  # testing hook (BNECK_TEST_KILL_AT), no-op when unset
+
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelDirError", "load_model_dir", "save_model_dir",
            "sha256_file"]
 
@@ -115,7 +117,9 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same directory => same filesystem, so the final os.replace is an atomic rename. Not
     # mkdtemp: its 0700 mode would survive the rename and hide the model from other users.
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial"
+    # Host and pid in the name let a later save remove what a killed save left behind.
+    _remove_stale_tmp(path)
+    tmp = path.parent / f".{path.name}.{_OWNER}-{os.getpid()}-{uuid.uuid4().hex[:12]}.partial"
     os.mkdir(tmp)
     try:
         if callable(getattr(head, "save", None)):
@@ -146,12 +150,42 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
             fh.write(text + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        fault_point("model_tmp_written")
         _move_into_place(tmp, path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("saved model directory %s", path)
     return json.loads(text)
+
+
+_OWNER = "".join(c if c.isalnum() else "_" for c in os.uname().nodename)[:40] or "host"
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Delete temp dirs of earlier saves to ``path`` by processes of this host that are gone.
+
+    A save killed before its final rename (SIGKILL, OOM) leaves a complete hidden copy of the
+    model next to ``path``. Only dirs whose host is this one and whose pid is dead are removed,
+    so a save in progress, here or on another host sharing the directory, is never touched.
+    """
+    prefix = f".{path.name}.{_OWNER}-"
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".partial")):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path.parent / name, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's process): leave it
 
 
 def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -168,6 +202,7 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
     # path (restoring old if that fails), then delete old. path is never half-written.
     old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
     os.replace(path, old)
+    fault_point("model_moved_aside")
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -225,6 +260,9 @@ def load_model_dir(path):
     """
     path = Path(path)
     meta = verify_model_dir(path)
+    if meta.get("head") == "finetuned":
+        raise ModelDirError(f"{path} is a fine-tuned model (one network from pixels to outputs): it works on "
+                            "images, use `bneck predict`, `bneck export` or `bneck evaluate-images`")
     loader = meta.get("head_loader")
     if loader == "keras":
         from pipeline.heads.dense import DenseHead  # lazy: pulls in TensorFlow
