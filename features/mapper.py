@@ -28,7 +28,9 @@ def cpu_has_bf16() -> bool:
 
 def has_gpu() -> bool:
     """True when TensorFlow sees a GPU."""
-    import tensorflow as tf
+    from features.quiet import import_tensorflow_quietly
+
+    tf = import_tensorflow_quietly()  # the first device probe prints CUDA noise on CPU machines
 
     return bool(tf.config.list_physical_devices("GPU"))
 

@@ -28,7 +28,14 @@ def native_stderr_silenced():
 
 
 def import_tensorflow_quietly():
-    """Import TensorFlow and probe devices once with native stderr silenced; returns the module."""
+    """Import TensorFlow and probe devices once with native stderr silenced; returns the module.
+
+    ``BNECK_TF_LOGS=1`` (set by ``bneck -v``) keeps TensorFlow's own output.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("BNECK_TF_LOGS") == "1":
+        import tensorflow as tf
+
+        return tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with native_stderr_silenced():
         import tensorflow as tf

@@ -86,6 +86,9 @@ def prefetch_help(spec: BackboneSpec) -> str:
 def build_backbone(spec: BackboneSpec, *, input_size, layer: str | None = None, weights: str = "imagenet",
                    seed: int = 0, dtype_policy: str | None = None):
     """Build the truncated backbone (``layer`` output) with resolved weights; returns (model, WeightsInfo)."""
+    from features.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before keras: TF's native start-up chatter would bury our messages
     import keras
 
     layer = layer or spec.default_layer

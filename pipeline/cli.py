@@ -16,8 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter 
 
 log = logging.getLogger("bneck")
 
-#: Commands that never touch TensorFlow (no need to pay its import).
-_NO_TENSORFLOW = {"info", "merge"}
+#: Commands that import TensorFlow late or never: `extract` reads (and checks) its dataset first,
+#: so a malformed CSV fails in milliseconds; the backbone build imports TF quietly itself.
+_NO_TENSORFLOW = {"info", "merge", "extract"}
 
 EXIT_ERROR, EXIT_USAGE, EXIT_BAD_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 
@@ -64,7 +65,19 @@ def _add_extract(sub) -> None:
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
                    help="exit 3 when more than this fraction of images cannot be decoded (default 0.05)")
     p.add_argument("--workers", type=int, help="decode threads (default: one per core)")
-    p.add_argument("--runtime", choices=["auto", "tensorflow"], default="auto", help="inference runtime (default auto)")
+    p.add_argument("--runtime", choices=["auto", "tensorflow", "openvino"], default=None,
+                   help="auto: OpenVINO on a CPU when the [openvino] extra is installed, else TensorFlow "
+                        "(default $BNECK_RUNTIME or auto)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this machine (default); ray: shards on a Ray cluster, merged into the output "
+                        "(optional extra: pip install 'bneck[ray]')")
+    p.add_argument("--ray-address", help="--engine ray: cluster to join, auto, HOST:PORT or ray://HOST:10001 "
+                                         "(default: start Ray on this machine)")
+    p.add_argument("--num-workers", type=int,
+                   help="--engine ray: backbone actors (default: one per GPU, else one per 8 CPUs)")
+    p.add_argument("--num-gpus-per-worker", type=float,
+                   help="--engine ray: GPUs per actor, fractions share a GPU "
+                        "(default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _add_source_args(p)
@@ -72,7 +85,7 @@ def _add_extract(sub) -> None:
 
 
 def _cmd_extract(args) -> int:
-    from features.runner import ExtractConfig, extract
+    from features.runner import ExtractConfig, default_runtime, extract
 
     source = {"kind": args.source_kind, "categories": args.categories, "image_root": args.image_root,
               "path_column": args.path_column, "label_column": args.label_column,
@@ -82,8 +95,14 @@ def _cmd_extract(args) -> int:
         pooling=args.pooling, weights=args.weights, seed=args.seed, precision=args.precision,
         store_dtype=args.store_dtype, flip=args.flip, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
         shard=args.shard, overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, workers=args.workers,
-        runtime=args.runtime, progress=args.progress, source=source)
-    summary = extract(cfg)
+        runtime=args.runtime or default_runtime(), progress=args.progress, source=source)
+    if args.engine == "ray":
+        from features.engines.ray import extract_ray
+
+        summary = extract_ray(cfg, address=args.ray_address, num_workers=args.num_workers,
+                              num_gpus_per_worker=args.num_gpus_per_worker)
+    else:
+        summary = extract(cfg)
     print(json.dumps(summary.as_dict()) if args.json else summary.line())
     return 0
 
@@ -105,14 +124,30 @@ def _cmd_info(args) -> int:
 
 
 def _add_backbones(sub) -> None:
-    p = sub.add_parser("backbones", help="list the backbone registry")
-    p.add_argument("--json", action="store_true", help="print the registry as JSON")
+    p = sub.add_parser("backbones", help="list the backbone registry, or show one backbone's layers",
+                       description="List the registry; --summary NAME prints every layer of one backbone and "
+                                   "--plot NAME draws its graph (both with random weights: nothing is downloaded).")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--summary", metavar="NAME", help="layer table of NAME: name, type, output shape, params; totals")
+    g.add_argument("--plot", metavar="NAME", help="draw NAME's graph to -o (needs pydot and Graphviz's dot)")
+    p.add_argument("-o", "--output", help="image file for --plot (default NAME.png)")
+    p.add_argument("--input-size", help="N or HxW for --summary/--plot (default: the backbone's)")
+    p.add_argument("--json", action="store_true", help="print the registry (or the --summary table) as JSON")
     p.set_defaults(func=_cmd_backbones)
 
 
 def _cmd_backbones(args) -> int:
     from features.backbones import describe
 
+    if args.summary or args.plot:
+        from pipeline import filters
+
+        if args.plot:
+            print(filters.plot_backbone(args.plot, args.output or f"{args.plot}.png", input_size=args.input_size))
+            return 0
+        table = filters.layer_table(args.summary, input_size=args.input_size)
+        print(json.dumps(table, indent=1) if args.json else filters.format_layer_table(table))
+        return 0
     rows = describe()
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -156,7 +191,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    if not args.verbose and args.command not in _NO_TENSORFLOW:
+    if args.verbose:
+        os.environ["BNECK_TF_LOGS"] = "1"
+    elif args.command not in _NO_TENSORFLOW:
         from features.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()
