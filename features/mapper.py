@@ -76,13 +76,14 @@ def check_batch(batch: np.ndarray, batch_size: int, input_size: tuple[int, int])
 
 
 class Extractor:
-    """Callable mapping a uint8 batch (B, H, W, 3) to float32 original and flipped features.
+    """Callable mapping a uint8 batch (B, H, W, 3) to original and flipped features (``out_dtype``).
 
     The batch is padded to a fixed ``batch_size`` so the graph is traced once and never
     recompiled for the short last batch.
     """
 
-    def __init__(self, model, preprocess_input, *, pooling: str = "none", flip: bool = True, batch_size: int = 32):
+    def __init__(self, model, preprocess_input, *, pooling: str = "none", flip: bool = True, batch_size: int = 32,
+                 out_dtype: str = "float32"):
         import tensorflow as tf
 
         if pooling not in ("none", "avg", "max"):
@@ -95,7 +96,9 @@ class Extractor:
         def one_view(x_uint8):
             x = preprocess_input(tf.cast(x_uint8, tf.float32))
             y = model(x, training=False)
-            return tf.cast(_pool(y, pooling), tf.float32)
+            # The store dtype is cast here, in the graph: numpy's float32->float16 conversion was
+            # the slowest step of the whole MobileNet pipeline (measured with py-spy).
+            return tf.cast(tf.cast(_pool(y, pooling), tf.float32), out_dtype)
 
         self._orig = tf.function(one_view, input_signature=[spec], reduce_retracing=True)
         self._flip = tf.function(lambda x: one_view(tf.reverse(x, axis=[2])), input_signature=[spec])

@@ -53,7 +53,7 @@ def _check_float32(model) -> None:
             "with dtype_policy=None and pass precision='bf16' (OpenVINO applies bf16 itself)")
 
 
-def convert(model, preprocess_input, pooling: str = "none"):
+def convert(model, preprocess_input, pooling: str = "none", out_dtype: str = "float32"):
     """The OpenVINO model of uint8 (batch?, H, W, 3) -> float32 features (cast, preprocess, backbone, pooling)."""
     import openvino as ov
     import tensorflow as tf
@@ -64,7 +64,7 @@ def convert(model, preprocess_input, pooling: str = "none"):
 
     def graph(x_uint8):
         y = model(preprocess_input(tf.cast(x_uint8, tf.float32)), training=False)
-        return tf.cast(_pool(y, pooling), tf.float32)
+        return tf.cast(tf.cast(_pool(y, pooling), tf.float32), out_dtype)  # store dtype cast in the graph
 
     fn = tf.function(graph, input_signature=[tf.TensorSpec((None, h, w, 3), tf.uint8)], autograph=False)
     return ov.convert_model(fn.get_concrete_function())
@@ -85,7 +85,8 @@ class OpenVINOExtractor:
     runtime = "openvino"
 
     def __init__(self, model, preprocess_input, *, pooling: str = "none", flip: bool = True,
-                 batch_size: int = 32, precision: str = "bf16", cache_dir: str | None = None):
+                 batch_size: int = 32, precision: str = "bf16", cache_dir: str | None = None,
+                 out_dtype: str = "float32"):
         import openvino as ov
 
         if pooling not in ("none", "avg", "max"):
@@ -111,7 +112,8 @@ class OpenVINOExtractor:
         self._lock = threading.Lock()
 
         self._core = ov.Core()
-        self._ov_model = convert(model, preprocess_input, pooling)
+        self.out_dtype = np.dtype(out_dtype)
+        self._ov_model = convert(model, preprocess_input, pooling, out_dtype)
         views = 2 if flip else 1
         compiled = self._compile(batch_size)
         self.streams = int(compiled.get_property("NUM_STREAMS"))
@@ -163,7 +165,7 @@ class OpenVINOExtractor:
         x = np.zeros((padded,) + self.input_size + (3,), dtype=np.uint8)
         x[:n] = batch
         views = [x, np.ascontiguousarray(x[:, :, ::-1])] if self.flip else [x]
-        outs = [np.empty((padded,) + self.feature_shape, dtype=np.float32) for _ in views]
+        outs = [np.empty((padded,) + self.feature_shape, dtype=self.out_dtype) for _ in views]
         self._errors.clear()
         rb = self.request_batch
         for src, out in zip(views, outs):
