@@ -165,13 +165,18 @@ def _build_from_file(spec, input_size, path, seed):
     if not os.path.isfile(path):
         raise WeightsError(f"--weights {path!r}: no such file (choose imagenet, none, auto or a .h5 path)")
     model = spec.build(input_size=input_size, weights=None)
+    load_weights_file(model, path)
+    return model, WeightsInfo("file", os.path.abspath(path), sha256_file(path), seed)
+
+
+def load_weights_file(model, path: str) -> None:
+    """Load a Keras 3 ``.weights.h5`` or a legacy ``.h5``/``.hdf5`` into ``model`` by layer; clear errors."""
     if path.endswith(".weights.h5"):
         load_keras3_weights(model, path)
     elif path.endswith((".h5", ".hdf5")):
         load_legacy_h5_by_name(model, path)
     else:
         raise WeightsError(f"--weights {path}: expected a Keras .weights.h5 or legacy .h5/.hdf5 file")
-    return model, WeightsInfo("file", os.path.abspath(path), sha256_file(path), seed)
 
 
 def _weighted_layers(model):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from features import backbones, images
-from features.weights import WeightsError, cache_dirs, load_keras3_weights, load_legacy_h5_by_name, prefetch_help
+from features.weights import WeightsError, cache_dirs, load_weights_file, prefetch_help
 
 CLASS_INDEX_FILE = "imagenet_class_index.json"
 CLASS_INDEX_URL = "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
@@ -70,12 +70,7 @@ def build_classifier(spec: backbones.BackboneSpec, weights: str = "imagenet"):
         raise WeightsError(f"--weights {choice!r}: no such file (choose imagenet or a .h5/.weights.h5 path)")
     model = spec.build_full(weights=None)
     try:
-        if path.endswith(".weights.h5"):
-            load_keras3_weights(model, path)
-        elif path.endswith((".h5", ".hdf5")):
-            load_legacy_h5_by_name(model, path)
-        else:
-            raise WeightsError(f"--weights {path}: expected a Keras .weights.h5 or legacy .h5/.hdf5 file")
+        load_weights_file(model, path)
     except WeightsError as exc:
         raise WeightsError(f"{exc}\n  (classify needs the weights *with* the classifier top: {top_file(spec)})") \
             from None

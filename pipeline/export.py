@@ -208,6 +208,24 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
         return export_finetuned(model_dir, output, format=format, quantize=quantize,
                                 representative_images=representative_images,
                                 n_representative=n_representative, check=check)
+    output = check_target(output, format, quantize)
+    model, head, meta, spec, backbone = stitch(model_dir)
+    size = tuple(int(v) for v in meta["features"]["input_size"])
+    calib = calibration_images(representative_images, size, n_representative, quantize,
+                               meta["features"].get("source_root") or "")
+    if quantize == "float16" and max(float(np.abs(w).max()) for w in model.get_weights()) > 65504:
+        # A folded StandardScaler divides by feature stds: tiny stds give weights float16 cannot hold.
+        log.warning("some weights exceed the float16 range; expect inf or large errors (see max_abs_diff)")
+    report, run = write_artefact(model, output, format, quantize, calib, size)
+    if check:
+        x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
+        report.update(_compare(run(x), _reference(backbone, spec, head, meta, x), meta["task"]))
+    log.info("exported %s -> %s (%s, %d bytes)", model_dir, output, format, report["bytes"])
+    return report
+
+
+def check_target(output, format: str, quantize) -> str:
+    """Validate format/quantize/output before any work; returns the output path as a string."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if quantize not in (None, "float16", "int8"):
@@ -219,20 +237,23 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
         raise ValueError(f"{output}: a Keras model file must end in .keras")
     if os.path.isdir(output) and not (format == "savedmodel" and _is_savedmodel(output)):
         raise FileExistsError(f"{output}: is a directory and not a SavedModel export; not replacing it")
-    model, head, meta, spec, backbone = stitch(model_dir)
-    size = tuple(int(v) for v in meta["features"]["input_size"])
-    calib = _load_images(list(representative_images), size, n_representative, skip_bad=False) \
-        if representative_images else None
+    return output
+
+
+def calibration_images(paths, size, n: int, quantize, source_root: str):
+    """Representative uint8 images: the given paths, else (for int8) images under the training source root."""
+    calib = _load_images(list(paths), size, n, skip_bad=False) if paths else None
     if quantize == "int8" and calib is None:
-        root = meta["features"].get("source_root") or ""
-        if os.path.isdir(root):
-            calib = _load_images(find_images(root, n_representative), size, n_representative, skip_bad=True)
+        if os.path.isdir(source_root):
+            calib = _load_images(find_images(source_root, n), size, n, skip_bad=True)
         if calib is None:
             raise ValueError(f"int8 quantization needs representative images and none were found under the "
-                             f"features' source_root {root!r}; pass representative_images=[paths]")
-    if quantize == "float16" and max(float(np.abs(w).max()) for w in model.get_weights()) > 65504:
-        # A folded StandardScaler divides by feature stds: tiny stds give weights float16 cannot hold.
-        log.warning("some weights exceed the float16 range; expect inf or large errors (see max_abs_diff)")
+                             f"features' source_root {source_root!r}; pass representative_images=[paths]")
+    return calib
+
+
+def write_artefact(model, output: str, format: str, quantize, calib, size):
+    """Write ``model`` atomically in ``format``; returns (report dict, callable running the artefact)."""
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     # Same directory => same filesystem, so the final rename is atomic.
@@ -260,11 +281,7 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
         sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(output) for f in fs)
     report = {"path": output, "format": format, "quantize": quantize, "bytes": n_bytes,
               "input_shape": [None, *size, 3], "output_names": names}
-    if check:
-        x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
-        report.update(_compare(run(x), _reference(backbone, spec, head, meta, x), meta["task"]))
-    log.info("exported %s -> %s (%s, %d bytes)", model_dir, output, format, n_bytes)
-    return report
+    return report, run
 
 
 def _tflite_bytes(model, quantize, calib) -> bytes:

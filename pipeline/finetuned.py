@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 
 import numpy as np
 
@@ -107,50 +105,12 @@ def export_finetuned(model_dir, output, *, format: str = "keras", quantize: str 
     """
     from pipeline import export as ex
 
-    if format not in ex.FORMATS:
-        raise ValueError(f"format must be one of {', '.join(ex.FORMATS)}, got {format!r}")
-    if quantize not in (None, "float16", "int8") or (quantize and format != "tflite"):
-        raise ValueError("quantize must be None, or 'float16'/'int8' with format='tflite'")
-    output = os.fspath(output)
-    if format == "keras" and not output.endswith(".keras"):
-        raise ValueError(f"{output}: a Keras model file must end in .keras")
-    if os.path.isdir(output) and not (format == "savedmodel" and ex._is_savedmodel(output)):
-        raise FileExistsError(f"{output}: is a directory and not a SavedModel export; not replacing it")
+    output = ex.check_target(output, format, quantize)
     pred = FinetunedPredictor(model_dir)
-    size, root = pred.input_size, pred.prov.get("source_root") or ""
-    calib = ex._load_images(list(representative_images), size, n_representative, skip_bad=False) \
-        if representative_images else None
-    if quantize == "int8" and calib is None and os.path.isdir(root):
-        calib = ex._load_images(ex.find_images(root, n_representative), size, n_representative, skip_bad=True)
-    if quantize == "int8" and calib is None:
-        raise ValueError(f"int8 quantization needs representative images (none under {root!r}); "
-                         "pass representative_images=[paths]")
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(output)}.{uuid.uuid4().hex[:12]}.partial")  # same fs: atomic
-    try:
-        if format == "keras":
-            tmp += ".keras"
-            pred.model.save(tmp)
-            os.replace(tmp, output)
-        elif format == "savedmodel":
-            pred.model.export(tmp, format="tf_saved_model", verbose=False)
-            ex._replace_dir(tmp, output)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(ex._tflite_bytes(pred.model, quantize, calib))
-            os.replace(tmp, output)
-    except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    run, names = ex._open_artefact(output, format)
-    n_bytes = os.path.getsize(output) if os.path.isfile(output) else \
-        sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(output) for f in fs)
-    report = {"path": output, "format": format, "quantize": quantize, "bytes": n_bytes,
-              "input_shape": [None, *size, 3], "output_names": names}
+    size = pred.input_size
+    calib = ex.calibration_images(representative_images, size, n_representative, quantize,
+                                  pred.prov.get("source_root") or "")
+    report, run = ex.write_artefact(pred.model, output, format, quantize, calib, size)
     if check:
         x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
         report.update(ex._compare(run(x), pred.predict_arrays(x), pred.meta["task"]))
