@@ -21,6 +21,9 @@ from features.engines.ray import extract_ray, work_dir  # noqa: E402
 from features.runner import ExtractConfig, TooManyBadImages, extract  # noqa: E402
 from tests.imagefolders import make_class_folder  # noqa: E402
 
+# Minutes of subprocess runs: CI's slow stage runs these (./run_all.sh test-slow); the default suite stays short.
+pytestmark = pytest.mark.slow
+
 KW = dict(backbone="mobilenet", input_size="32", weights="none", seed=11, batch_size=4, progress=False,
           precision="fp32", store_dtype="float32", max_bad_fraction=0.5)
 

@@ -16,6 +16,9 @@ import pytest
 from tests.e2e.test_cli_extract import COMMON, _wait_for_chunk
 from tests.imagefolders import make_class_folder
 
+# Minutes of subprocess runs: CI's slow stage runs these (./run_all.sh test-slow); the default suite stays short.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BNECK = shutil.which("bneck", path=os.path.dirname(sys.executable)) or "bneck"
 

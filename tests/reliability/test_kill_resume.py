@@ -25,6 +25,9 @@ from tests.reliability.helpers import (
     leftovers, start,
 )
 
+# Minutes of subprocess runs: CI's slow stage runs these (./run_all.sh test-slow); the default suite stays short.
+pytestmark = pytest.mark.slow
+
 #: (kill point, what the point is). The default suite kills at each of these once.
 KILL_POINTS = [
     ("start:1", "right after start: nothing built, nothing written"),

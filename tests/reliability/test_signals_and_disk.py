@@ -25,6 +25,9 @@ from tests.reliability.helpers import (
     json_line, leftovers, read_everything, start, wait_for,
 )
 
+# Minutes of subprocess runs: CI's slow stage runs these (./run_all.sh test-slow); the default suite stays short.
+pytestmark = pytest.mark.slow
+
 #: (hook, where the SIGTERM lands) for the SIGTERM tests; the e2e suite covers an external one.
 TERM_POINTS = [
     ("batch:1:TERM", "after the first batch: its chunk (8 rows) is only half computed"),
