@@ -10,9 +10,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import queue
-import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -21,6 +18,8 @@ import numpy as np
 
 from features import FORMAT_VERSION, backbones, images, keypoints, store
 from features.manifest import Manifest, parse_shard
+from features.commit import ChunkWriter, Terminated, check_signal, install_signal_handlers  # noqa: F401
+from features.runtimes import RUNTIMES, default_runtime, make_extractor, resolve_runtime  # noqa: F401  (re-exported)
 from features.sources import read_source
 
 log = logging.getLogger("bneck")
@@ -32,10 +31,6 @@ _FAULT_DELAY = float(os.environ.get("BNECK_TEST_BATCH_DELAY", "0") or 0)
 # the N-th time a named point is reached, so tests/reliability/ can kill at exact places (before
 # the first batch, mid-batch, mid-flush, mid-finalize). Points and details: store.fault_point.
 _fault_point = store.fault_point
-
-
-class Terminated(RuntimeError):
-    """SIGTERM/SIGINT arrived: finished chunks were committed, the run can be resumed."""
 
 
 class TooManyBadImages(RuntimeError):
@@ -112,44 +107,6 @@ def shard_output(output: str, shard: str | None) -> str:
     return f"{root}.shard-{i:05d}-of-{n:05d}{ext or '.h5'}"
 
 
-RUNTIMES = ("auto", "tensorflow", "openvino")
-
-
-def default_runtime() -> str:
-    """``$BNECK_RUNTIME`` or ``auto`` (the default of ``--runtime``)."""
-    return os.environ.get("BNECK_RUNTIME", "auto") or "auto"
-
-
-def resolve_runtime(runtime: str) -> str:
-    """``auto`` -> OpenVINO on a CPU when the [openvino] extra is installed, else TensorFlow."""
-    from features import mapper, openvino_runtime
-
-    if runtime not in RUNTIMES:
-        raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if runtime == "openvino" and not openvino_runtime.available():
-        raise ValueError("--runtime openvino needs the optional extra: pip install 'bneck[openvino]'")
-    if runtime == "auto":
-        # On a CPU OpenVINO is 3-7x faster than TensorFlow for all but VGG (bench/); on a GPU,
-        # TensorFlow with mixed precision is the fast path.
-        return "openvino" if openvino_runtime.available() and not mapper.has_gpu() else "tensorflow"
-    return runtime
-
-
-def _make_extractor(runtime, model, spec, cfg, precision, winfo):
-    from features import mapper
-
-    if runtime == "openvino":
-        from features.openvino_runtime import DEFAULT_CACHE_DIR, OpenVINOExtractor
-
-        # Compiled blobs live next to the weights file they were made from, when there is one.
-        cache = os.path.join(os.path.dirname(winfo.path), "bneck-openvino-cache") if winfo.path else DEFAULT_CACHE_DIR
-        return OpenVINOExtractor(model, spec.preprocess_function, pooling=cfg.pooling, flip=cfg.flip,
-                                 batch_size=cfg.batch_size, precision=precision, cache_dir=cache,
-                                 out_dtype=cfg.store_dtype)
-    return mapper.Extractor(model, spec.preprocess_function, pooling=cfg.pooling, flip=cfg.flip,
-                            batch_size=cfg.batch_size, out_dtype=cfg.store_dtype)
-
-
 def _default_workers() -> int:
     # Decoding shares the cores with the model; one thread per core keeps decode ahead of
     # inference without starving oneDNN (measured in bench/).
@@ -200,7 +157,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         return ExtractSummary(out, stop - start, 0, sum(bad.values()), time.time() - t0, 0,
                               skipped_existing=True, bad_reasons=bad)
 
-    extractor = _make_extractor(runtime, model, spec, cfg, precision, winfo)
+    extractor = make_extractor(runtime, model, spec, cfg, precision, winfo)
     startup = time.time() - t0
     pstore = store.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows).open(overwrite=cfg.overwrite)
     try:
@@ -222,8 +179,8 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
     total_rows = pstore.n_rows
     done_rows = total_rows - len(rows)
     bar = _progress(cfg, total_rows, done_rows, os.path.basename(pstore.out_path))
-    writer = _Writer(pstore)
-    stop_flag = _install_signal_handlers()
+    writer = ChunkWriter(pstore)
+    stop_flag = install_signal_handlers()
     computed = 0
     with ThreadPoolExecutor(cfg.workers or _default_workers(), thread_name_prefix="decode") as pool:
         def decode(i):
@@ -263,7 +220,7 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
                         writer.put(k, _chunk_arrays(buf.pop(k), cfg.store_dtype))
                 writer.raise_if_failed()
                 if not buf:  # at a chunk boundary: a SIGTERM stops here, losing no computed row
-                    _check_signal(stop_flag)
+                    check_signal(stop_flag)
         except BaseException:
             for _, f in window:
                 f.cancel()
@@ -305,58 +262,6 @@ def _chunk_arrays(rows: list[dict], store_dtype: str) -> dict[str, np.ndarray]:
         if key in out:  # cast once, here: halves the chunk bytes written and read back at float16
             out[key] = out[key].astype(store_dtype, copy=False)
     return out
-
-
-class _Writer:
-    """A thread that commits chunks so HDF5/npz writes overlap the next batches' compute."""
-
-    def __init__(self, pstore):
-        self.pstore, self.bytes_written, self.error = pstore, 0, None
-        self.q: queue.Queue = queue.Queue(maxsize=2)
-        self.t = threading.Thread(target=self._loop, name="writer", daemon=True)
-        self.t.start()
-
-    def _loop(self):
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            try:
-                if self.error is None:
-                    self.bytes_written += self.pstore.write_chunk(*item)
-            except BaseException as exc:  # disk full, permissions: surface in the main thread
-                self.error = exc
-
-    def put(self, k, arrays):
-        self.q.put((k, arrays))
-
-    def raise_if_failed(self):
-        if self.error is not None:
-            raise store.StoreError(f"writing {self.pstore.dir} failed: {self.error}") from self.error
-
-    def close(self, wait=True):
-        self.q.put(None)
-        if wait:
-            self.t.join()
-        self.raise_if_failed()
-
-
-def _install_signal_handlers():
-    flag = {"sig": None}
-    if threading.current_thread() is not threading.main_thread():
-        return flag
-
-    def handler(signum, _frame):
-        flag["sig"] = signum
-
-    for s in (signal.SIGTERM,):
-        signal.signal(s, handler)
-    return flag
-
-
-def _check_signal(flag):
-    if flag["sig"] is not None:
-        raise Terminated(f"received signal {flag['sig']}: committed finished chunks; rerun the same command to resume")
 
 
 def _progress(cfg, total, initial, name):
