@@ -65,7 +65,7 @@ case "${1:-demo}" in
   test-slow)
     install "test,plots,openvino,video,ray"
     shift
-    "$VENV/bin/python" -m pytest -q -m slow "$@"
+    "$VENV/bin/python" -m pytest -q -m "slow and not cluster" "$@"
     ;;
   -h|--help|help)
     sed -n '2,7p' "$0"

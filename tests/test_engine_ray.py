@@ -121,6 +121,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _cli_has_engine(), reason="pipeline/cli.py has no --engine flag yet")
+@pytest.mark.cluster
 def test_cli_against_a_running_cluster(run, tmp_path):
     """`ray start --head` in the background, then `bneck extract --engine ray --ray-address HOST:PORT`."""
     _, data, local = run
@@ -140,7 +141,7 @@ def test_cli_against_a_running_cluster(run, tmp_path):
                "float32", "--batch-size", "4", "--no-progress", "--max-bad-fraction", "0.5", "--json"]
         t0 = time.time()
         while True:  # the head takes a few seconds to accept drivers
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
             if r.returncode == 0 or time.time() - t0 > 60 or head.poll() is not None:
                 break
             time.sleep(2)
