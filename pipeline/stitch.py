@@ -64,7 +64,7 @@ def as_stored(x: np.ndarray, prov: dict) -> np.ndarray:
 
 
 def pool_on_load(x: np.ndarray, pooling: str) -> np.ndarray:
-    """Apply the model's on-load pooling to a batch of feature maps (same as the data views)."""
-    if pooling in (None, "none") or x.ndim == 2:
-        return x
-    return x.mean(axis=(1, 2)) if pooling == "avg" else x.max(axis=(1, 2))
+    """Apply the model's on-load pooling to a batch of feature maps (the data views' own rule)."""
+    from pipeline.views import pool_features
+
+    return pool_features(x, pooling)

@@ -143,6 +143,17 @@ class _ViewBase:
         return out
 
 
+def pool_features(x: np.ndarray, op: str | None) -> np.ndarray:
+    """Average or max over every axis but rows and channels; ``None``/``"none"`` or 2-D input: unchanged.
+
+    The one pooling rule for training views and for ``predict`` on new images.
+    """
+    if op in (None, "none") or x.ndim == 2:
+        return x
+    axes = tuple(range(1, x.ndim - 1))
+    return x.mean(axis=axes) if op == "avg" else x.max(axis=axes)
+
+
 class FeatureView(_ViewBase):
     """Lazy float32 rows of one feature dataset (``features`` or ``features_flipped``).
 
@@ -209,10 +220,7 @@ class FeatureView(_ViewBase):
                 f"pooling={self.pooling!r})")
 
     def _pool(self, x: np.ndarray) -> np.ndarray:
-        if self._op is None:
-            return x
-        axes = tuple(range(1, x.ndim - 1))  # every axis but rows and channels
-        return x.mean(axis=axes) if self._op == "avg" else x.max(axis=axes)
+        return pool_features(x, self._op)
 
     def __getitem__(self, idx) -> np.ndarray:
         pos, scalar = _normalize_index(idx, len(self))
