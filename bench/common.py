@@ -287,3 +287,31 @@ def build_extractor(backbone: str, *, input_size="224", batch: int = 32, precisi
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixture-root", default=None,
                    help=f"where generated JPEG fixtures are cached (default {DEFAULT_ROOT}, or $BNECK_BENCH_DIR)")
+
+
+# ----------------------------------------------------------------------------- bneck in a child process
+
+_BNECK_CHILD = """
+import json, resource, sys
+from pipeline.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+      file=sys.stderr)
+"""
+
+
+def run_bneck_extract(data: str, out: str, flags: list[str]) -> dict:
+    """`bneck extract DATA -o OUT FLAGS --json` in a child: its summary, its own peak RSS and wall time."""
+    import subprocess
+
+    cmd = [sys.executable, "-c", _BNECK_CHILD, "-q", "extract", data, "-o", out, *flags,
+           "--no-progress", "--overwrite", "--json"]
+    with Timer() as t:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if r.returncode != 0:
+        raise RuntimeError(f"bneck extract failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    summary.update(json.loads(r.stderr.strip().splitlines()[-1]))
+    summary["wall_seconds"] = round(t.seconds, 2)
+    return summary

@@ -12,9 +12,7 @@ the real `bneck extract` (subprocess, its own peak RSS), and optionally the clas
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -22,26 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-_CHILD = """
-import json, resource, sys
-from pipeline.cli import main
-rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
-      file=sys.stderr)
-"""
-
-
 def run_extract(data: str, out: str, backbone: str, runtime: str, precision: str, batch: int) -> dict:
     """`bneck extract` in a child process; its --json summary plus its own peak RSS."""
-    args = [sys.executable, "-c", _CHILD, "-q", "extract", data, "-o", out, "--backbone", backbone, "--weights", "none",
-            "--runtime", runtime, "--precision", precision, "--batch-size", str(batch), "--no-progress",
-            "--overwrite", "--json"]
-    r = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    if r.returncode != 0:
-        raise RuntimeError(f"bneck extract failed:\n{r.stderr[-2000:]}")
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
-    summary.update(json.loads(r.stderr.strip().splitlines()[-1]))
-    return summary
+    return common.run_bneck_extract(data, out, ["--backbone", backbone, "--weights", "none", "--runtime", runtime,
+                                                "--precision", precision, "--batch-size", str(batch)])
 
 
 def model_ceiling(backbone: str, runtime: str, precision: str, batch: int, seconds: float) -> dict:

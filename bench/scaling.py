@@ -16,24 +16,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-
-_CHILD = """
-import json, resource, sys
-from pipeline.cli import main
-rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
-      file=sys.stderr)
-"""
-
 
 def model_throughput(args, batch: int) -> dict:
     """Model-only images/s at one batch size (fresh extractor, so the runtime compiles for it)."""
@@ -52,19 +41,9 @@ def model_throughput(args, batch: int) -> dict:
 
 def run_extract(args, data: str, out: str) -> dict:
     """`bneck extract` in a child process; its --json summary plus its own peak RSS and wall time."""
-    cmd = [sys.executable, "-c", _CHILD, "-q", "extract", data, "-o", out, "--backbone", args.backbone,
-           "--weights", "none", "--runtime", args.runtime, "--precision", args.precision,
-           "--input-size", args.input_size, "--pooling", args.pooling, "--batch-size", str(args.batch),
-           "--no-progress", "--overwrite", "--json"]
-    with common.Timer() as t:
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO,
-                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    if r.returncode != 0:
-        raise RuntimeError(f"bneck extract failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
-    summary.update(json.loads(r.stderr.strip().splitlines()[-1]))
-    summary["wall_seconds"] = round(t.seconds, 2)
-    return summary
+    return common.run_bneck_extract(data, out, [
+        "--backbone", args.backbone, "--weights", "none", "--runtime", args.runtime, "--precision", args.precision,
+        "--input-size", args.input_size, "--pooling", args.pooling, "--batch-size", str(args.batch)])
 
 
 def main(argv=None) -> dict:
