@@ -103,7 +103,7 @@ def export_finetuned(model_dir, output, *, format: str = "keras", quantize: str 
     The saved network already is the stitched pixels -> scores/targets model, so it is written as
     it is: ``.keras``, a TF SavedModel directory, or ``.tflite`` (``quantize`` float16/int8).
     """
-    from pipeline import export as ex
+    from pipeline import export_artefact as ex
 
     output = ex.check_target(output, format, quantize)
     pred = FinetunedPredictor(model_dir)

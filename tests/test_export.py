@@ -129,7 +129,9 @@ def test_tflite_int8_runs_on_images_found_under_source_root(models, tmp_path):
 
 
 def test_int8_without_images_is_a_clear_error(models, tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "find_images", lambda root, n: [])
+    from pipeline import export_artefact
+
+    monkeypatch.setattr(export_artefact, "find_images", lambda root, n: [])  # where calibration looks it up
     with pytest.raises(ValueError, match="representative images"):
         ex.export(models["dir"] / "logreg", tmp_path / "q.tflite", format="tflite", quantize="int8")
     assert not os.listdir(tmp_path)
