@@ -19,7 +19,7 @@ import numpy as np
 from features import FORMAT_VERSION, backbones, images, keypoints, store
 from features.manifest import Manifest, parse_shard
 from features.commit import ChunkWriter, Terminated, check_signal, install_signal_handlers  # noqa: F401
-from features.runtimes import RUNTIMES, default_runtime, make_extractor, resolve_runtime  # noqa: F401  (re-exported)
+from features.runtimes import RUNTIMES, default_runtime, make_extractor, resolve_runtime, resolve_xla  # noqa: F401
 from features.sources import read_source
 
 log = logging.getLogger("bneck")
@@ -31,6 +31,12 @@ _FAULT_DELAY = float(os.environ.get("BNECK_TEST_BATCH_DELAY", "0") or 0)
 # the N-th time a named point is reached, so tests/reliability/ can kill at exact places (before
 # the first batch, mid-batch, mid-flush, mid-finalize). Points and details: store.fault_point.
 _fault_point = store.fault_point
+
+
+# Batches submitted to the model before the oldest is collected: the next batch is staged (on
+# the GPU: copied to the device) and queued while this one computes, so the device never waits
+# for the main thread between batches.
+IN_FLIGHT = 2
 
 
 class TooManyBadImages(RuntimeError):
@@ -59,6 +65,7 @@ class ExtractConfig:
     max_bad_fraction: float = 0.05
     workers: int | None = None
     runtime: str = field(default_factory=lambda: default_runtime())
+    xla: str = "auto"  # auto = on with a GPU only (on this CPU it made VGG16 slower)
     progress: bool = True
     source: dict = field(default_factory=dict)  # kind, categories, image_root, path_column, ...
 
@@ -127,6 +134,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     from features import mapper, weights as W
 
     precision = mapper.resolve_precision(cfg.precision)
+    xla = resolve_xla(cfg.xla, runtime)
     if runtime == "openvino" and precision == "fp16":
         raise ValueError("--precision fp16 is a GPU setting; with --runtime openvino use bf16 or fp32")
     if cfg.store_dtype not in ("float16", "float32"):
@@ -145,7 +153,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         "format_version": FORMAT_VERSION, "backbone": spec.name, "layer": layer, "pooling": cfg.pooling,
         "input_size": list(input_size), "weights": winfo.identity, "weights_sha256": winfo.sha256,
         "seed": cfg.seed, "precision": precision, "store_dtype": cfg.store_dtype, "flip": cfg.flip,
-        "runtime": runtime, "source_kind": manifest.kind, "source_fingerprint": manifest.fingerprint(),
+        "runtime": runtime, "xla": xla, "source_kind": manifest.kind, "source_fingerprint": manifest.fingerprint(),
         "shard": cfg.shard or "0/1", "row_start": start, "row_stop": stop,
         "batch_size": cfg.batch_size, "chunk_rows": chunk_rows,
     }
@@ -157,7 +165,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         return ExtractSummary(out, stop - start, 0, sum(bad.values()), time.time() - t0, 0,
                               skipped_existing=True, bad_reasons=bad)
 
-    extractor = make_extractor(runtime, model, spec, cfg, precision, winfo)
+    extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla)
     startup = time.time() - t0
     pstore = store.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows).open(overwrite=cfg.overwrite)
     try:
@@ -192,6 +200,7 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
             return result
 
         window = collections.deque()
+        inflight = collections.deque()  # (rows, pending): submitted to the model, not yet collected
         lookahead = cfg.batch_size * 4
         it = iter(rows)
         buf: dict[int, list] = {}
@@ -202,13 +211,18 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
                     if nxt is None:
                         break
                     window.append((nxt, pool.submit(decode, nxt[1])))
-                if not window:
+                if window:
+                    batch = [window.popleft() for _ in range(min(cfg.batch_size, len(window)))]
+                    # Batches never straddle chunks: chunk_rows is a multiple of batch_size and
+                    # chunks are consumed whole, so resumed runs see identical batches.
+                    results = [(k, i, f.result()) for (k, i), f in batch]
+                    inflight.append((results, _submit(extractor, _assemble(results, input_size))))
+                    if len(inflight) < IN_FLIGHT:
+                        continue  # queue the next batch before waiting for this one
+                if not inflight:
                     break
-                batch = [window.popleft() for _ in range(min(cfg.batch_size, len(window)))]
-                # Batches never straddle chunks: chunk_rows is a multiple of batch_size and
-                # chunks are consumed whole, so resumed runs see identical batches.
-                results = [(k, i, f.result()) for (k, i), f in batch]
-                _compute_batch(results, extractor, input_size, buf)
+                results, pending = inflight.popleft()
+                _store_rows(results, pending.result(), buf)
                 _fault_point("batch")
                 if _FAULT_DELAY:
                     time.sleep(_FAULT_DELAY)
@@ -219,11 +233,13 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
                     if len(buf[k]) == b - a:
                         writer.put(k, _chunk_arrays(buf.pop(k), cfg.store_dtype))
                 writer.raise_if_failed()
-                if not buf:  # at a chunk boundary: a SIGTERM stops here, losing no computed row
+                if not buf:  # at a chunk boundary: a SIGTERM stops here, losing no collected row
                     check_signal(stop_flag)
         except BaseException:
             for _, f in window:
                 f.cancel()
+            for _, pending in inflight:
+                pending.cancel()
             writer.close(wait=True)  # finished chunks are still committed
             bar.close()
             raise
@@ -232,14 +248,38 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
     return computed, writer.bytes_written
 
 
-def _compute_batch(results, extractor, input_size, buf):
+def _assemble(results, input_size) -> np.ndarray:
+    """The uint8 batch of decoded rows; bad rows stay zero (their features are zeroed later)."""
     h, w = input_size
-    n = len(results)
-    x = np.zeros((n, h, w, 3), dtype=np.uint8)
+    x = np.zeros((len(results), h, w, 3), dtype=np.uint8)
     for j, (_, _, (arr, _, reason)) in enumerate(results):
         if arr is not None:
             x[j] = arr
-    orig, flipped = extractor(x)
+    return x
+
+
+class _Done:
+    """A finished batch, for extractors that only have ``__call__`` (no asynchronous submit)."""
+
+    def __init__(self, out):
+        self._out = out
+
+    def result(self):
+        return self._out
+
+    def cancel(self):
+        pass
+
+
+def _submit(extractor, x: np.ndarray):
+    """Queue ``x`` on the extractor: asynchronously when it can (OpenVINO, TensorFlow on a GPU)."""
+    submit = getattr(extractor, "submit", None)
+    return submit(x) if submit is not None else _Done(extractor(x))
+
+
+def _store_rows(results, features, buf) -> None:
+    """Pair each row with its features (zeros for bad rows) in its chunk's buffer."""
+    orig, flipped = features
     for j, (k, i, (arr, size, reason)) in enumerate(results):
         ok = arr is not None
         row = {

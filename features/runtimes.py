@@ -31,7 +31,7 @@ def resolve_runtime(runtime: str) -> str:
     return runtime
 
 
-def make_extractor(runtime, model, spec, cfg, precision, winfo):
+def make_extractor(runtime, model, spec, cfg, precision, winfo, xla: bool = False):
     """The extractor of ``runtime`` for an ExtractConfig ``cfg`` (features cast to its store dtype in-graph)."""
     from features import mapper
 
@@ -42,6 +42,24 @@ def make_extractor(runtime, model, spec, cfg, precision, winfo):
         cache = os.path.join(os.path.dirname(winfo.path), "bneck-openvino-cache") if winfo.path else DEFAULT_CACHE_DIR
         return OpenVINOExtractor(model, spec.preprocess_function, pooling=cfg.pooling, flip=cfg.flip,
                                  batch_size=cfg.batch_size, precision=precision, cache_dir=cache,
-                                 out_dtype=cfg.store_dtype)
+                                 out_dtype=cfg.store_dtype, model_key=_model_key(spec, cfg, winfo))
     return mapper.Extractor(model, spec.preprocess_function, pooling=cfg.pooling, flip=cfg.flip,
-                            batch_size=cfg.batch_size, out_dtype=cfg.store_dtype)
+                            batch_size=cfg.batch_size, out_dtype=cfg.store_dtype, xla=xla)
+
+
+def _model_key(spec, cfg, winfo) -> str:
+    """What identifies a truncated backbone's graph and weights, for the converted-model cache."""
+    import keras
+
+    return "|".join([spec.name, cfg.layer or spec.default_layer, winfo.identity, winfo.sha256, keras.__version__])
+
+
+def resolve_xla(requested: str, runtime: str) -> bool:
+    """``--xla auto|on|off`` for ``runtime`` (an already resolved runtime): XLA is a TensorFlow option."""
+    from features import mapper
+
+    if runtime == "openvino":
+        if requested == "on":
+            raise ValueError("--xla on applies to --runtime tensorflow; OpenVINO compiles the model itself")
+        return False
+    return mapper.xla_default(requested)

@@ -68,6 +68,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--runtime", choices=["auto", "tensorflow", "openvino"], default=None,
                    help="auto: OpenVINO on a CPU when the [openvino] extra is installed, else TensorFlow "
                         "(default $BNECK_RUNTIME or auto)")
+    p.add_argument("--xla", choices=["auto", "on", "off"], default="auto",
+                   help="--runtime tensorflow: compile the model with XLA; auto = on with a GPU only, because on "
+                        "CPUs it measured slower (bench/model_ceiling.py --xla) (default auto)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this machine (default); ray: shards on a Ray cluster, merged into the output "
                         "(optional extra: pip install 'bneck[ray]')")
@@ -95,7 +98,7 @@ def _cmd_extract(args) -> int:
         pooling=args.pooling, weights=args.weights, seed=args.seed, precision=args.precision,
         store_dtype=args.store_dtype, flip=args.flip, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
         shard=args.shard, overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, workers=args.workers,
-        runtime=args.runtime or default_runtime(), progress=args.progress, source=source)
+        runtime=args.runtime or default_runtime(), xla=args.xla, progress=args.progress, source=source)
     if args.engine == "ray":
         from features.engines.ray import extract_ray
 

@@ -97,7 +97,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(dataset, tmp_path, monk
     extract(_cfg(data, full, chunk_rows=4))
     out = tmp_path / "resumed.h5"
     calls = {"n": 0}
-    real = runner._compute_batch
+    real = runner._store_rows
 
     def dies_on_third_batch(*a, **k):
         calls["n"] += 1
@@ -105,11 +105,11 @@ def test_resume_after_interrupt_equals_uninterrupted_run(dataset, tmp_path, monk
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(runner, "_compute_batch", dies_on_third_batch)
+    monkeypatch.setattr(runner, "_store_rows", dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         extract(_cfg(data, out, chunk_rows=4))
     assert not out.exists() and len(os.listdir(store.partial_dir(str(out)))) >= 3  # settings, lock, 2 chunks
-    monkeypatch.setattr(runner, "_compute_batch", real)
+    monkeypatch.setattr(runner, "_store_rows", real)
     s = extract(_cfg(data, out, chunk_rows=4))
     assert s.computed == 4  # only the missing chunk was recomputed
     with h5py.File(full) as a, h5py.File(out) as b:
@@ -121,7 +121,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(dataset, tmp_path, monk
 def test_partial_run_with_other_settings_is_refused(dataset, tmp_path, monkeypatch):
     data, _ = dataset
     out = tmp_path / "f.h5"
-    monkeypatch.setattr(runner, "_compute_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(runner, "_store_rows", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         extract(_cfg(data, out))
     monkeypatch.undo()
