@@ -9,15 +9,21 @@ become constants). The resulting ``ov.Model`` is then reshaped to a static
 reshaped later (e.g. EfficientNet's squeeze-excite bakes the batch into a Reshape constant).
 
 How it runs: compiled for CPU with ``PERFORMANCE_HINT=THROUGHPUT`` (several streams, each a
-few cores) and ``INFERENCE_PRECISION_HINT`` bf16 or f32. One call submits the original and the
-mirrored view (flipped with numpy on uint8, which is cheap) as separate asynchronous infer
-requests so the streams work in parallel. When there are more streams than views (no flip, or
+few cores) and ``INFERENCE_PRECISION_HINT`` bf16 or f32. Each batch's original and mirrored
+view (flipped with numpy on uint8, which is cheap) go as separate asynchronous infer requests
+so the streams work in parallel. When there are more streams than views (no flip, or
 many cores) each view is split into sub-batches so every stream gets work. The model must be
 float32: OpenVINO applies bf16 itself, and a Keras ``mixed_bfloat16`` graph does not compile.
 
-Compiled blobs are cached in ``cache_dir`` (OpenVINO's ``CACHE_DIR``), so a second run with
-the same model and settings skips compilation; conversion from TensorFlow is repeated each run.
-An instance is not re-entrant: call it from one thread at a time (the runner's main thread).
+Two caches in ``cache_dir`` make a second run start in a fraction of a second instead of
+1.5-5 s: the converted model (OpenVINO IR under ``converted/<key>/``, written atomically, keyed by
+the caller's ``model_key`` -- weights sha256, backbone, layer -- plus pooling, dtype, input size
+and the TensorFlow/OpenVINO versions), and the compiled blobs (OpenVINO's ``CACHE_DIR``).
+Without a ``model_key`` the model is converted every time.
+
+:meth:`submit` queues a batch and returns at once; the runner keeps ``IN_FLIGHT`` batches queued
+so the streams never wait for the main thread between batches. An instance is not re-entrant:
+call it from one thread at a time (the runner's main thread).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ log = logging.getLogger("bneck")
 
 PRECISIONS = ("bf16", "fp32")
 _OV_PRECISION = {"bf16": "bf16", "fp32": "f32"}
+# Bumped when convert() changes what it builds, so older cached conversions are not reused.
+CONVERT_VERSION = "1"
+IN_FLIGHT = 2  # batches queued at once by the runner (features.runner keeps this many in flight)
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "bneck", "openvino")
 
 
@@ -70,6 +79,37 @@ def convert(model, preprocess_input, pooling: str = "none", out_dtype: str = "fl
     return ov.convert_model(fn.get_concrete_function())
 
 
+def model_key_digest(model_key: str, pooling: str, out_dtype: str, input_size) -> str:
+    """Cache key of a converted model: the caller's key (weights, layer...) plus what the graph bakes in."""
+    import hashlib
+
+    import openvino as ov
+    import tensorflow as tf
+
+    text = "|".join([CONVERT_VERSION, model_key, pooling, str(np.dtype(out_dtype)), str(tuple(input_size)),
+                     tf.__version__, ov.get_version()])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def converted_path(cache_dir: str, digest: str) -> str:
+    """Where the converted model (OpenVINO IR: .xml + .bin) of ``digest`` lives in ``cache_dir``."""
+    return os.path.join(cache_dir, "converted", digest, "model.xml")
+
+
+def _save_atomically(ov, ov_model, path: str) -> None:
+    """Write the IR into a temp dir and rename it into place: a killed run never leaves half a model."""
+    final_dir = os.path.dirname(path)
+    tmp_dir = f"{final_dir}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        ov.save_model(ov_model, os.path.join(tmp_dir, "model.xml"), compress_to_fp16=False)
+        os.replace(tmp_dir, final_dir)
+    except OSError as exc:  # another process won the race (non-empty target), or the cache is read-only
+        log.debug("converted model not cached at %s: %s", final_dir, exc)
+        import shutil
+
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
 def _type_name(t) -> str:
     return t.get_type_name() if hasattr(t, "get_type_name") else str(t)  # "bf16", "f32"
 
@@ -86,7 +126,7 @@ class OpenVINOExtractor:
 
     def __init__(self, model, preprocess_input, *, pooling: str = "none", flip: bool = True,
                  batch_size: int = 32, precision: str = "bf16", cache_dir: str | None = None,
-                 out_dtype: str = "float32"):
+                 out_dtype: str = "float32", model_key: str | None = None):
         import openvino as ov
 
         if pooling not in ("none", "avg", "max"):
@@ -108,12 +148,12 @@ class OpenVINOExtractor:
         except OSError as exc:  # a read-only home on a cluster node: run, just without the cache
             log.warning("OpenVINO model cache disabled: cannot create %s (%s)", self.cache_dir, exc)
             self.cache_dir = None
-        self._errors: list[BaseException] = []
         self._lock = threading.Lock()
 
         self._core = ov.Core()
         self.out_dtype = np.dtype(out_dtype)
-        self._ov_model = convert(model, preprocess_input, pooling, out_dtype)
+        self.model_key = model_key
+        self._ov_model, self.converted_from_cache = self._converted(model, preprocess_input, pooling, out_dtype)
         views = 2 if flip else 1
         compiled = self._compile(batch_size)
         self.streams = int(compiled.get_property("NUM_STREAMS"))
@@ -124,8 +164,26 @@ class OpenVINOExtractor:
             compiled = self._compile(self.request_batch)
         self._parts = -(-batch_size // self.request_batch)
         self._compiled = compiled
-        self._queue = ov.AsyncInferQueue(compiled, views * self._parts)
+        # Requests for IN_FLIGHT batches, so the next batch's requests are queued while this
+        # batch's run: the streams never wait for the main thread between batches.
+        self._queue = ov.AsyncInferQueue(compiled, IN_FLIGHT * views * self._parts)
         self._queue.set_callback(self._done)
+
+    def _converted(self, model, preprocess_input, pooling, out_dtype):
+        """The OpenVINO model: read from the cache when ``model_key`` was converted before, else converted now."""
+        import openvino as ov
+
+        path = converted_path(self.cache_dir, model_key_digest(self.model_key, pooling, out_dtype, self.input_size)) \
+            if self.cache_dir and self.model_key else None
+        if path and os.path.exists(path):
+            try:
+                return self._core.read_model(path), True
+            except Exception as exc:  # noqa: BLE001  (a damaged cache entry: convert again and replace it)
+                log.warning("OpenVINO converted-model cache entry %s is unreadable (%s); converting again", path, exc)
+        ov_model = convert(model, preprocess_input, pooling, out_dtype)
+        if path:
+            _save_atomically(ov, ov_model, path)
+        return ov_model, False
 
     def _compile(self, request_batch: int):
         h, w = self.input_size
@@ -139,12 +197,13 @@ class OpenVINOExtractor:
         return self._core.compile_model(self._ov_model, "CPU", config)
 
     def _done(self, request, userdata) -> None:
-        out, rows = userdata
+        pending, out, rows = userdata
+        error = None
         try:
             out[rows] = request.get_output_tensor(0).data
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread)
-            with self._lock:
-                self._errors.append(exc)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread by result())
+            error = exc
+        pending._finish_one(error)
 
     def describe(self) -> dict:
         """How the model was compiled (for logs and benches)."""
@@ -154,10 +213,11 @@ class OpenVINOExtractor:
             "request_batch": self.request_batch, "requests_per_call": (2 if self.flip else 1) * self._parts,
             "inference_precision": _type_name(c.get_property("INFERENCE_PRECISION_HINT")),
             "threads": int(c.get_property("INFERENCE_NUM_THREADS")), "cache_dir": self.cache_dir,
+            "converted_from_cache": self.converted_from_cache,
         }
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Features of ``batch`` and of its mirror image (None when flip is off)."""
+    def submit(self, batch: np.ndarray) -> "_OVPending":
+        """Start ``batch`` (both views) on the streams and return at once; ``.result()`` waits for it."""
         from features.mapper import check_batch
 
         n = check_batch(batch, self.batch_size, self.input_size)
@@ -166,14 +226,44 @@ class OpenVINOExtractor:
         x[:n] = batch
         views = [x, np.ascontiguousarray(x[:, :, ::-1])] if self.flip else [x]
         outs = [np.empty((padded,) + self.feature_shape, dtype=self.out_dtype) for _ in views]
-        self._errors.clear()
+        pending = _OVPending(self, n, views, outs, len(views) * self._parts)
         rb = self.request_batch
         for src, out in zip(views, outs):
             for p in range(self._parts):
                 rows = slice(p * rb, (p + 1) * rb)
-                # share_inputs: no copy; safe because wait_all() returns before src goes away.
-                self._queue.start_async({0: src[rows]}, (out, rows), share_inputs=True)
-        self._queue.wait_all()
-        if self._errors:
-            raise RuntimeError(f"OpenVINO inference failed: {self._errors[0]}") from self._errors[0]
-        return outs[0][:n], (outs[1][:n] if self.flip else None)
+                # share_inputs: no copy; safe because the pending batch holds ``views`` until done.
+                self._queue.start_async({0: src[rows]}, (pending, out, rows), share_inputs=True)
+        return pending
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features of ``batch`` and of its mirror image (None when flip is off)."""
+        return self.submit(batch).result()
+
+
+class _OVPending:
+    """One submitted batch: its requests count down; :meth:`result` waits for the last one."""
+
+    def __init__(self, extractor: OpenVINOExtractor, n: int, views, outs, requests: int):
+        self._ex, self._n, self._views, self._outs = extractor, n, views, outs
+        self._left, self._done, self._error = requests, threading.Event(), None
+
+    def _finish_one(self, error: BaseException | None) -> None:
+        with self._ex._lock:
+            self._error = self._error or error
+            self._left -= 1
+            if self._left == 0:
+                self._done.set()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(orig, flipped)`` of the submitted rows (flipped None without flip)."""
+        self._done.wait()
+        self._views = None  # the inputs may go now
+        if self._error is not None:
+            raise RuntimeError(f"OpenVINO inference failed: {self._error}") from self._error
+        n = self._n
+        return self._outs[0][:n], (self._outs[1][:n] if len(self._outs) > 1 else None)
+
+    def cancel(self) -> None:
+        """Wait for the requests to finish (their inputs are shared, not copied), dropping the result."""
+        self._done.wait()
+        self._views = None

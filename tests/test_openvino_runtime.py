@@ -136,3 +136,45 @@ def test_rejects_mixed_precision_keras_model():
     model, _ = weights.build_backbone(spec, input_size=SIZE, weights="none", dtype_policy="mixed_bfloat16")
     with pytest.raises(ValueError, match="float32 backbone"):
         openvino_runtime.OpenVINOExtractor(model, spec.preprocess_input, cache_dir=None)
+
+
+def test_converted_model_cache_is_reused_and_keyed(models, tmp_path, caplog):
+    spec = backbones.get("mobilenet")
+    kw = dict(pooling="avg", batch_size=2, precision="fp32", cache_dir=str(tmp_path / "c"))
+    x = _images(2, 5)
+    first = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
+    again = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
+    assert not first.converted_from_cache and again.converted_from_cache
+    for a, b in zip(first(x), again(x)):
+        np.testing.assert_array_equal(a, b)
+    # Another key (other weights or layer), or other pooling: converted afresh, never the cached graph.
+    other = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k2", **kw)
+    maps = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1",
+                                              **{**kw, "pooling": "none"})
+    assert not other.converted_from_cache and not maps.converted_from_cache and maps(x)[0].ndim == 4
+    # No key: nothing cached, converted each time.
+    plain = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, **kw)
+    assert not plain.converted_from_cache
+    converted = tmp_path / "c" / "converted"
+    assert len(list(converted.iterdir())) == 3 and not [p for p in converted.iterdir() if ".tmp-" in p.name]
+    # A damaged entry is converted again (with a warning) and replaced.
+    digest = openvino_runtime.model_key_digest("k1", "avg", "float32", SIZE)
+    (converted / digest / "model.xml").write_text("<not xml")
+    with caplog.at_level("WARNING", logger="bneck"):
+        healed = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
+    assert "unreadable" in caplog.text and not healed.converted_from_cache
+    np.testing.assert_array_equal(healed(x)[0], first(x)[0])
+
+
+def test_submitted_batches_complete_in_order(models, cache):
+    spec = backbones.get("mobilenet")
+    ex = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+                                            batch_size=BATCH, precision="fp32", cache_dir=cache)
+    a, b = _images(BATCH, 8), _images(BATCH - 1, 9)
+    pa, pb = ex.submit(a), ex.submit(b)
+    rb, ra = pb.result(), pa.result()
+    for got, want in zip(ra + rb, ex(a) + ex(b)):
+        np.testing.assert_array_equal(got, want)
+    assert rb[0].shape[0] == BATCH - 1
+    ex.submit(a).cancel()  # waits for its requests; the extractor stays usable
+    np.testing.assert_array_equal(ex(a)[0], ra[0])
