@@ -29,6 +29,12 @@ PROVENANCE_KEYS = MODEL_COMPAT_KEYS + ("weights_path", "seed", "precision", "sto
                                        "runtime", "package_version")
 
 
+def image_groups(data) -> np.ndarray:
+    """One id per training row, shared by an image's original and mirrored rows (for grouped CV)."""
+    m = data.n_train_rows
+    return np.concatenate([np.arange(m), np.arange(m)]) if data.used_flipped else np.arange(m)
+
+
 def build_head(head: str, task: str, target_names=None, *, params: dict | None = None, groups=None,
                specialist_base: str = "ridge", jobs: int = 1, seed: int = 0):
     """Construct an unfitted head estimator by name with CLI-style parameters."""
@@ -99,7 +105,7 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
     if grid:
         from pipeline.heads import grid_search
 
-        search = grid_search(est, grid, data.X, data.y, cv=cv, n_jobs=jobs)
+        search = grid_search(est, grid, data.X, data.y, cv=cv, n_jobs=jobs, groups=image_groups(data))
         est = search.best_estimator_
         grid_info = {"best_params": _jsonable(search.best_params_), "best_cv_score": float(search.best_score_)}
         extra["grid_results.csv"] = _grid_csv(search)

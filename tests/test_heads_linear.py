@@ -109,3 +109,15 @@ def test_make_head():
     assert isinstance(make_head("svm", C=0.1), SVMHead) and make_head("logreg").C == 1.0
     with pytest.raises(ValueError, match="valid names: " + ", ".join(HEAD_NAMES)):
         make_head("xgboost")
+
+
+def test_grid_search_keeps_an_image_and_its_mirror_in_one_fold():
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:300], y[:300]
+    Xm = np.concatenate([X, X[:, ::-1]])  # rows 300.. are the "mirrors" of rows 0..
+    ym = np.concatenate([y, y])
+    groups = np.concatenate([np.arange(300), np.arange(300)])
+    search = grid_search(LogRegHead(), {"C": [0.1, 1.0]}, Xm, ym, cv=3, groups=groups)
+    for train, test in search.cv.split(Xm, ym, groups):
+        assert not set(groups[train]) & set(groups[test])
+    assert search.best_params_["C"] in (0.1, 1.0)

@@ -99,3 +99,18 @@ def test_dense_regression_head_on_keypoints(face_files, tmp_path):
                  params={"epochs": 30, "units": 128})
     assert meta["metrics"]["rmse_px"] < 0.8 * _mean_rmse(face_files)
     assert "per_keypoint" in meta["metrics"] and os.path.exists(tmp_path / "d" / "history.csv")
+
+
+def test_grid_search_folds_group_each_image_with_its_mirror(cls_file, tmp_path, monkeypatch):
+    import pipeline.heads as H
+
+    real, seen = H.grid_search, {}
+
+    def spy(est, grid, X, y, **kw):
+        seen.update(n=len(X), groups=kw["groups"])
+        return real(est, grid, X, y, **kw)
+
+    monkeypatch.setattr(H, "grid_search", spy)
+    meta = train(cls_file, tmp_path / "m", head="logreg", pooling="avg", grid={"C": [0.1, 1.0]})
+    m = meta["training"]["n_train_rows"]
+    assert seen["n"] == 2 * m and list(seen["groups"]) == list(range(m)) * 2

@@ -211,8 +211,13 @@ class LogRegHead(_LinearHead):
         return self.pipeline_.predict_proba(as_2d(X))
 
 
-def grid_search(head, param_grid, X, y, *, cv=3, n_jobs=1):
-    """Fit ``GridSearchCV(head, param_grid)`` on `X`, `y` and return it (refit on all data)."""
+def grid_search(head, param_grid, X, y, *, cv=3, n_jobs=1, groups=None):
+    """Fit ``GridSearchCV(head, param_grid)`` on `X`, `y` and return it (refit on all data).
+
+    ``groups`` (one id per row) keeps rows of one image -- its original and mirrored view --
+    in the same fold. Without it a mirror sits in training while its original is scored,
+    which flatters the CV score and pushes the search towards weak regularisation.
+    """
     valid = head.get_params()
     unknown = sorted(set(param_grid) - set(valid))
     if unknown:
@@ -220,9 +225,14 @@ def grid_search(head, param_grid, X, y, *, cv=3, n_jobs=1):
                          f"valid: {sorted(valid)}")
     # GridSearchCV slices X by arbitrary fold indices, so a lazy view is loaded
     # once here rather than once per fold.
+    if groups is not None and isinstance(cv, int):
+        from sklearn.base import is_classifier
+        from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+        cv = StratifiedGroupKFold(n_splits=cv) if is_classifier(head) else GroupKFold(n_splits=cv)
     search = GridSearchCV(head, {k: list(v) for k, v in param_grid.items()},
                           cv=cv, n_jobs=n_jobs, refit=True)
-    return search.fit(as_array(X), np.asarray(y))
+    return search.fit(as_array(X), np.asarray(y), groups=groups)
 
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
