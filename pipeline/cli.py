@@ -17,7 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter 
 log = logging.getLogger("bneck")
 
 #: Commands that import TensorFlow late or never: `extract` reads (and checks) its dataset first,
-#: so a malformed CSV fails in milliseconds; the backbone build imports TF quietly itself.
+#: so a malformed CSV fails in milliseconds; the backbone build imports TF quietly itself. A command
+#: may also decide per call with ``needs_tensorflow(args)`` (`train` with a scikit-learn head: never).
 _NO_TENSORFLOW = {"info", "merge", "extract"}
 
 EXIT_ERROR, EXIT_USAGE, EXIT_BAD_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     _setup_logging(args)
     if args.verbose:
         os.environ["BNECK_TF_LOGS"] = "1"
-    elif args.command not in _NO_TENSORFLOW:
+    elif args.command not in _NO_TENSORFLOW and getattr(args, "needs_tensorflow", lambda a: True)(args):
         from features.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()
