@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
@@ -155,6 +156,7 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remove_stale_old(path)
     log.info("saved model directory %s", path)
     return json.loads(text)
 
@@ -195,6 +197,7 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
             os.replace(tmp, path)
         except OSError as exc:  # created meanwhile by someone else: do not clobber it
             raise ModelDirError(f"{path}: could not move the new model into place ({exc})")
+        _fsync_dir(path.parent)
         return
     if not overwrite or not _is_replaceable(path):
         raise ModelDirError(f"{path}: appeared while saving; not overwriting it")
@@ -208,7 +211,39 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
     except BaseException:
         os.replace(old, path)
         raise
+    _fsync_dir(path.parent)  # the new model is durable before the old one is deleted
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush ``directory``'s entries so a rename into it survives a power cut (POSIX)."""
+    # Without this the rename may live only in the page cache: after a crash the path could
+    # be back to its old state although save_model_dir returned.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (network, FUSE) refuse to fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_old(path: Path) -> None:
+    """Delete ``.NAME.<8 hex>.old`` dirs that an overwrite killed between its two renames left beside ``path``."""
+    # Such a dir holds the model this save has just replaced, so it is obsolete. Only that exact
+    # pattern for this NAME is matched: ".m.b.1234abcd.old" belongs to "m.b", not to "m".
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.old")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if pattern.fullmatch(name) and not os.path.islink(path.parent / name):
+            log.info("removing %s, left by an interrupted overwrite of %s", path.parent / name, path)
+            shutil.rmtree(path.parent / name, ignore_errors=True)
 
 
 def read_model_json(path) -> dict:

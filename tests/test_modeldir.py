@@ -2,13 +2,15 @@
 
 import hashlib
 import json
+import re
 import sys
 import types
 
 import numpy as np
 import pytest
 
-from pipeline.modeldir import ModelDirError, load_model_dir, save_model_dir, sha256_file
+from pipeline import modeldir
+from pipeline.modeldir import ModelDirError, load_model_dir, save_model_dir, sha256_file, verify_model_dir
 
 
 class PlainHead:
@@ -158,3 +160,69 @@ def test_bad_model_json(tmp_path):
         (out / "model.json").write_text(broken)
         with pytest.raises(ModelDirError, match=message):
             load_model_dir(out)
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL at a fault point: nothing after it runs, no cleanup of the swap."""
+
+
+def _kill_at(monkeypatch, point):
+    def fault_point(name):
+        if name == point:
+            raise _Killed(name)
+
+    monkeypatch.setattr(modeldir, "fault_point", fault_point)
+
+
+def test_overwrite_killed_between_renames_is_cleaned_up_by_the_next_save(tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    save_model_dir(out, PlainHead(1), {"v": 1})
+    with monkeypatch.context() as mp:
+        _kill_at(mp, "model_moved_aside")
+        with pytest.raises(_Killed):
+            save_model_dir(out, PlainHead(2), {"v": 2}, overwrite=True)
+    (old,) = [n for n in _listing(tmp_path) if n.endswith(".old")]
+    assert not out.exists() and re.fullmatch(r"\.m\.[0-9a-f]{8}\.old", old)
+    assert verify_model_dir(tmp_path / old)["v"] == 1  # the previous model, intact
+    # Look-alikes that are not leftovers of "m": another model's, wrong length/case, other suffixes.
+    decoys = [".m.b.12345678.old", ".mm.12345678.old", ".m.1234567.old", ".m.ABCDEF12.old",
+              ".m.12345678.old.keep", "m.12345678.old", ".m.12345678.partial.old"]
+    for name in decoys:
+        (tmp_path / name).mkdir()
+    # A failed save must not delete it: until a new model is in place it is the only copy.
+    monkeypatch.setattr(FakeKerasHead, "fail", True)
+    with pytest.raises(RuntimeError):
+        save_model_dir(out, FakeKerasHead(np.zeros(2)), {"v": 3})
+    assert old in _listing(tmp_path)
+    save_model_dir(out, PlainHead(4), {"v": 4})
+    assert _listing(tmp_path) == sorted(["m", *decoys])
+    assert load_model_dir(out)[1]["v"] == 4
+
+
+def test_leftovers_are_removed_by_an_overwrite_too(tmp_path):
+    out = tmp_path / "m"
+    save_model_dir(out, PlainHead(1), {})
+    (tmp_path / ".m.0123abcd.old").mkdir()
+    (tmp_path / ".m.0123abcd.old" / "model.json").write_text("{}")
+    save_model_dir(out, PlainHead(2), {}, overwrite=True)
+    assert _listing(tmp_path) == ["m"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_parent_dir_fsynced_after_the_final_rename(tmp_path, monkeypatch, overwrite):
+    out = tmp_path / "m"
+    if overwrite:
+        save_model_dir(out, PlainHead(1), {})
+    calls = []
+    monkeypatch.setattr(modeldir, "_fsync_dir", lambda d: calls.append((d, load_model_dir(out)[0].w)))
+    save_model_dir(out, PlainHead(2), {}, overwrite=overwrite)
+    assert calls == [(tmp_path, 2)]  # once, with the new model already in place
+
+
+def test_directory_fsync_failure_is_ignored(tmp_path, monkeypatch):
+    def refuse(fd):
+        raise OSError(22, "Invalid argument")  # what some network filesystems answer
+
+    monkeypatch.setattr(modeldir.os, "fsync", refuse)
+    modeldir._fsync_dir(tmp_path)
+    modeldir._fsync_dir(tmp_path / "missing")  # cannot even be opened (as on Windows)

@@ -124,7 +124,8 @@ def test_train_killed_leaves_nothing_half_written(feats, tmp_path):
 @pytest.mark.slow
 def test_overwrite_killed_between_renames(feats, tmp_path):
     """--overwrite swaps directories in two renames; killed between them, the path is absent
-    (never half-written) and the previous model is intact under a hidden .old name."""
+    (never half-written) and the previous model is intact under a hidden .old name, which the
+    next successful save removes."""
     out = tmp_path / "model"
     assert bneck("train", feats, "-o", out, *TRAIN, "--epochs", "1").returncode == 0
     r = bneck("train", feats, "-o", out, *TRAIN, "--epochs", "1", "--overwrite",
@@ -137,6 +138,7 @@ def test_overwrite_killed_between_renames(feats, tmp_path):
     assert len(old) == 1 and verify_model_dir(tmp_path / old[0])
     assert bneck("train", feats, "-o", out, *TRAIN, "--epochs", "1", "--overwrite").returncode == 0
     verify_model_dir(out)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".old")]  # the rerun removed the leftover
 
 
 # ----------------------------------------------------------------------------- tampering
