@@ -241,11 +241,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", default="none", choices=("none", "avg", "max"))
     p.add_argument("--no-flip", dest="flip", action="store_false", help="only the original view")
     p.add_argument("--seed", type=int, default=0, help="seed of the random (--weights none) backbone")
+    p.add_argument("--xla", action="store_true", help="--runtime tensorflow: compile with XLA (jit_compile)")
 
 
 def build_extractor(backbone: str, *, input_size="224", batch: int = 32, precision: str = "fp32",
                     runtime: str = "tensorflow", layer=None, pooling: str = "none", flip: bool = True,
-                    seed: int = 0, cache_dir: str | None = None):
+                    seed: int = 0, cache_dir: str | None = None, xla: bool = False):
     """A stage-one extractor on a backbone with seeded RANDOM weights (never downloads).
 
     Speed does not depend on the weight values, so random weights time exactly like ImageNet ones.
@@ -260,7 +261,8 @@ def build_extractor(backbone: str, *, input_size="224", batch: int = 32, precisi
     size = backbones.parse_input_size(input_size, spec)
     precision = mapper.resolve_precision(precision)
     info = {"backbone": spec.name, "input_size": list(size), "batch": batch, "precision": precision,
-            "runtime": runtime, "pooling": pooling, "flip": flip, "weights": f"none(seed={seed})"}
+            "runtime": runtime, "pooling": pooling, "flip": flip, "weights": f"none(seed={seed})",
+            "xla": bool(xla and runtime != "openvino")}
     with Timer() as t:
         if runtime == "openvino":
             from features import openvino_runtime
@@ -278,10 +280,28 @@ def build_extractor(backbone: str, *, input_size="224", batch: int = 32, precisi
         else:
             model, _ = weights.build_backbone(spec, input_size=size, layer=layer, weights="none", seed=seed,
                                               dtype_policy=mapper.dtype_policy(precision))
-            ex = mapper.Extractor(model, spec.preprocess_function, pooling=pooling, flip=flip, batch_size=batch)
+            ex = mapper.Extractor(model, spec.preprocess_function, pooling=pooling, flip=flip, batch_size=batch,
+                                  xla=xla)
     info["build_seconds"] = round(t.seconds, 2)
     info["feature_shape"] = list(ex.feature_shape)
     return ex, info
+
+
+def pipelined_step(ex, x):
+    """One timed step of the model ceiling: submit ``x`` and collect the oldest batch, two in flight.
+
+    This is how the runner drives an extractor (features.runner.IN_FLIGHT), so the ceiling is
+    the model's own best and the end-to-end ratio is not flattered by a slower synchronous loop.
+    """
+    import collections
+
+    inflight = collections.deque()
+
+    def step():
+        inflight.append(ex.submit(x))
+        if len(inflight) >= 2:
+            inflight.popleft().result()
+    return step
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:

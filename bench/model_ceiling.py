@@ -32,11 +32,11 @@ def main(argv=None) -> dict:
 
     ex, info = common.build_extractor(args.backbone, input_size=args.input_size, batch=args.batch,
                                       precision=args.precision, runtime=args.runtime, layer=args.layer,
-                                      pooling=args.pooling, flip=args.flip, seed=args.seed)
+                                      pooling=args.pooling, flip=args.flip, seed=args.seed, xla=args.xla)
     common.log(f"built {info['backbone']} {info['runtime']} {info['precision']} in {info['build_seconds']} s")
     h, w = ex.input_size
     x = np.random.default_rng(args.seed).integers(0, 256, (args.batch, h, w, 3), dtype=np.uint8)
-    times = common.run_for(lambda: ex(x), min_seconds=args.seconds, min_iters=args.min_batches,
+    times = common.run_for(common.pipelined_step(ex, x), min_seconds=args.seconds, min_iters=args.min_batches,
                            warmup=args.warmup)
     s = common.summarize(times, args.batch)
     views = 2 if args.flip else 1
