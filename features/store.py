@@ -1,15 +1,15 @@
-"""The HDF5 contract of stage one: partial chunks, locking, resume checks, and the atomic final file.
+"""The chunk store of stage one: partial chunks, locking, resume checks and the complete-file checks.
 
 Why chunk files and not one growing HDF5 file: HDF5 is not crash-safe; a writer killed mid-flush
 can leave a file h5py cannot open at all. So each finished chunk of rows is committed as its own
 small ``.npz`` inside ``OUT.h5.partial/`` (temp name, then ``os.replace``), and the final
-``OUT.h5`` is assembled from them into a temp file that is renamed into place only when complete.
-A chunk either exists whole or not at all, so a rerun after SIGKILL recomputes at most one chunk.
+``OUT.h5`` is assembled from them (:mod:`features.assemble`) into a temp file that is renamed into
+place only when complete. A chunk either exists whole or not at all, so a rerun after SIGKILL
+recomputes at most one chunk.
 """
 
 from __future__ import annotations
 
-import datetime
 import errno
 import fcntl
 import glob
@@ -20,8 +20,6 @@ import signal
 import threading
 
 import numpy as np
-
-from features import FORMAT_VERSION, __version__
 
 PRODUCER = "bneck"
 _CHUNK_FMT = "chunk-{:07d}.npz"
@@ -44,9 +42,9 @@ def _parse_kill_at(text: str):
 # in features/runner.py; never set in normal use. BNECK_TEST_KILL_AT="POINT:N[:SIGNAL]" sends
 # SIGKILL (or SIGNAL, e.g. TERM) to this process the N-th time the named point is reached.
 # Points: start, model_built (runner.extract); partial_opened, chunk_tmp_written (temp chunk
-# fsynced, before its rename), chunk_committed, finalize_chunk (a chunk copied into the final
-# temp file), finalize_tmp_written (final temp file complete, before its rename),
-# finalize_renamed (after the rename, before the partial dir is removed) in this module;
+# fsynced, before its rename), chunk_committed in this module; finalize_chunk (a chunk copied
+# into the final temp file), finalize_tmp_written (final temp file complete, before its rename),
+# finalize_renamed (after the rename, before the partial dir is removed) in features.assemble;
 # decode (an image decoded, in a worker thread) and batch (a batch computed, before its chunk is
 # queued) in runner._run_chunks; model_tmp_written, model_moved_aside in pipeline.modeldir.
 # Unset, fault_point() is one comparison.
@@ -240,102 +238,14 @@ class PartialStore:
             return {name: z[name] for name in z.files}
 
     # -- final file ---------------------------------------------------------------------------
-    def _check_space(self, feature_bytes: int, row_data: dict) -> None:
-        """Refuse, before HDF5 writes a byte, to assemble a final file the disk cannot hold.
-
-        HDF5 is not safe against a full disk: a write failing with ENOSPC inside h5py leaves
-        the library in a broken state, prints pages of tracebacks and crashes the interpreter
-        at exit (SIGSEGV, seen in tests/reliability). The final file is the moment a run needs
-        the most space (chunks and final file coexist), so estimate its size from the known
-        shapes (a slight overestimate) and compare with the free space first.
-        """
-        need = feature_bytes + self.n_rows * 64  # valid, image_size, reason (vlen string)
-        for arr in row_data.values():
-            arr = np.asarray(arr[0] if isinstance(arr, tuple) else arr)
-            need += (sum(len(str(v).encode("utf-8", "surrogateescape")) + 48 for v in arr.ravel())
-                     if arr.dtype.kind in "OUS" else arr.nbytes * (2 if arr.dtype.kind == "f" else 1))
-        need = int(need * 1.02) + (256 << 10)  # chunk indexes, headers, attributes
-        try:
-            st = os.statvfs(os.path.dirname(os.path.abspath(self.out_path)))
-        except OSError:
-            return
-        free = st.f_bavail * st.f_frsize
-        if free < need:
-            raise StoreError(
-                f"not enough disk space to write {self.out_path}: it needs about {need / 1e6:.1f} MB, "
-                f"{free / 1e6:.1f} MB are free ([Errno {errno.ENOSPC}] No space left on device). All "
-                f"{self.n_chunks} chunks are kept in {self.dir}; free some space and rerun the same "
-                "command to finish without recomputing")
-
     def finalize(self, row_data: dict[str, np.ndarray], attrs: dict, *, feature_shape, store_dtype: str,
                  flip: bool, h5_chunk_rows: int, progress=None) -> str:
-        """Assemble all chunks plus per-row manifest data into the final HDF5 file, atomically.
+        """Assemble the final HDF5 file from the chunks, atomically (:func:`features.assemble.finalize`)."""
+        # Imported here, not at the top: features.assemble imports this module.
+        from features import assemble
 
-        ``row_data`` maps dataset name to an array, or to ``(array, dataset_attrs)``.
-        """
-        import h5py
-
-        missing = sorted(set(range(self.n_chunks)) - self.done_chunks())
-        if missing:
-            raise StoreError(f"cannot finalize {self.out_path}: chunks {missing[:10]} are missing")
-        tmp = f"{self.out_path}.tmp-{os.getpid()}"
-        n = self.n_rows
-        n_views = 2 if flip else 1
-        self._check_space(n * int(np.prod(feature_shape)) * np.dtype(store_dtype).itemsize * n_views, row_data)
-        try:
-            with h5py.File(tmp, "w") as f:
-                shape = (n, *feature_shape)
-                chunks = (max(1, min(h5_chunk_rows, n)), *feature_shape) if n else None
-                views = ["features"] + (["features_flipped"] if flip else [])
-                for name in views:
-                    f.create_dataset(name, shape=shape, dtype=store_dtype, chunks=chunks)
-                f.create_dataset("valid", shape=(n,), dtype=bool)
-                f.create_dataset("reason", shape=(n,), dtype=h5py.string_dtype())
-                f.create_dataset("image_size", shape=(n, 2), dtype="int32")
-                for k in range(self.n_chunks):
-                    a, b = self.chunk_range(k)
-                    c = self.read_chunk(k)
-                    if len(c["valid"]) != b - a:
-                        raise StoreError(f"chunk {k} of {self.dir} has {len(c['valid'])} rows, expected {b - a}")
-                    for name in views:
-                        f[name][a:b] = c[name].astype(store_dtype, copy=False)
-                    f["valid"][a:b] = c["valid"]
-                    f["reason"][a:b] = c["reason"].astype(object)
-                    f["image_size"][a:b] = c["image_size"]
-                    if progress is not None:
-                        progress(b - a)
-                    fault_point("finalize_chunk")
-                valid = f["valid"][()]
-                for name, arr in row_data.items():
-                    ds_attrs = {}
-                    if isinstance(arr, tuple):  # (array, dataset attrs), e.g. labels + class_names
-                        arr, ds_attrs = arr
-                    if name == "targets_flipped":
-                        arr = np.array(arr, dtype=np.float32)
-                        arr[~valid] = np.nan  # no image, so no mirrored geometry
-                    dset = f.create_dataset(name, data=arr)
-                    for key, value in ds_attrs.items():
-                        dset.attrs[key] = value
-                for key, value in attrs.items():
-                    f.attrs[key] = value
-                f.attrs["producer"] = PRODUCER
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["package_version"] = __version__
-                f.attrs["settings_json"] = json.dumps(self.settings, sort_keys=True)
-                f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-                f.attrs["complete"] = True
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            fault_point("finalize_tmp_written")
-            os.replace(tmp, self.out_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        fault_point("finalize_renamed")
-        self.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return self.out_path
+        return assemble.finalize(self, row_data, attrs, feature_shape=feature_shape, store_dtype=store_dtype,
+                                 flip=flip, h5_chunk_rows=h5_chunk_rows, progress=progress)
 
 
 def _remove_quietly(path: str) -> None:
