@@ -34,14 +34,18 @@ class ChunkWriter:
             item = self.q.get()
             if item is None:
                 return
+            k, arrays, written = item
             try:
                 if self.error is None:
-                    self.bytes_written += self.pstore.write_chunk(*item)
+                    self.bytes_written += self.pstore.write_chunk(k, arrays)
+                    if written is not None:
+                        written()
             except BaseException as exc:  # disk full, permissions: surface in the main thread
                 self.error = exc
 
-    def put(self, k, arrays):
-        self.q.put((k, arrays))
+    def put(self, k, arrays, written=None):
+        """Queue chunk ``k`` for commit; ``written()`` is called once it is on disk (buffer reuse)."""
+        self.q.put((k, arrays, written))
 
     def raise_if_failed(self):
         if self.error is not None:

@@ -222,8 +222,11 @@ class OpenVINOExtractor:
 
         n = check_batch(batch, self.batch_size, self.input_size)
         padded = self._parts * self.request_batch
-        x = np.zeros((padded,) + self.input_size + (3,), dtype=np.uint8)
-        x[:n] = batch
+        if n == padded and batch.flags.c_contiguous:
+            x = batch  # shared with the requests, not copied: the caller must not change it until result()
+        else:
+            x = np.zeros((padded,) + self.input_size + (3,), dtype=np.uint8)
+            x[:n] = batch
         views = [x, np.ascontiguousarray(x[:, :, ::-1])] if self.flip else [x]
         outs = [np.empty((padded,) + self.feature_shape, dtype=self.out_dtype) for _ in views]
         pending = _OVPending(self, n, views, outs, len(views) * self._parts)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from features import FORMAT_VERSION, backbones, images, keypoints, store
+from features import FORMAT_VERSION, backbones, batches, images, keypoints, store
 from features.manifest import Manifest, parse_shard
 from features.commit import ChunkWriter, Terminated, check_signal, install_signal_handlers  # noqa: F401
 from features.runtimes import RUNTIMES, default_runtime, make_extractor, resolve_runtime, resolve_xla  # noqa: F401
@@ -37,6 +37,10 @@ _fault_point = store.fault_point
 # the GPU: copied to the device) and queued while this one computes, so the device never waits
 # for the main thread between batches.
 IN_FLIGHT = 2
+
+
+# Module-level name so tests can intercept collected batches (tests/test_runner.py).
+_store_rows = batches.store_rows
 
 
 class TooManyBadImages(RuntimeError):
@@ -203,7 +207,8 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
         inflight = collections.deque()  # (rows, pending): submitted to the model, not yet collected
         lookahead = cfg.batch_size * 4
         it = iter(rows)
-        buf: dict[int, list] = {}
+        buf: dict[int, batches.ChunkBuffer] = {}
+        buffers = batches.BufferPool(cfg.store_dtype)
         try:
             while True:
                 while len(window) < lookahead:
@@ -216,22 +221,21 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
                     # Batches never straddle chunks: chunk_rows is a multiple of batch_size and
                     # chunks are consumed whole, so resumed runs see identical batches.
                     results = [(k, i, f.result()) for (k, i), f in batch]
-                    inflight.append((results, _submit(extractor, _assemble(results, input_size))))
+                    inflight.append((results, batches.submit(extractor, batches.assemble(results, input_size))))
                     if len(inflight) < IN_FLIGHT:
                         continue  # queue the next batch before waiting for this one
                 if not inflight:
                     break
                 results, pending = inflight.popleft()
-                _store_rows(results, pending.result(), buf)
+                _store_rows(results, pending.result(), buf, pstore.chunk_range, buffers)
                 _fault_point("batch")
                 if _FAULT_DELAY:
                     time.sleep(_FAULT_DELAY)
                 computed += len(results)
                 bar.update(len(results))
-                for k in sorted(buf):
-                    a, b = pstore.chunk_range(k)
-                    if len(buf[k]) == b - a:
-                        writer.put(k, _chunk_arrays(buf.pop(k), cfg.store_dtype))
+                for k in [k for k, chunk in buf.items() if chunk.full]:
+                    chunk = buf.pop(k)
+                    writer.put(k, chunk.arrays(), written=lambda c=chunk: buffers.give_back(c))
                 writer.raise_if_failed()
                 if not buf:  # at a chunk boundary: a SIGTERM stops here, losing no collected row
                     check_signal(stop_flag)
@@ -246,62 +250,6 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
     writer.close(wait=True)
     bar.close()
     return computed, writer.bytes_written
-
-
-def _assemble(results, input_size) -> np.ndarray:
-    """The uint8 batch of decoded rows; bad rows stay zero (their features are zeroed later)."""
-    h, w = input_size
-    x = np.zeros((len(results), h, w, 3), dtype=np.uint8)
-    for j, (_, _, (arr, _, reason)) in enumerate(results):
-        if arr is not None:
-            x[j] = arr
-    return x
-
-
-class _Done:
-    """A finished batch, for extractors that only have ``__call__`` (no asynchronous submit)."""
-
-    def __init__(self, out):
-        self._out = out
-
-    def result(self):
-        return self._out
-
-    def cancel(self):
-        pass
-
-
-def _submit(extractor, x: np.ndarray):
-    """Queue ``x`` on the extractor: asynchronously when it can (OpenVINO, TensorFlow on a GPU)."""
-    submit = getattr(extractor, "submit", None)
-    return submit(x) if submit is not None else _Done(extractor(x))
-
-
-def _store_rows(results, features, buf) -> None:
-    """Pair each row with its features (zeros for bad rows) in its chunk's buffer."""
-    orig, flipped = features
-    for j, (k, i, (arr, size, reason)) in enumerate(results):
-        ok = arr is not None
-        row = {
-            "features": orig[j] if ok else np.zeros_like(orig[j]),
-            "valid": ok,
-            "reason": "" if ok else reason,
-            "image_size": np.asarray(size if ok else (0, 0), dtype=np.int32),
-        }
-        if flipped is not None:
-            row["features_flipped"] = flipped[j] if ok else np.zeros_like(flipped[j])
-        buf.setdefault(k, []).append(row)
-
-
-def _chunk_arrays(rows: list[dict], store_dtype: str) -> dict[str, np.ndarray]:
-    out = {}
-    for key in rows[0]:
-        vals = [r[key] for r in rows]
-        out[key] = np.array(vals, dtype=str) if key == "reason" else np.stack(vals) if np.ndim(vals[0]) else np.array(vals)
-    for key in ("features", "features_flipped"):
-        if key in out:  # cast once, here: halves the chunk bytes written and read back at float16
-            out[key] = out[key].astype(store_dtype, copy=False)
-    return out
 
 
 def _progress(cfg, total, initial, name):

@@ -1,0 +1,130 @@
+"""Rows -> batches -> chunks for the stage-one runner, keeping each row's features, validity,
+reason and image size together (a row never drifts from its features).
+
+A chunk's arrays are preallocated and each collected batch is copied into its slice, so a
+finished chunk goes to the writer thread as it is. Stacking per-row arrays instead cost 0.75 s
+of main-thread time per 2,000 MobileNet images (7% of the run), time the model could use.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+def assemble(results, input_size) -> np.ndarray:
+    """The uint8 batch of decoded rows; bad rows stay zero (their features are zeroed later)."""
+    h, w = input_size
+    x = np.zeros((len(results), h, w, 3), dtype=np.uint8)
+    for j, (_, _, (arr, _, _)) in enumerate(results):
+        if arr is not None:
+            x[j] = arr
+    return x
+
+
+class Done:
+    """A finished batch, for extractors that only have ``__call__`` (no asynchronous submit)."""
+
+    def __init__(self, out):
+        self._out = out
+
+    def result(self):
+        """The extractor's ``(orig, flipped)``."""
+        return self._out
+
+    def cancel(self):
+        """Nothing is running."""
+
+
+def submit(extractor, x: np.ndarray):
+    """Queue ``x`` on the extractor: asynchronously when it can (OpenVINO, TensorFlow on a GPU)."""
+    start = getattr(extractor, "submit", None)
+    return start(x) if start is not None else Done(extractor(x))
+
+
+class ChunkBuffer:
+    """The rows of one chunk being filled; :meth:`arrays` is what the chunk file stores."""
+
+    def __init__(self, n_rows: int, store_dtype: str):
+        self.n_rows, self.store_dtype = n_rows, store_dtype
+        self.features = self.features_flipped = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty the buffer for another chunk of the same size, keeping the feature arrays.
+
+        Reuse matters: first-touching fresh pages of a 25 MB feature array cost 10x the copy
+        itself (2.7 vs 0.25 ms per MobileNet batch, measured).
+        """
+        self.filled = 0
+        self.valid = np.zeros(self.n_rows, dtype=bool)
+        self.reason = [""] * self.n_rows
+        self.image_size = np.zeros((self.n_rows, 2), dtype=np.int32)
+
+    @property
+    def full(self) -> bool:
+        """True once every row of the chunk has been put."""
+        return self.filled == self.n_rows
+
+    def put(self, offset: int, results, orig: np.ndarray, flipped: np.ndarray | None) -> None:
+        """Store a batch of consecutive rows starting at ``offset``; bad rows get zero features."""
+        n = len(results)
+        if self.features is None or self.features.shape[1:] != orig.shape[1:]:  # known from the first batch
+            self.features = np.zeros((self.n_rows,) + orig.shape[1:], dtype=self.store_dtype)
+            if flipped is not None:
+                self.features_flipped = np.zeros_like(self.features)
+        rows = slice(offset, offset + n)
+        self.features[rows] = orig[:n]  # a cast only when the extractor did not cast in-graph
+        if flipped is not None:
+            self.features_flipped[rows] = flipped[:n]
+        for j, (_, _, (arr, size, reason)) in enumerate(results):
+            if arr is None:
+                self.features[offset + j] = 0
+                if flipped is not None:
+                    self.features_flipped[offset + j] = 0
+                self.reason[offset + j] = reason
+            else:
+                self.valid[offset + j] = True
+                self.image_size[offset + j] = size
+        self.filled += n
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The chunk's named arrays (features, features_flipped, valid, reason, image_size)."""
+        out = {"features": self.features, "valid": self.valid, "reason": np.array(self.reason, dtype=str),
+               "image_size": self.image_size}
+        if self.features_flipped is not None:
+            out["features_flipped"] = self.features_flipped
+        return out
+
+
+class BufferPool:
+    """Chunk buffers handed back by the writer thread once written, for the next chunks."""
+
+    def __init__(self, store_dtype: str):
+        self.store_dtype, self._free, self._lock = store_dtype, [], threading.Lock()
+
+    def get(self, n_rows: int) -> ChunkBuffer:
+        """A reset buffer of ``n_rows`` (a recycled one when there is one of that size)."""
+        with self._lock:
+            for i, chunk in enumerate(self._free):
+                if chunk.n_rows == n_rows:
+                    chunk = self._free.pop(i)
+                    chunk.reset()
+                    return chunk
+        return ChunkBuffer(n_rows, self.store_dtype)
+
+    def give_back(self, chunk: ChunkBuffer) -> None:
+        """Called by the writer once ``chunk`` is on disk."""
+        with self._lock:
+            self._free.append(chunk)
+
+
+def store_rows(results, features, buf: dict, chunk_range, pool: BufferPool) -> None:
+    """Put a collected batch (rows of one chunk, in order) into that chunk's buffer in ``buf``."""
+    orig, flipped = features
+    k, first = results[0][0], results[0][1]
+    a, b = chunk_range(k)
+    if k not in buf:
+        buf[k] = pool.get(b - a)
+    buf[k].put(first - a, results, orig, flipped)
