@@ -292,13 +292,18 @@ def pipelined_step(ex, x):
 
     This is how the runner drives an extractor (features.runner.IN_FLIGHT), so the ceiling is
     the model's own best and the end-to-end ratio is not flattered by a slower synchronous loop.
+    An extractor that takes the mirrored batch from its caller gets it ready-made, as the
+    runner's decode threads make it: the ceiling is the model alone on tensors in memory.
     """
     import collections
 
+    from features.mapper import mirror_batch
+
     inflight = collections.deque()
+    args = (x, mirror_batch(x)) if getattr(ex, "takes_mirrored", False) and ex.flip else (x,)
 
     def step():
-        inflight.append(ex.submit(x))
+        inflight.append(ex.submit(*args))
         if len(inflight) >= 2:
             inflight.popleft().result()
     return step

@@ -13,14 +13,38 @@ import threading
 import numpy as np
 
 
-def assemble(results, input_size) -> np.ndarray:
-    """The uint8 batch of decoded rows; bad rows stay zero (their features are zeroed later)."""
-    h, w = input_size
-    x = np.zeros((len(results), h, w, 3), dtype=np.uint8)
-    for j, (_, _, (arr, _, _)) in enumerate(results):
-        if arr is not None:
-            x[j] = arr
-    return x
+class BatchRing:
+    """The model's uint8 input batches, assembled into a few arrays reused in turn.
+
+    Reuse matters: a fresh 4.8 MB batch array page-faults on first touch, which made assembling
+    a batch cost ~7 ms of main-thread time in a VM (py-spy) instead of a plain copy. ``slots``
+    must exceed the batches in flight, because extractors may share the arrays without copying
+    until a batch's result is collected.
+    """
+
+    def __init__(self, slots: int, batch_size: int, input_size, views: int = 1):
+        h, w = input_size
+        self._slots = [[np.zeros((batch_size, h, w, 3), dtype=np.uint8) for _ in range(views)]
+                       for _ in range(slots)]
+        self._next = 0
+
+    def assemble(self, results) -> list[np.ndarray]:
+        """The batch of decoded rows, one array per view; bad rows are zero (their features are zeroed later).
+
+        Each decoded row is ``(arr, size, reason)``, or ``(arr, size, reason, mirrored)`` when the
+        decode threads also mirrored it (view 1).
+        """
+        arrays = self._slots[self._next]
+        self._next = (self._next + 1) % len(self._slots)
+        n = len(results)
+        out = []
+        for view, x in enumerate(arrays):
+            x = x[:n]  # a short last batch: the leading rows, still C-contiguous
+            for j, (_, _, decoded) in enumerate(results):
+                arr = decoded[view * 3]  # arr, or the mirrored arr after size and reason
+                x[j] = 0 if arr is None else arr
+            out.append(x)
+        return out
 
 
 class Done:
@@ -37,10 +61,15 @@ class Done:
         """Nothing is running."""
 
 
-def submit(extractor, x: np.ndarray):
-    """Queue ``x`` on the extractor: asynchronously when it can (OpenVINO, TensorFlow on a GPU)."""
+def submit(extractor, x: np.ndarray, mirrored: np.ndarray | None = None):
+    """Queue ``x`` on the extractor: asynchronously when it can (OpenVINO, TensorFlow on a GPU).
+
+    ``mirrored`` (``x`` mirrored left-right) goes along to extractors that take it.
+    """
     start = getattr(extractor, "submit", None)
-    return start(x) if start is not None else Done(extractor(x))
+    if start is None:
+        return Done(extractor(x))
+    return start(x, mirrored) if mirrored is not None else start(x)
 
 
 class ChunkBuffer:
@@ -78,7 +107,7 @@ class ChunkBuffer:
         self.features[rows] = orig[:n]  # a cast only when the extractor did not cast in-graph
         if flipped is not None:
             self.features_flipped[rows] = flipped[:n]
-        for j, (_, _, (arr, size, reason)) in enumerate(results):
+        for j, (_, _, (arr, size, reason, *_)) in enumerate(results):
             if arr is None:
                 self.features[offset + j] = 0
                 if flipped is not None:

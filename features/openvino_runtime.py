@@ -10,7 +10,7 @@ reshaped later (e.g. EfficientNet's squeeze-excite bakes the batch into a Reshap
 
 How it runs: compiled for CPU with ``PERFORMANCE_HINT=THROUGHPUT`` (several streams, each a
 few cores) and ``INFERENCE_PRECISION_HINT`` bf16 or f32. Each batch's original and mirrored
-view (flipped with numpy on uint8, which is cheap) go as separate asynchronous infer requests
+view (mirrored by the caller's decode threads, or here with numpy) go as separate asynchronous infer requests
 so the streams work in parallel. When there are more streams than views (no flip, or
 many cores) each view is split into sub-batches so every stream gets work. The model must be
 float32: OpenVINO applies bf16 itself, and a Keras ``mixed_bfloat16`` graph does not compile.
@@ -123,6 +123,9 @@ class OpenVINOExtractor:
     """
 
     runtime = "openvino"
+    #: :meth:`submit` takes the mirrored batch from the caller (made in the decode threads, in C),
+    #: so the main thread does not copy it while the model waits.
+    takes_mirrored = True
 
     def __init__(self, model, preprocess_input, *, pooling: str = "none", flip: bool = True,
                  batch_size: int = 32, precision: str = "bf16", cache_dir: str | None = None,
@@ -216,19 +219,22 @@ class OpenVINOExtractor:
             "converted_from_cache": self.converted_from_cache,
         }
 
-    def submit(self, batch: np.ndarray) -> "_OVPending":
-        """Start ``batch`` (both views) on the streams and return at once; ``.result()`` waits for it."""
-        from features.mapper import check_batch
+    def submit(self, batch: np.ndarray, mirrored: np.ndarray | None = None) -> "_OVPending":
+        """Start ``batch`` (both views) on the streams and return at once; ``.result()`` waits for it.
+
+        ``mirrored`` is ``batch`` already mirrored left-right, when the caller has it (the runner's
+        decode threads make it); otherwise it is made here.
+        """
+        from features.mapper import check_batch, mirror_batch
 
         n = check_batch(batch, self.batch_size, self.input_size)
-        padded = self._parts * self.request_batch
-        if n == padded and batch.flags.c_contiguous:
-            x = batch  # shared with the requests, not copied: the caller must not change it until result()
-        else:
-            x = np.zeros((padded,) + self.input_size + (3,), dtype=np.uint8)
-            x[:n] = batch
-        views = [x, np.ascontiguousarray(x[:, :, ::-1])] if self.flip else [x]
-        outs = [np.empty((padded,) + self.feature_shape, dtype=self.out_dtype) for _ in views]
+        x = self._padded(batch, n)
+        views = [x]
+        if self.flip:
+            if mirrored is not None and mirrored.shape != batch.shape:
+                raise ValueError(f"mirrored batch has shape {mirrored.shape}, the batch {batch.shape}")
+            views.append(self._padded(mirrored, n) if mirrored is not None else mirror_batch(x))
+        outs = [np.empty((len(x),) + self.feature_shape, dtype=self.out_dtype) for _ in views]
         pending = _OVPending(self, n, views, outs, len(views) * self._parts)
         rb = self.request_batch
         for src, out in zip(views, outs):
@@ -237,6 +243,15 @@ class OpenVINOExtractor:
                 # share_inputs: no copy; safe because the pending batch holds ``views`` until done.
                 self._queue.start_async({0: src[rows]}, (pending, out, rows), share_inputs=True)
         return pending
+
+    def _padded(self, batch: np.ndarray, n: int) -> np.ndarray:
+        """``batch`` at the compiled shape: shared with the requests when it already is, else a padded copy."""
+        padded = self._parts * self.request_batch
+        if n == padded and batch.flags.c_contiguous:
+            return batch  # not copied: the caller must not change it until result()
+        x = np.zeros((padded,) + self.input_size + (3,), dtype=np.uint8)
+        x[:n] = batch
+        return x
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Features of ``batch`` and of its mirror image (None when flip is off)."""

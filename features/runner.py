@@ -194,13 +194,18 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
     writer = ChunkWriter(pstore)
     stop_flag = install_signal_handlers()
     computed = 0
+    # The decode threads mirror each image too (in C) for extractors that take the mirrored
+    # batch, instead of the main thread copying a whole batch while the model waits for it.
+    mirror = cfg.flip and getattr(extractor, "takes_mirrored", False)
     with ThreadPoolExecutor(cfg.workers or _default_workers(), thread_name_prefix="decode") as pool:
         def decode(i):
             g = start + i
             if g in manifest.row_errors:
-                return None, (0, 0), manifest.row_errors[g]
+                return (None, (0, 0), manifest.row_errors[g]) + ((None,) if mirror else ())
             result = images.decode(manifest.source(g), input_size)
             _fault_point("decode")
+            if mirror:
+                result += (None if result[0] is None else images.mirror(result[0]),)
             return result
 
         window = collections.deque()
@@ -209,6 +214,7 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
         it = iter(rows)
         buf: dict[int, batches.ChunkBuffer] = {}
         buffers = batches.BufferPool(cfg.store_dtype)
+        inputs = batches.BatchRing(IN_FLIGHT + 1, cfg.batch_size, input_size, views=2 if mirror else 1)
         try:
             while True:
                 while len(window) < lookahead:
@@ -221,7 +227,8 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
                     # Batches never straddle chunks: chunk_rows is a multiple of batch_size and
                     # chunks are consumed whole, so resumed runs see identical batches.
                     results = [(k, i, f.result()) for (k, i), f in batch]
-                    inflight.append((results, batches.submit(extractor, batches.assemble(results, input_size))))
+                    views = inputs.assemble(results)
+                    inflight.append((results, batches.submit(extractor, *views)))
                     if len(inflight) < IN_FLIGHT:
                         continue  # queue the next batch before waiting for this one
                 if not inflight:

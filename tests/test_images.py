@@ -374,6 +374,13 @@ def test_thread_pool_matches_serial(tmp_path):
         np.testing.assert_array_equal(arr, serial[i % len(paths)])
 
 
+def test_mirror_is_the_left_right_flip(rng):
+    arr = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    m = images.mirror(arr)
+    assert m.flags.c_contiguous and m.flags.writeable
+    np.testing.assert_array_equal(m, arr[:, ::-1])
+
+
 def test_module_never_imports_pipeline():
     tree = ast.parse(Path(images.__file__).read_text())
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

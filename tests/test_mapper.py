@@ -117,3 +117,13 @@ def test_bad_batches_are_refused(model):
         ex(np.zeros((2, 16, 16, 3), np.uint8))
     with pytest.raises(TypeError, match="uint8"):
         ex(np.zeros((2, 32, 32, 3), np.float32))
+
+
+def test_mirror_batch_reverses_whole_pixels():
+    rng = np.random.default_rng(1)
+    for channels in (3, 1):
+        x = rng.integers(0, 256, size=(2, 5, 7, channels), dtype=np.uint8)
+        m = mapper.mirror_batch(x)
+        assert m.flags.c_contiguous and m.dtype == np.uint8
+        np.testing.assert_array_equal(m, x[:, :, ::-1])
+    np.testing.assert_array_equal(mapper.mirror_batch(x[:, :, 1:]), x[:, :, 1:][:, :, ::-1])  # non-contiguous in

@@ -105,6 +105,20 @@ def test_flip_is_the_mirror_image_and_no_flip_splits_requests(models, cache):
     assert _rel_err(short, no_flip(x)[0][:1]).max() <= 1e-5
 
 
+def test_a_mirrored_batch_from_the_caller_gives_the_same_features(models, cache):
+    spec = backbones.get("mobilenet")
+    ex = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+                                            batch_size=BATCH, precision="fp32", cache_dir=cache)
+    assert ex.takes_mirrored
+    x = _images(BATCH - 1, 5)  # short: both views are padded the same way
+    own = ex.submit(x).result()
+    given = ex.submit(x, np.ascontiguousarray(x[:, :, ::-1])).result()
+    for got, want in zip(given, own):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="mirrored batch"):
+        ex.submit(x, x[:2])
+
+
 def test_compiled_model_cache_is_written(models, tmp_path):
     spec = backbones.get("mobilenet")
     openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
