@@ -48,6 +48,8 @@ def _add_train(sub) -> None:
     g = p.add_argument_group("svm / logreg heads")
     g.add_argument("--C", type=float, dest="C", help="inverse regularisation strength (default 1.0)")
     g.add_argument("--kernel", choices=["linear", "rbf"], help="SVM kernel (default linear: LinearSVC)")
+    g.add_argument("--tol", type=float,
+                   help="SVM stopping tolerance (default 1e-2 for linear, LIBLINEAR's own; 1e-3 for rbf)")
     g.add_argument("--grid", action="append", metavar="PARAM=V1,V2",
                    help="cross-validated grid search, e.g. --grid C=0.01,0.1,1 (repeatable)")
     g.add_argument("--cv", type=int, default=3, help="grid-search folds (default 3)")
@@ -75,7 +77,7 @@ def _cmd_train(args) -> int:
     from pipeline.heads import parse_grid
     from pipeline.train import train
 
-    keys = {"dense": _DENSE_KEYS, "svm": ("C", "kernel"), "logreg": ("C",),
+    keys = {"dense": _DENSE_KEYS, "svm": ("C", "kernel", "tol"), "logreg": ("C",),
             "specialists": _DENSE_KEYS + ("alpha",) if args.specialist_base == "dense" else ("alpha",)}[args.head]
     params = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     meta = train(args.features, args.output, head=args.head, pooling=args.pooling, use_flipped=args.use_flipped,

@@ -74,6 +74,17 @@ def test_logreg_proba_and_lazy_view(rng):
     assert head.pipeline_.named_steps["clf"].max_iter == 1000
 
 
+def test_svm_default_tol_is_liblinears_and_predicts_like_a_tight_one():
+    X, y = load_digits(return_X_y=True)
+    Xa, Xb, ya, yb = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    loose, tight = SVMHead(C=10).fit(Xa, ya), SVMHead(C=10, tol=1e-4).fit(Xa, ya)
+    assert loose.pipeline_.named_steps["clf"].tol == 1e-2 and tight.pipeline_.named_steps["clf"].tol == 1e-4
+    assert SVMHead(kernel="rbf").fit(Xa, ya).pipeline_.named_steps["clf"].tol == 1e-3
+    # The looser default is a speed choice, not an accuracy one: the held-out answers barely move.
+    assert np.mean(loose.predict(Xb) == tight.predict(Xb)) >= 0.98
+    assert abs(loose.score(Xb, yb) - tight.score(Xb, yb)) <= 0.01
+
+
 def test_sklearn_protocol():
     head = SVMHead(kernel="bogus", C=2.0)  # __init__ stores, never validates
     twin = clone(head)

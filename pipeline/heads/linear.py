@@ -132,6 +132,10 @@ class SVMHead(_LinearHead):
     class_weight : dict, "balanced" or None
     seed : int, default 0
         ``random_state`` of the underlying estimator.
+    tol : float or None, default None
+        Stopping tolerance. None means 1e-2 for LinearSVC -- LIBLINEAR's own
+        default for its primal solver, not scikit-learn's 1e-4 -- and 1e-3 (libsvm's
+        default) for SVC.
 
     Attributes
     ----------
@@ -146,21 +150,26 @@ class SVMHead(_LinearHead):
     :class:`LogRegHead` when calibrated probabilities matter.
     """
 
-    def __init__(self, C=1.0, kernel="linear", max_iter=None, class_weight=None, seed=0):
+    def __init__(self, C=1.0, kernel="linear", max_iter=None, class_weight=None, seed=0, tol=None):
         self.C = C
         self.kernel = kernel
         self.max_iter = max_iter
         self.class_weight = class_weight
         self.seed = seed
+        self.tol = tol
 
     def _make_model(self):
         if self.kernel == "linear":
-            return LinearSVC(C=self.C, max_iter=5000 if self.max_iter is None else self.max_iter,
+            # scikit-learn's tol=1e-4 is 100x tighter than LIBLINEAR's primal default and buys
+            # nothing measurable: on 10k pooled 512-d features one C=10 CV fold took 1,581 primal
+            # iterations (41 s) at 1e-4 and 27 (6.5 s) at 1e-2, with CV accuracy 0.820 vs 0.825.
+            return LinearSVC(C=self.C, tol=1e-2 if self.tol is None else self.tol,
+                             max_iter=5000 if self.max_iter is None else self.max_iter,
                              class_weight=self.class_weight, random_state=self.seed)
         if self.kernel == "rbf":
             # probability=False is SVC's default; passing it explicitly raises a
             # FutureWarning in scikit-learn >= 1.9 (the parameter is deprecated).
-            return SVC(C=self.C, kernel="rbf",
+            return SVC(C=self.C, kernel="rbf", tol=1e-3 if self.tol is None else self.tol,
                        max_iter=-1 if self.max_iter is None else self.max_iter,
                        class_weight=self.class_weight, random_state=self.seed)
         raise ValueError(f"kernel must be 'linear' or 'rbf', got {self.kernel!r}")

@@ -47,6 +47,12 @@ def test_train_evaluate_json_headline(work):
     assert "confusion matrix" in text
 
 
+def test_train_svm_tol_flag_reaches_the_model(work):
+    ok("train", work / "train.h5", "-o", work / "svm-tol", "--head", "svm", "--pooling", "avg", "--tol", "0.001")
+    meta = json.loads((work / "svm-tol" / "model.json").read_text())
+    assert meta["params"]["tol"] == 0.001
+
+
 def _cached_scores(h5, model_dir):
     from pipeline.evaluate import head_scores
     from pipeline.modeldir import load_model_dir
