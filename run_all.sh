@@ -58,12 +58,12 @@ case "${1:-demo}" in
     demo
     ;;
   test)
-    install "test,plots,openvino,video,ray"
+    install "test,plots,openvino,int8,video,ray"
     shift
     "$VENV/bin/python" -m pytest -q "$@"
     ;;
   test-slow)
-    install "test,plots,openvino,video,ray"
+    install "test,plots,openvino,int8,video,ray"
     shift
     "$VENV/bin/python" -m pytest -q -m "slow and not cluster" "$@"
     ;;

@@ -62,6 +62,7 @@ def format_info(info: dict) -> str:
              f"  source {a.get('source_kind')} fingerprint {str(a.get('source_fingerprint'))[:16]} "
              f"shard {a.get('shard')} rows [{a.get('row_start')}, {a.get('row_stop')}) "
              f"format v{a.get('format_version')} complete {a.get('complete')}",
+             *([f"  int8 calibration: {a['calibration']}"] if a.get("calibration") else []),
              "  datasets:"]
     for name, d in info["datasets"].items():
         lines.append(f"    {name:18s} {str(tuple(d['shape'])):22s} {d['dtype']}")

@@ -15,7 +15,7 @@ import numpy as np
 
 log = logging.getLogger("bneck")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: OpenVINO + NNCF only (features.int8)
 XLA_CHOICES = ("auto", "on", "off")
 _POLICY = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 

@@ -9,7 +9,9 @@ become constants). The resulting ``ov.Model`` is then reshaped to a static
 reshaped later (e.g. EfficientNet's squeeze-excite bakes the batch into a Reshape constant).
 
 How it runs: compiled for CPU with ``PERFORMANCE_HINT=THROUGHPUT`` (several streams, each a
-few cores) and ``INFERENCE_PRECISION_HINT`` bf16 or f32. Each batch's original and mirrored
+few cores) and ``INFERENCE_PRECISION_HINT`` bf16 or f32. ``precision="int8"`` first quantizes
+the converted model with NNCF on a calibration set (:mod:`features.int8`) and caches the result
+beside the converted model. Each batch's original and mirrored
 view (mirrored by the caller's decode threads, or here with numpy) go as separate asynchronous infer requests
 so the streams work in parallel. When there are more streams than views (no flip, or
 many cores) each view is split into sub-batches so every stream gets work. The model must be
@@ -36,8 +38,8 @@ import numpy as np
 
 log = logging.getLogger("bneck")
 
-PRECISIONS = ("bf16", "fp32")
-_OV_PRECISION = {"bf16": "bf16", "fp32": "f32"}
+PRECISIONS = ("bf16", "fp32", "int8")
+_OV_PRECISION = {"bf16": "bf16", "fp32": "f32"}  # int8: the ops NNCF leaves in float run in bf16 where the CPU has it
 # Bumped when convert() changes what it builds, so older cached conversions are not reused.
 CONVERT_VERSION = "1"
 IN_FLIGHT = 2  # batches queued at once by the runner (features.runner keeps this many in flight)
@@ -129,7 +131,7 @@ class OpenVINOExtractor:
 
     def __init__(self, model, preprocess_input, *, pooling: str = "none", flip: bool = True,
                  batch_size: int = 32, precision: str = "bf16", cache_dir: str | None = None,
-                 out_dtype: str = "float32", model_key: str | None = None):
+                 out_dtype: str = "float32", model_key: str | None = None, calibration=None):
         import openvino as ov
 
         if pooling not in ("none", "avg", "max"):
@@ -138,6 +140,9 @@ class OpenVINOExtractor:
             raise ValueError(f"the OpenVINO runtime supports --precision {' or '.join(PRECISIONS)}, got {precision!r}")
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
+        if (precision == "int8") != (calibration is not None):
+            raise ValueError("precision='int8' needs a calibration set (features.int8.Calibration), "
+                             "and only int8 takes one")
         _check_float32(model)
         self.model, self.pooling, self.flip, self.batch_size = model, pooling, flip, batch_size
         self.precision = precision
@@ -157,6 +162,8 @@ class OpenVINOExtractor:
         self.out_dtype = np.dtype(out_dtype)
         self.model_key = model_key
         self._ov_model, self.converted_from_cache = self._converted(model, preprocess_input, pooling, out_dtype)
+        if calibration is not None:
+            self._ov_model, self.quantized_from_cache = self._quantized(calibration)
         views = 2 if flip else 1
         compiled = self._compile(batch_size)
         self.streams = int(compiled.get_property("NUM_STREAMS"))
@@ -188,16 +195,44 @@ class OpenVINOExtractor:
             _save_atomically(ov, ov_model, path)
         return ov_model, False
 
+    def _quantized(self, calibration):
+        """The int8 model: read from the cache when this model and calibration set were quantized before."""
+        import nncf
+        import openvino as ov
+
+        from features import int8
+
+        path = None
+        if self.cache_dir and self.model_key:
+            digest = model_key_digest(f"{self.model_key}|int8|{calibration.key}|{nncf.__version__}", self.pooling,
+                                      str(self.out_dtype), self.input_size)
+            path = converted_path(self.cache_dir, digest)
+            if os.path.exists(path):
+                try:
+                    return self._core.read_model(path), True
+                except Exception as exc:  # noqa: BLE001  (a damaged cache entry: quantize again)
+                    log.warning("OpenVINO int8 cache entry %s is unreadable (%s); quantizing again", path, exc)
+        q = int8.quantize(self._ov_model, calibration.images())
+        if path:
+            _save_atomically(ov, q, path)
+        return q, False
+
     def _compile(self, request_batch: int):
         h, w = self.input_size
         self._ov_model.reshape({0: [request_batch, h, w, 3]})
         config = {
             "PERFORMANCE_HINT": "THROUGHPUT",
-            "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION.get(self.precision) or self._int8_float_precision(),
         }
         if self.cache_dir:
             config["CACHE_DIR"] = self.cache_dir
         return self._core.compile_model(self._ov_model, "CPU", config)
+
+    @staticmethod
+    def _int8_float_precision() -> str:
+        from features.mapper import cpu_has_bf16
+
+        return "bf16" if cpu_has_bf16() else "f32"
 
     def _done(self, request, userdata) -> None:
         pending, out, rows = userdata
@@ -217,6 +252,7 @@ class OpenVINOExtractor:
             "inference_precision": _type_name(c.get_property("INFERENCE_PRECISION_HINT")),
             "threads": int(c.get_property("INFERENCE_NUM_THREADS")), "cache_dir": self.cache_dir,
             "converted_from_cache": self.converted_from_cache,
+            **({"quantized_from_cache": self.quantized_from_cache} if self.precision == "int8" else {}),
         }
 
     def submit(self, batch: np.ndarray, mirrored: np.ndarray | None = None) -> "_OVPending":

@@ -70,6 +70,8 @@ class ExtractConfig:
     workers: int | None = None
     runtime: str = field(default_factory=lambda: default_runtime())
     xla: str = "auto"  # auto = on with a GPU only (on this CPU it made VGG16 slower)
+    calibration_images: int = 300  # --precision int8 only: features.int8.DEFAULT_IMAGES
+    calibrate_on: str | None = None  # --precision int8 only: another source to calibrate on (e.g. the train set)
     progress: bool = True
     source: dict = field(default_factory=dict)  # kind, categories, image_root, path_column, ...
 
@@ -131,16 +133,22 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     spec = backbones.get(cfg.backbone)
     input_size = backbones.parse_input_size(cfg.input_size, spec)
     layer = cfg.layer or spec.default_layer
-    manifest = read_source(cfg.data, **{k: v for k, v in cfg.source.items() if v is not None})
+    source_options = {k: v for k, v in cfg.source.items() if v is not None}
+    manifest = read_source(cfg.data, **source_options)
     start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
     out = shard_output(cfg.output, cfg.shard)
     runtime = resolve_runtime(cfg.runtime)
-    from features import mapper, weights as W
+    from features import int8, mapper, weights as W
 
     precision = mapper.resolve_precision(cfg.precision)
     xla = resolve_xla(cfg.xla, runtime)
     if runtime == "openvino" and precision == "fp16":
         raise ValueError("--precision fp16 is a GPU setting; with --runtime openvino use bf16 or fp32")
+    if cfg.calibrate_on and precision != "int8":
+        raise ValueError("--calibrate-on applies to --precision int8 only")
+    # A test set calibrated on the training set's images gets the very same int8 model (cached).
+    cal_manifest = read_source(cfg.calibrate_on, **source_options) if cfg.calibrate_on else manifest
+    calibration = int8.calibration_for(precision, runtime, cal_manifest, cfg.calibration_images, input_size)
     if cfg.store_dtype not in ("float16", "float32"):
         raise ValueError("--store-dtype must be float16 or float32")
     chunk_rows = cfg.chunk_rows or cfg.batch_size * 8
@@ -160,6 +168,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         "runtime": runtime, "xla": xla, "source_kind": manifest.kind, "source_fingerprint": manifest.fingerprint(),
         "shard": cfg.shard or "0/1", "row_start": start, "row_stop": stop,
         "batch_size": cfg.batch_size, "chunk_rows": chunk_rows,
+        **({"calibration": calibration.key} if calibration else {}),
     }
     # --overwrite deletes the old output and chunks only under the partial dir's lock (in
     # PartialStore.open), so it cannot pull them away from a writer that is still running.
@@ -169,7 +178,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         return ExtractSummary(out, stop - start, 0, sum(bad.values()), time.time() - t0, 0,
                               skipped_existing=True, bad_reasons=bad)
 
-    extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla)
+    extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla, calibration=calibration)
     startup = time.time() - t0
     pstore = store.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows).open(overwrite=cfg.overwrite)
     try:

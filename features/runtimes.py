@@ -31,7 +31,7 @@ def resolve_runtime(runtime: str) -> str:
     return runtime
 
 
-def make_extractor(runtime, model, spec, cfg, precision, winfo, xla: bool = False):
+def make_extractor(runtime, model, spec, cfg, precision, winfo, xla: bool = False, calibration=None):
     """The extractor of ``runtime`` for an ExtractConfig ``cfg`` (features cast to its store dtype in-graph)."""
     from features import mapper
 
@@ -42,7 +42,8 @@ def make_extractor(runtime, model, spec, cfg, precision, winfo, xla: bool = Fals
         cache = os.path.join(os.path.dirname(winfo.path), "bneck-openvino-cache") if winfo.path else DEFAULT_CACHE_DIR
         return OpenVINOExtractor(model, spec.preprocess_function, pooling=cfg.pooling, flip=cfg.flip,
                                  batch_size=cfg.batch_size, precision=precision, cache_dir=cache,
-                                 out_dtype=cfg.store_dtype, model_key=_model_key(spec, cfg, winfo))
+                                 out_dtype=cfg.store_dtype, model_key=_model_key(spec, cfg, winfo),
+                                 calibration=calibration)
     return mapper.Extractor(model, spec.preprocess_function, pooling=cfg.pooling, flip=cfg.flip,
                             batch_size=cfg.batch_size, out_dtype=cfg.store_dtype, xla=xla)
 

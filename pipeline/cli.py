@@ -52,8 +52,15 @@ def _add_extract(sub) -> None:
                    help="imagenet (Keras cache/download), none (random, seeded), auto (imagenet if available, "
                         "else random, loudly), or a .weights.h5/.h5 file (default imagenet)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init for --weights none/auto (default 0)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 on bf16-capable CPUs, fp16 on GPUs, else fp32 (default auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+                   help="auto: bf16 on bf16-capable CPUs, fp16 on GPUs, else fp32; int8: OpenVINO model quantized "
+                        "with NNCF, calibrated on this dataset (extra: pip install 'bneck[int8]') (default auto)")
+    p.add_argument("--calibration-images", type=int, default=300,
+                   help="--precision int8: images spread evenly over the whole dataset (never one shard) that "
+                        "calibrate the quantization (default 300)")
+    p.add_argument("--calibrate-on", metavar="DATA",
+                   help="--precision int8: calibrate on another dataset, e.g. the training set when extracting the "
+                        "test set, so both files come from the same int8 model (default: DATA itself)")
     p.add_argument("--store-dtype", choices=["float16", "float32"], default="float16",
                    help="dtype of the stored features (default float16)")
     p.add_argument("--no-flip", dest="flip", action="store_false",
@@ -99,7 +106,8 @@ def _cmd_extract(args) -> int:
         pooling=args.pooling, weights=args.weights, seed=args.seed, precision=args.precision,
         store_dtype=args.store_dtype, flip=args.flip, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
         shard=args.shard, overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, workers=args.workers,
-        runtime=args.runtime or default_runtime(), xla=args.xla, progress=args.progress, source=source)
+        runtime=args.runtime or default_runtime(), xla=args.xla, progress=args.progress, source=source,
+        calibration_images=args.calibration_images, calibrate_on=args.calibrate_on)
     if args.engine == "ray":
         from features.engines.ray import extract_ray
 

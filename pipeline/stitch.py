@@ -37,6 +37,9 @@ def build_backbone_from(prov: dict, *, precision: str | None = None):
     spec = backbones.get(prov["backbone"])
     weights, seed = weights_argument(prov)
     precision = precision or prov.get("precision", "fp32")
+    if precision == "int8":  # an OpenVINO + NNCF model of the extraction run; Keras rebuilds the float one
+        log.info("features were extracted with an int8 OpenVINO model; the backbone here runs in fp32")
+        precision = "fp32"
     if precision == "fp16" and not mapper.has_gpu():
         log.warning("features were extracted in fp16 on a GPU; rebuilding in fp32 on this CPU")
         precision = "fp32"
