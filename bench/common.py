@@ -233,7 +233,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="mobilenet", help="registry name (vgg16, resnet50, mobilenet, ...)")
     p.add_argument("--input-size", default="224", help="N or HxW (default 224)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16", "int8"),
                    help="compute precision (default fp32; auto = bf16 on a bf16 CPU, fp16 on a GPU)")
     p.add_argument("--runtime", default="tensorflow", choices=("tensorflow", "openvino"),
                    help="inference runtime (openvino needs `pip install bneck[openvino]`)")
@@ -242,6 +242,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-flip", dest="flip", action="store_false", help="only the original view")
     p.add_argument("--seed", type=int, default=0, help="seed of the random (--weights none) backbone")
     p.add_argument("--xla", action="store_true", help="--runtime tensorflow: compile with XLA (jit_compile)")
+
+
+class RandomCalibration:
+    """int8 calibration on 32 seeded random images: enough for timing (speed does not depend on the scales)."""
+
+    def __init__(self, size, seed: int = 0, n: int = 32):
+        self.size, self.seed, self.n = tuple(size), seed, n
+        self.key = f"bench-random-{n}-seed{seed}"
+
+    def images(self):
+        import numpy as np
+
+        return np.random.default_rng(self.seed).integers(0, 256, (self.n, *self.size, 3), dtype=np.uint8)
 
 
 def build_extractor(backbone: str, *, input_size="224", batch: int = 32, precision: str = "fp32",
@@ -271,11 +284,12 @@ def build_extractor(backbone: str, *, input_size="224", batch: int = 32, precisi
                 raise SystemExit("--runtime openvino: the openvino package is not installed "
                                  "(pip install 'bneck[openvino]')")
             if precision not in openvino_runtime.PRECISIONS:
-                raise SystemExit(f"--runtime openvino supports --precision bf16 or fp32, not {precision}")
+                raise SystemExit(f"--runtime openvino supports --precision bf16, fp32 or int8, not {precision}")
             model, _ = weights.build_backbone(spec, input_size=size, layer=layer, weights="none", seed=seed)
             ex = openvino_runtime.OpenVINOExtractor(
                 model, spec.preprocess_function, pooling=pooling, flip=flip, batch_size=batch, precision=precision,
-                cache_dir=cache_dir or os.path.join(DEFAULT_ROOT, "openvino-cache"))
+                cache_dir=cache_dir or os.path.join(DEFAULT_ROOT, "openvino-cache"),
+                **({"calibration": RandomCalibration(size, seed)} if precision == "int8" else {}))
             info["openvino"] = ex.describe()
         else:
             model, _ = weights.build_backbone(spec, input_size=size, layer=layer, weights="none", seed=seed,

@@ -7,6 +7,7 @@ one image to decode), the real `bneck extract` (subprocess, its own peak RSS), a
 the classic approach (`image_dataset_from_directory` + `model.predict` fp32, one pass per view).
 
     python bench/extract.py --backbones vgg16,resnet50,mobilenet,mobilenetv2 --n 400 --classic vgg16
+    python bench/extract.py --backbones vgg16 --n 480 --classic vgg16 --int8 vgg16
 """
 
 from __future__ import annotations
@@ -47,6 +48,20 @@ def decode_rate(paths, workers: int) -> float:
     return len(paths) / seconds
 
 
+def int8_row(directory: str, name: str, d: float, args) -> dict:
+    """--precision int8 beside the float rows: its model-only ceiling, its limit, a real extract run."""
+    c = model_ceiling(name, "openvino", "int8", args.batch, args.seconds)
+    limit = 1.0 / (1.0 / c["images_per_s"] + 1.0 / d)
+    with tempfile.TemporaryDirectory() as tmp:
+        e2e = run_extract(directory, os.path.join(tmp, "f.h5"), name, "openvino", "int8", args.batch)
+    steady = e2e["images_per_s_after_startup"]
+    common.log(f"   int8: ceiling {c['images_per_s']} img/s; extract {steady} img/s after {e2e['startup_seconds']} s "
+               f"start-up (calibration included); limit {limit:.1f}; ratio {steady / limit:.3f}")
+    return {"ceiling": c, "limit_images_per_s": round(limit, 2), "images_per_s_after_startup": steady,
+            "startup_seconds": e2e["startup_seconds"], "peak_rss_mb": e2e["peak_rss_mb"],
+            "ratio_to_limit": round(steady / limit, 3), "features_per_s": round(2 * steady, 2)}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +71,8 @@ def main(argv=None) -> dict:
     p.add_argument("--runtimes", default="tensorflow,openvino", help="runtimes to measure (default both)")
     p.add_argument("--seconds", type=float, default=8.0, help="time each ceiling at least this long (default 8)")
     p.add_argument("--classic", default="vgg16", help="backbones to also run the classic approach on ('' = none)")
+    p.add_argument("--int8", default="", help="backbones to also measure with --precision int8 (OpenVINO + NNCF): "
+                                              "its own ceiling, limit and extract run (default none)")
     common.add_output_args(p)
     args = p.parse_args(argv)
 
@@ -103,6 +120,11 @@ def main(argv=None) -> dict:
                                  + (["--fixture-root", args.fixture_root] if args.fixture_root else []))
             row["classic"] = {"images_per_s": c["images_per_s"], "features_per_s": c["features_per_s"]}
             row["speedup_vs_classic"] = round(steady / c["images_per_s"], 2)
+        if name in args.int8.split(",") and "openvino" in runtimes:
+            row["int8"] = int8_row(directory, name, d, args)
+            if "classic" in row:
+                row["int8"]["speedup_vs_classic"] = round(row["int8"]["images_per_s_after_startup"]
+                                                          / row["classic"]["images_per_s"], 2)
         result["backbones"][name] = row
     result["peak_rss_mb_bench_process"] = round(common.peak_rss_mb(), 1)
     common.emit(result)
