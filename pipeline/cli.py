@@ -55,7 +55,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                    help="auto: bf16 on bf16-capable CPUs, fp16 on GPUs, else fp32; int8: OpenVINO model quantized "
                         "with NNCF, calibrated on this dataset (extra: pip install 'bneck[int8]') (default auto)")
-    p.add_argument("--calibration-images", type=int, default=300,
+    p.add_argument("--calibration-images", type=int, default=300, metavar="N",
                    help="--precision int8: images spread evenly over the whole dataset (never one shard) that "
                         "calibrate the quantization (default 300)")
     p.add_argument("--calibrate-on", metavar="DATA",
