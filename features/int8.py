@@ -42,7 +42,7 @@ def require() -> None:
         raise ValueError("--precision int8 needs OpenVINO and NNCF: pip install 'bneck[int8]'")
 
 
-def calibration_for(precision: str, runtime: str, manifest, n: int, input_size):
+def calibration_for(precision: str, runtime: str, manifest, n: int, input_size, fingerprint: str | None = None):
     """The :class:`Calibration` of an int8 run, None for other precisions; checks int8 can run."""
     if precision != "int8":
         return None
@@ -50,7 +50,7 @@ def calibration_for(precision: str, runtime: str, manifest, n: int, input_size):
         raise ValueError(f"--precision int8 quantizes the OpenVINO model; it needs --runtime openvino (or auto "
                          f"on a CPU), not --runtime {runtime}")
     require()
-    return Calibration(manifest, n, input_size)
+    return Calibration(manifest, n, input_size, fingerprint)
 
 
 def calibration_rows(n_rows: int, n: int) -> np.ndarray:
@@ -102,9 +102,9 @@ def quantize(ov_model, calibration: np.ndarray):
 class Calibration:
     """Where an int8 model's calibration images come from; they are decoded only on a cache miss."""
 
-    def __init__(self, manifest, n: int, input_size):
+    def __init__(self, manifest, n: int, input_size, fingerprint: str | None = None):
         self.manifest, self.n, self.input_size = manifest, int(n), tuple(input_size)
-        self.key = calibration_id(manifest.fingerprint(), len(manifest), self.n)
+        self.key = calibration_id(fingerprint or manifest.fingerprint(), len(manifest), self.n)
 
     def images(self) -> np.ndarray:
         """The decoded calibration images, uint8 (k, H, W, 3)."""

@@ -147,8 +147,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.calibrate_on and precision != "int8":
         raise ValueError("--calibrate-on applies to --precision int8 only")
     # A test set calibrated on the training set's images gets the very same int8 model (cached).
+    fingerprint = manifest.fingerprint()  # stats every file: computed once
     cal_manifest = read_source(cfg.calibrate_on, **source_options) if cfg.calibrate_on else manifest
-    calibration = int8.calibration_for(precision, runtime, cal_manifest, cfg.calibration_images, input_size)
+    calibration = int8.calibration_for(precision, runtime, cal_manifest, cfg.calibration_images, input_size,
+                                       fingerprint=None if cfg.calibrate_on else fingerprint)
     if cfg.store_dtype not in ("float16", "float32"):
         raise ValueError("--store-dtype must be float16 or float32")
     chunk_rows = cfg.chunk_rows or cfg.batch_size * 8
@@ -165,7 +167,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         "format_version": FORMAT_VERSION, "backbone": spec.name, "layer": layer, "pooling": cfg.pooling,
         "input_size": list(input_size), "weights": winfo.identity, "weights_sha256": winfo.sha256,
         "seed": cfg.seed, "precision": precision, "store_dtype": cfg.store_dtype, "flip": cfg.flip,
-        "runtime": runtime, "xla": xla, "source_kind": manifest.kind, "source_fingerprint": manifest.fingerprint(),
+        "runtime": runtime, "xla": xla, "source_kind": manifest.kind, "source_fingerprint": fingerprint,
         "shard": cfg.shard or "0/1", "row_start": start, "row_stop": stop,
         "batch_size": cfg.batch_size, "chunk_rows": chunk_rows,
         **({"calibration": calibration.key} if calibration else {}),
