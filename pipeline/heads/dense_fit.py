@@ -91,7 +91,9 @@ def channel_stats(X, batch_rows=1024):
 def make_optimizer(optimizer, learning_rate, momentum, nesterov, lr_decay, epochs):
     """Keras optimizer plus the per-epoch LR function (None for a constant LR) for DenseHead's params."""
     if optimizer == "adam":
-        opt = keras.optimizers.Adam(learning_rate=learning_rate)
+        from pipeline.heads.fused_adam import FusedAdam
+
+        opt = FusedAdam(learning_rate=learning_rate)  # Keras's Adam, one fused kernel per variable
     elif optimizer == "sgd":
         opt = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov)
     else:
