@@ -48,10 +48,15 @@ def decode_rate(paths, workers: int) -> float:
     return len(paths) / seconds
 
 
+def hardware_limit(c: float, d: float) -> float:
+    """The pipeline's limit in images/s: 1 / (1/C + 1/D), C the model-only rate (both views), D the decode rate."""
+    return 1.0 / (1.0 / c + 1.0 / d)
+
+
 def int8_row(directory: str, name: str, d: float, args) -> dict:
     """--precision int8 beside the float rows: its model-only ceiling, its limit, a real extract run."""
     c = model_ceiling(name, "openvino", "int8", args.batch, args.seconds)
-    limit = 1.0 / (1.0 / c["images_per_s"] + 1.0 / d)
+    limit = hardware_limit(c["images_per_s"], d)
     with tempfile.TemporaryDirectory() as tmp:
         e2e = run_extract(directory, os.path.join(tmp, "f.h5"), name, "openvino", "int8", args.batch)
     steady = e2e["images_per_s_after_startup"]
@@ -99,7 +104,7 @@ def main(argv=None) -> dict:
         # The best decode rate of the run: decoding measured right after a model was built can
         # be slowed by that model's idle runtime threads, and a lower D would flatter the ratio.
         d = max(decode_rate(paths, workers), result["decode_images_per_s"])
-        limit = 1.0 / (1.0 / best["images_per_s"] + 1.0 / d)
+        limit = hardware_limit(best["images_per_s"], d)
         rt, precision = best_key.split("_")
         with tempfile.TemporaryDirectory() as tmp:
             e2e = run_extract(directory, os.path.join(tmp, "f.h5"), name, rt, precision, args.batch)

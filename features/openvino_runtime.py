@@ -181,41 +181,37 @@ class OpenVINOExtractor:
 
     def _converted(self, model, preprocess_input, pooling, out_dtype):
         """The OpenVINO model: read from the cache when ``model_key`` was converted before, else converted now."""
-        import openvino as ov
-
-        path = converted_path(self.cache_dir, model_key_digest(self.model_key, pooling, out_dtype, self.input_size)) \
-            if self.cache_dir and self.model_key else None
-        if path and os.path.exists(path):
-            try:
-                return self._core.read_model(path), True
-            except Exception as exc:  # noqa: BLE001  (a damaged cache entry: convert again and replace it)
-                log.warning("OpenVINO converted-model cache entry %s is unreadable (%s); converting again", path, exc)
-        ov_model = convert(model, preprocess_input, pooling, out_dtype)
-        if path:
-            _save_atomically(ov, ov_model, path)
-        return ov_model, False
+        return self._cached(self.model_key, "converted-model",
+                            lambda: convert(model, preprocess_input, pooling, out_dtype))
 
     def _quantized(self, calibration):
         """The int8 model: read from the cache when this model and calibration set were quantized before."""
         import nncf
-        import openvino as ov
 
         from features import int8
 
-        path = None
-        if self.cache_dir and self.model_key:
-            digest = model_key_digest(f"{self.model_key}|int8|{calibration.key}|{nncf.__version__}", self.pooling,
-                                      str(self.out_dtype), self.input_size)
-            path = converted_path(self.cache_dir, digest)
-            if os.path.exists(path):
-                try:
-                    return self._core.read_model(path), True
-                except Exception as exc:  # noqa: BLE001  (a damaged cache entry: quantize again)
-                    log.warning("OpenVINO int8 cache entry %s is unreadable (%s); quantizing again", path, exc)
-        q = int8.quantize(self._ov_model, calibration.images())
+        key = f"{self.model_key}|int8|{calibration.key}|{nncf.__version__}" if self.model_key else None
+        return self._cached(key, "int8", lambda: int8.quantize(self._ov_model, calibration.images()))
+
+    def _cached(self, key, what: str, make):
+        """``(model, from_cache)``: the IR cached under ``key`` (and this graph's pooling, dtype, size), else ``make()``.
+
+        A made model is saved atomically under the key; a damaged entry is made again and replaced.
+        Without a cache dir or a key nothing is cached.
+        """
+        import openvino as ov
+
+        path = converted_path(self.cache_dir, model_key_digest(key, self.pooling, str(self.out_dtype),
+                                                               self.input_size)) if self.cache_dir and key else None
+        if path and os.path.exists(path):
+            try:
+                return self._core.read_model(path), True
+            except Exception as exc:  # noqa: BLE001  (a damaged cache entry: make it again and replace it)
+                log.warning("OpenVINO %s cache entry %s is unreadable (%s); making it again", what, path, exc)
+        ov_model = make()
         if path:
-            _save_atomically(ov, q, path)
-        return q, False
+            _save_atomically(ov, ov_model, path)
+        return ov_model, False
 
     def _compile(self, request_batch: int):
         h, w = self.input_size

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from features import FORMAT_VERSION, backbones, batches, images, keypoints, store
+from features import FORMAT_VERSION, backbones, batches, images, int8, keypoints, store
 from features.manifest import Manifest, parse_shard
 from features.commit import ChunkWriter, Terminated, check_signal, install_signal_handlers  # noqa: F401
 from features.runtimes import RUNTIMES, default_runtime, make_extractor, resolve_runtime, resolve_xla  # noqa: F401
@@ -70,7 +70,7 @@ class ExtractConfig:
     workers: int | None = None
     runtime: str = field(default_factory=lambda: default_runtime())
     xla: str = "auto"  # auto = on with a GPU only (on this CPU it made VGG16 slower)
-    calibration_images: int = 300  # --precision int8 only: features.int8.DEFAULT_IMAGES
+    calibration_images: int = int8.DEFAULT_IMAGES  # --precision int8 only
     calibrate_on: str | None = None  # --precision int8 only: another source to calibrate on (e.g. the train set)
     progress: bool = True
     source: dict = field(default_factory=dict)  # kind, categories, image_root, path_column, ...
@@ -138,7 +138,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
     out = shard_output(cfg.output, cfg.shard)
     runtime = resolve_runtime(cfg.runtime)
-    from features import int8, mapper, weights as W
+    from features import mapper, weights as W
 
     precision = mapper.resolve_precision(cfg.precision)
     xla = resolve_xla(cfg.xla, runtime)

@@ -37,6 +37,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 def _add_extract(sub) -> None:
     from features.backbones import REGISTRY
+    from features.int8 import DEFAULT_IMAGES as DEFAULT_CALIBRATION_IMAGES
 
     p = sub.add_parser("extract", help="stage one: run a frozen backbone over DATA and cache features in HDF5",
                        description="Extract bottleneck features of every image and of its horizontal mirror "
@@ -55,9 +56,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                    help="auto: bf16 on bf16-capable CPUs, fp16 on GPUs, else fp32; int8: OpenVINO model quantized "
                         "with NNCF, calibrated on this dataset (extra: pip install 'bneck[int8]') (default auto)")
-    p.add_argument("--calibration-images", type=int, default=300, metavar="N",
+    p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                    help="--precision int8: images spread evenly over the whole dataset (never one shard) that "
-                        "calibrate the quantization (default 300)")
+                        f"calibrate the quantization (default {DEFAULT_CALIBRATION_IMAGES})")
     p.add_argument("--calibrate-on", metavar="DATA",
                    help="--precision int8: calibrate on another dataset, e.g. the training set when extracting the "
                         "test set, so both files come from the same int8 model (default: DATA itself)")
