@@ -182,7 +182,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
     extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla, calibration=calibration)
     startup = time.time() - t0
-    pstore = store.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows).open(overwrite=cfg.overwrite)
+    pstore = store.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows,
+                                feature_shape=extractor.feature_shape, store_dtype=cfg.store_dtype,
+                                views=["features"] + (["features_flipped"] if cfg.flip else [])
+                                ).open(overwrite=cfg.overwrite)
     try:
         computed, written = _run_chunks(cfg, manifest, start, pstore, extractor, input_size)
         summary = _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo,
@@ -313,16 +316,8 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
         attrs["class_names"] = list(manifest.class_names)
     if manifest.target_names is not None:
         attrs["target_names"] = list(manifest.target_names)
-    bar = _progress(cfg, n, 0, "assemble " + os.path.basename(out))
-    pstore.finalize(row_data, attrs, feature_shape=extractor.feature_shape, store_dtype=cfg.store_dtype,
-                    flip=cfg.flip, h5_chunk_rows=_h5_chunk_rows(extractor.feature_shape, cfg), progress=bar.update)
-    bar.close()
-    summary.bytes_written += os.path.getsize(out)
+    pstore.finalize(row_data, attrs)
+    # The feature rows were counted as they were written; the end session adds the rest.
+    summary.bytes_written += max(0, os.path.getsize(out) - pstore.target.feature_bytes)
     summary.seconds = time.time() - t0
     return summary
-
-
-def _h5_chunk_rows(feature_shape, cfg) -> int:
-    # One HDF5 chunk per batch, but at most ~4 MiB so single-row reads in stage two stay cheap.
-    row_bytes = int(np.prod(feature_shape)) * np.dtype(cfg.store_dtype).itemsize
-    return max(1, min(cfg.batch_size, (4 << 20) // max(1, row_bytes)))

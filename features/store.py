@@ -1,11 +1,13 @@
-"""The chunk store of stage one: partial chunks, locking, resume checks and the complete-file checks.
+"""The partial state of one output: the lock, the settings, the preallocated target file and the
+chunk commit markers, plus the resume checks and the complete-file checks.
 
-Why chunk files and not one growing HDF5 file: HDF5 is not crash-safe; a writer killed mid-flush
-can leave a file h5py cannot open at all. So each finished chunk of rows is committed as its own
-small ``.npz`` inside ``OUT.h5.partial/`` (temp name, then ``os.replace``), and the final
-``OUT.h5`` is assembled from them (:mod:`features.assemble`) into a temp file that is renamed into
-place only when complete. A chunk either exists whole or not at all, so a rerun after SIGKILL
-recomputes at most one chunk.
+While a run is in progress everything lives in ``OUT.h5.partial/``: ``settings.json``, the
+output file itself, preallocated (:mod:`features.target`), into which each chunk's feature rows
+are written in place, and one small ``chunk-K.npz`` per finished chunk (its valid flags, reasons
+and image sizes; temp name, fsync, then ``os.replace``). A marker is committed only after its rows
+are durable, so a chunk either has a marker and all its rows or is recomputed: a rerun after
+SIGKILL recomputes at most the chunks that were in flight. The finished file is renamed to
+``OUT.h5`` (:mod:`features.assemble`).
 """
 
 from __future__ import annotations
@@ -16,51 +18,14 @@ import glob
 import json
 import os
 import shutil
-import signal
-import threading
 
 import numpy as np
 
+from features.faults import fault_point  # noqa: F401  (re-exported: the hook's historical home)
+from features.target import Target, TargetError
+
 PRODUCER = "bneck"
 _CHUNK_FMT = "chunk-{:07d}.npz"
-
-
-def _parse_kill_at(text: str):
-    if not text:
-        return None
-    parts = text.split(":")
-    try:
-        if len(parts) not in (2, 3) or not parts[0] or int(parts[1]) < 1:
-            raise ValueError
-        sig = getattr(signal, "SIG" + parts[2].upper().removeprefix("SIG")) if len(parts) == 3 else signal.SIGKILL
-    except (ValueError, AttributeError):
-        raise ValueError(f"BNECK_TEST_KILL_AT must look like POINT:N or POINT:N:SIGNAL, got {text!r}") from None
-    return parts[0], int(parts[1]), sig
-
-
-# Fault-injection hook for the reliability tests (tests/reliability/), like BNECK_TEST_BATCH_DELAY
-# in features/runner.py; never set in normal use. BNECK_TEST_KILL_AT="POINT:N[:SIGNAL]" sends
-# SIGKILL (or SIGNAL, e.g. TERM) to this process the N-th time the named point is reached.
-# Points: start, model_built (runner.extract); partial_opened, chunk_tmp_written (temp chunk
-# fsynced, before its rename), chunk_committed in this module; finalize_chunk (a chunk copied
-# into the final temp file), finalize_tmp_written (final temp file complete, before its rename),
-# finalize_renamed (after the rename, before the partial dir is removed) in features.assemble;
-# decode (an image decoded, in a worker thread) and batch (a batch computed, before its chunk is
-# queued) in runner._run_chunks; model_tmp_written, model_moved_aside in pipeline.modeldir.
-# Unset, fault_point() is one comparison.
-_KILL_AT = _parse_kill_at(os.environ.get("BNECK_TEST_KILL_AT", ""))
-_KILL_SEEN: dict[str, int] = {}
-_KILL_LOCK = threading.Lock()
-
-
-def fault_point(name: str) -> None:
-    """Testing hook: act on BNECK_TEST_KILL_AT when ``name`` is reached (no-op when unset)."""
-    if _KILL_AT is None or _KILL_AT[0] != name:
-        return
-    with _KILL_LOCK:
-        _KILL_SEEN[name] = n = _KILL_SEEN.get(name, 0) + 1
-    if n == _KILL_AT[1]:
-        os.kill(os.getpid(), _KILL_AT[2])
 
 
 class StoreError(RuntimeError):
@@ -135,12 +100,15 @@ def bad_reasons(out_path: str) -> dict[str, int]:
 
 
 class PartialStore:
-    """Chunks of one output file under ``OUT.h5.partial/``, guarded by an exclusive lock."""
+    """The partial state of one output file under ``OUT.h5.partial/``, guarded by an exclusive lock."""
 
-    def __init__(self, out_path: str, settings: dict, *, n_rows: int, chunk_rows: int):
+    def __init__(self, out_path: str, settings: dict, *, n_rows: int, chunk_rows: int,
+                 feature_shape=(0,), store_dtype: str = "float16", views=("features",)):
         self.out_path, self.settings = out_path, settings
         self.n_rows, self.chunk_rows = n_rows, chunk_rows
         self.dir = partial_dir(out_path)
+        self.target = Target(self.dir, n_rows=n_rows, feature_shape=feature_shape, store_dtype=store_dtype,
+                             views=views)
         self._lock_fd = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -183,11 +151,46 @@ class PartialStore:
                                  "Rerun with the original settings to resume, or pass --overwrite to start again")
         else:
             _atomic_write_bytes(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
+        try:
+            self._open_target()
+        except BaseException:
+            self.close()
+            raise
         fault_point("partial_opened")
         return self
 
+    def _open_target(self) -> None:
+        done = self.done_chunks()
+        if self.target.exists():
+            try:
+                self.target.restore()
+            except TargetError as exc:
+                _note(f"{exc}; recomputing its {len(done)} finished chunks")
+                self._discard_chunks()
+                self.target.create()
+        else:
+            if done:  # markers without their rows (e.g. a partial dir of an older bneck)
+                _note(f"{self.dir} has {len(done)} chunk markers but no {os.path.basename(self.target.path)}; "
+                      "recomputing them")
+                self._discard_chunks()
+            self.target.create()
+        done = self.done_chunks()
+        rows_done = sum(b - a for a, b in map(self.chunk_range, done))
+        # The file is sparse: its rows take disk space only as they are written, so check now,
+        # before hours of compute, that the rows still to come will fit.
+        check_space(self.out_path, (self.n_rows - rows_done) * self.target.row_bytes * len(self.target.views)
+                    + self.n_rows * 256, what="the features still to compute",
+                    keep=f"All {len(done)} finished chunks are kept in {self.dir}" if done else "")
+
+    def _discard_chunks(self) -> None:
+        for k in range(self.n_chunks):
+            _remove_quietly(self.chunk_path(k))
+        for p in (self.target.path, self.target.snapshot_path):
+            _remove_quietly(p)
+
     def close(self) -> None:
-        """Release the lock."""
+        """Close the target file and release the lock."""
+        self.target.close()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -216,12 +219,17 @@ class PartialStore:
         return {k for k in range(self.n_chunks) if os.path.exists(self.chunk_path(k))}
 
     def write_chunk(self, k: int, arrays: dict[str, np.ndarray]) -> int:
-        """Commit chunk ``k`` atomically; returns bytes written."""
+        """Write chunk ``k``'s feature rows into the target, then commit its marker; returns bytes written."""
+        a, b = self.chunk_range(k)
+        views = self.target.views
+        if len(arrays["valid"]) != b - a:
+            raise StoreError(f"chunk {k} of {self.dir} has {len(arrays['valid'])} rows, expected {b - a}")
+        nbytes = self.target.write_rows(a, {v: arrays[v] for v in views})
         path = self.chunk_path(k)
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **{name: arr for name, arr in arrays.items() if name not in views})
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:
@@ -231,21 +239,42 @@ class PartialStore:
         fault_point("chunk_tmp_written")
         os.replace(tmp, path)
         fault_point("chunk_committed")
-        return size
+        return nbytes + size
 
     def read_chunk(self, k: int) -> dict[str, np.ndarray]:
+        """The marker of chunk ``k``: ``valid``, ``reason`` and ``image_size`` of its rows."""
         with np.load(self.chunk_path(k), allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
 
     # -- final file ---------------------------------------------------------------------------
-    def finalize(self, row_data: dict[str, np.ndarray], attrs: dict, *, feature_shape, store_dtype: str,
-                 flip: bool, h5_chunk_rows: int, progress=None) -> str:
-        """Assemble the final HDF5 file from the chunks, atomically (:func:`features.assemble.finalize`)."""
+    def finalize(self, row_data: dict[str, np.ndarray], attrs: dict) -> str:
+        """Complete the target file and rename it to the output, atomically (:func:`features.assemble.finalize`)."""
         # Imported here, not at the top: features.assemble imports this module.
         from features import assemble
 
-        return assemble.finalize(self, row_data, attrs, feature_shape=feature_shape, store_dtype=store_dtype,
-                                 flip=flip, h5_chunk_rows=h5_chunk_rows, progress=progress)
+        return assemble.finalize(self, row_data, attrs)
+
+
+def _note(text: str) -> None:
+    import sys
+
+    print(f"bneck: {text}", file=sys.stderr)
+
+
+def check_space(out_path: str, need: int, *, what: str, keep: str) -> None:
+    """Raise a clear ENOSPC :class:`StoreError` if the output's disk has less than ``need`` bytes free."""
+    need = int(need * 1.02) + (256 << 10)  # indexes, headers, attributes
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(out_path)))
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        advice = (f"{keep}; free some space and rerun the same command to finish without recomputing" if keep
+                  else "Nothing was computed; free some space and rerun")
+        raise StoreError(
+            f"not enough disk space to write {out_path}: {what} need about {need / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB are free ([Errno {errno.ENOSPC}] No space left on device). {advice}")
 
 
 def _remove_quietly(path: str) -> None:

@@ -35,10 +35,10 @@ KILL_POINTS = [
     ("partial_opened:1", "lock taken and settings.json written, no chunk yet"),
     ("decode:3", "mid-batch: third image of the first batch decoded"),
     ("batch:1", "first batch computed, its chunk only half full"),
-    ("chunk_tmp_written:1", "during a chunk flush: temp chunk fsynced, not yet renamed"),
+    ("chunk_tmp_written:1", "during a chunk flush: rows in the target, marker fsynced, not yet renamed"),
     ("chunk_committed:2", "right after the second chunk's rename"),
-    ("finalize_chunk:2", "final temp HDF5 half assembled"),
-    ("finalize_tmp_written:1", "final temp file complete and fsynced, before the rename"),
+    ("finalize_rows:2", "end session half written: HDF5 metadata of the target mid-change"),
+    ("finalize_tmp_written:1", "final file complete and fsynced in the partial dir, before the rename"),
     ("finalize_renamed:1", "final file renamed into place, partial dir not yet removed"),
 ]
 #: More points, run under ``-m slow``.
@@ -50,13 +50,13 @@ SLOW_KILL_POINTS = [
     ("chunk_tmp_written:4", "flush of the last, one-row chunk"),
     ("chunk_committed:1", "right after the first chunk's rename"),
     ("chunk_committed:4", "every chunk committed, finalize not started"),
-    ("finalize_chunk:1", "final temp file holds one chunk"),
-    ("finalize_chunk:4", "final temp file holds every chunk, attrs not yet written"),
+    ("finalize_rows:1", "end session: valid, reason and image_size written"),
+    ("finalize_rows:3", "end session: every row dataset written, attrs not yet"),
 ]
 
 #: The slow chain test: each rerun is killed again, at the next of these points.
 CHAIN_POINTS = ["partial_opened:1", "batch:2", "chunk_tmp_written:1", "chunk_committed:1", "decode:5",
-                "finalize_chunk:3", "finalize_tmp_written:1"]
+                "finalize_rows:2", "finalize_tmp_written:1"]
 
 
 def _expected_recomputed(point: str) -> int | None:
@@ -112,8 +112,8 @@ def check_scenario(rec: dict, reference) -> None:
         assert rec["final_exists_after_kill"], "killed after the rename, so the final file must be there"
     else:
         assert not rec["final_exists_after_kill"], f"{point}: a final file exists before the rename"
-    if name == "finalize_tmp_written":  # a full-size temp beside the output, removed by the rerun
-        assert any(".tmp-" in p for p in rec["leftovers_after_kill"])
+    if name == "finalize_tmp_written":  # the complete file is still in the partial dir, finished by the rerun
+        assert any(p.endswith(".partial") for p in rec["leftovers_after_kill"])
     assert rec["rerun_rc"] == 0, f"{point}: rerun failed: {rec['rerun_stderr']}"
     want = _expected_recomputed(point)
     if want is not None:

@@ -1,9 +1,10 @@
 """SIGTERM, a full disk, a second writer, and a rerun with other settings.
 
 * SIGTERM: the run finishes the chunk in progress, commits it, exits 143, and resumes.
-* Disk full: a real size-limited tmpfs when this machine lets us mount one (root), plus an
-  in-process simulation (``np.savez`` raising ENOSPC) that always runs: clear message naming
-  the output and "No space left", exit 1, no final file, committed chunks kept and reused.
+* Disk full: a real size-limited tmpfs when this machine lets us mount one (root): too small
+  at the start (refused before computing) and filled up mid-run; plus an in-process simulation
+  (writing rows or a marker raising ENOSPC) that always runs: clear message naming the output
+  and "No space left", exit 1, no final file, committed chunks kept and reused.
 * Second writer: refused with a lock message while the first runs (also with --overwrite),
   and the first still finishes byte-identical to an uninterrupted run.
 * Mismatched rerun: a partial run made with settings A is never resumed with settings B.
@@ -110,31 +111,45 @@ def tmpfs(tmp_path):
     fs.umount()
 
 
+def _fill(path: str) -> None:
+    """Write zeros to ``path`` until the disk is full (another job filling the disk)."""
+    block = b"\0" * (64 << 10)
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(block)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    # (closing flushes nothing more: the failed block was never buffered in full)
+
+
 def test_disk_full_real_tmpfs(data, reference, tmpfs):
-    """100 KiB disk: ENOSPC while committing chunks; more room: refused before the final file;
-    room enough: the rerun finishes from the committed chunks, identical to the reference."""
+    """100 KiB disk: refused before anything is computed. Room at the start, but the disk fills
+    up mid-run: ENOSPC, the committed chunks kept. Room again: the rerun finishes from them."""
     out = os.path.join(tmpfs.path, "out.h5")
     r = bneck("extract", data, "-o", out, *ARGS)
     assert r.returncode == 1, r.stderr
     assert "No space left on device" in r.stderr and out in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Nothing was computed" in r.stderr and "Traceback" not in r.stderr
+    assert committed_chunks(out) == [] and not os.path.exists(out)
+
+    tmpfs.resize(8 << 20)
+    proc = start("extract", data, "-o", out, *ARGS, env={"BNECK_TEST_BATCH_DELAY": "0.5"})
+    wait_for(lambda: len(committed_chunks(out)) >= 1, proc, what="the first committed chunk")
+    filler = os.path.join(tmpfs.path, "filler")
+    _fill(filler)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert "No space left on device" in stderr and out in stderr and "Traceback" not in stderr, stderr
     kept = committed_chunks(out)
     assert 1 <= len(kept) < N_CHUNKS, kept
     assert not os.path.exists(out) and not [p for p in os.listdir(out + ".partial") if ".tmp-" in p]
 
-    # Room for the remaining chunks but not for the final file next to them.
-    chunk_bytes = os.path.getsize(os.path.join(out + ".partial", kept[0]))
-    tmpfs.resize(tmpfs.used() + (N_CHUNKS - len(kept)) * (chunk_bytes + 8192) + 16384)
-    r = bneck("extract", data, "-o", out, *ARGS)
-    assert r.returncode == 1, r.stderr  # before the preflight check this was a SIGSEGV (rc 139)
-    assert "No space left on device" in r.stderr and out in r.stderr and "rerun" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
-    assert len(committed_chunks(out)) == N_CHUNKS and not os.path.exists(out)
-
-    tmpfs.resize(8 << 20)  # "free some space"
+    os.remove(filler)  # "free some space"
     r = bneck("extract", data, "-o", out, *ARGS)
     assert r.returncode == 0, r.stderr
-    assert json_line(r.stdout)["computed"] == 0  # every chunk came from the earlier runs
+    assert json_line(r.stdout)["computed"] == N_ROWS - len(kept) * CHUNK_ROWS  # the kept chunks are reused
     assert_same_file(reference, out)
     assert leftovers(out) == []
 
@@ -149,26 +164,30 @@ def _cfg(data, out, **kw):
     return ExtractConfig(data=str(data), output=str(out), **base)
 
 
-def test_disk_full_simulated_in_process(data, reference, tmp_path, monkeypatch):
-    """The chunk writer fails with ENOSPC after one chunk (no mount needed)."""
-    from features import runner, store
+@pytest.mark.parametrize("where", ["rows", "marker"])
+def test_disk_full_simulated_in_process(data, reference, tmp_path, monkeypatch, where):
+    """ENOSPC after one chunk (no mount needed), writing the second chunk's rows or its marker."""
+    from features import runner, store, target
 
     out = tmp_path / "sim.h5"
-    real_savez, calls = np.savez, []
+    owner, name = (target.Target, "write_rows") if where == "rows" else (store.np, "savez")
+    real, calls = getattr(owner, name), []
 
-    def savez(f, **arrays):
+    def failing(*args, **kwargs):
+        if where == "marker" and "chunk-" not in getattr(args[0], "name", ""):
+            return real(*args, **kwargs)  # the target's snapshot, written once at the start
         calls.append(1)
         if len(calls) > 1:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_savez(f, **arrays)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(store.np, "savez", savez)
+    monkeypatch.setattr(owner, name, failing)
     with pytest.raises(store.StoreError) as exc:
         runner.extract(_cfg(data, out))
     assert "No space left on device" in str(exc.value) and str(out) in str(exc.value)
     assert committed_chunks(out) == ["chunk-0000000.npz"] and not out.exists()
-    assert not [p for p in os.listdir(f"{out}.partial") if ".tmp-" in p]  # the half chunk was removed
-    monkeypatch.setattr(store.np, "savez", real_savez)
+    assert not [p for p in os.listdir(f"{out}.partial") if ".tmp-" in p]  # the half marker was removed
+    monkeypatch.setattr(owner, name, real)
     s = runner.extract(_cfg(data, out))
     assert s.computed == N_ROWS - CHUNK_ROWS and s.bad == 1
     got, want = read_everything(out), read_everything(reference)

@@ -1,0 +1,46 @@
+"""Fault injection for the reliability tests: ``BNECK_TEST_KILL_AT``, never set in normal use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+
+def _parse_kill_at(text: str):
+    if not text:
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3) or not parts[0] or int(parts[1]) < 1:
+            raise ValueError
+        sig = getattr(signal, "SIG" + parts[2].upper().removeprefix("SIG")) if len(parts) == 3 else signal.SIGKILL
+    except (ValueError, AttributeError):
+        raise ValueError(f"BNECK_TEST_KILL_AT must look like POINT:N or POINT:N:SIGNAL, got {text!r}") from None
+    return parts[0], int(parts[1]), sig
+
+
+# Fault-injection hook for the reliability tests (tests/reliability/), like BNECK_TEST_BATCH_DELAY
+# in features/runner.py; never set in normal use. BNECK_TEST_KILL_AT="POINT:N[:SIGNAL]" sends
+# SIGKILL (or SIGNAL, e.g. TERM) to this process the N-th time the named point is reached.
+# Points: start, model_built (runner.extract); partial_opened, chunk_tmp_written (rows written
+# and synced, temp marker fsynced, before its rename), chunk_committed in features.store;
+# finalize_rows (the N-th row dataset written in the end session, before it closes),
+# finalize_tmp_written (final file complete and synced, before its rename), finalize_renamed
+# (after the rename, before the partial dir is removed) in features.assemble;
+# decode (an image decoded, in a worker thread) and batch (a batch computed, before its chunk is
+# queued) in runner._run_chunks; model_tmp_written, model_moved_aside in pipeline.modeldir.
+# Unset, fault_point() is one comparison.
+_KILL_AT = _parse_kill_at(os.environ.get("BNECK_TEST_KILL_AT", ""))
+_KILL_SEEN: dict[str, int] = {}
+_KILL_LOCK = threading.Lock()
+
+
+def fault_point(name: str) -> None:
+    """Testing hook: act on BNECK_TEST_KILL_AT when ``name`` is reached (no-op when unset)."""
+    if _KILL_AT is None or _KILL_AT[0] != name:
+        return
+    with _KILL_LOCK:
+        _KILL_SEEN[name] = n = _KILL_SEEN.get(name, 0) + 1
+    if n == _KILL_AT[1]:
+        os.kill(os.getpid(), _KILL_AT[2])

@@ -1,0 +1,105 @@
+"""The partial store: rows into the target, then a marker; resume, space checks and the end session."""
+
+import collections
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from features import store
+
+SHAPE = (2, 2, 8)
+
+
+def _store(out, n=20, chunk_rows=8, flip=True, settings=None):
+    views = ["features"] + (["features_flipped"] if flip else [])
+    return store.PartialStore(str(out), settings or {"seed": 1}, n_rows=n, chunk_rows=chunk_rows,
+                              feature_shape=SHAPE, store_dtype="float16", views=views)
+
+
+def _chunk(ps, k, seed=0):
+    a, b = ps.chunk_range(k)
+    rng = np.random.default_rng(seed + k)
+    arrays = {v: rng.standard_normal((b - a, *SHAPE)).astype(np.float16) for v in ps.target.views}
+    arrays.update(valid=np.ones(b - a, bool), reason=np.array([""] * (b - a)),
+                  image_size=np.full((b - a, 2), 7, np.int32))
+    return arrays
+
+
+def test_chunks_go_into_the_target_and_markers_hold_only_row_data(tmp_path):
+    out = tmp_path / "o.h5"
+    ps = _store(out).open()
+    written = {k: _chunk(ps, k) for k in (2, 0, 1)}  # any order
+    for k, arrays in written.items():
+        ps.write_chunk(k, arrays)
+    assert ps.done_chunks() == {0, 1, 2}
+    assert set(ps.read_chunk(0)) == {"valid", "reason", "image_size"}
+    ps.finalize({"paths": np.array([f"p{i}" for i in range(20)], dtype=object)}, {"task": "classify"})
+    assert not os.path.exists(store.partial_dir(str(out)))
+    with h5py.File(out, "r") as f:
+        for v in ("features", "features_flipped"):
+            want = np.concatenate([written[k][v] for k in range(3)])
+            np.testing.assert_array_equal(f[v][()], want)
+        assert f.attrs["complete"] and f.attrs["task"] == "classify"
+        assert f["valid"][()].all() and f["image_size"][0].tolist() == [7, 7]
+        assert f["paths"].asstr()[3] == "p3"
+
+
+def test_resume_keeps_committed_rows_after_a_killed_end_session(tmp_path):
+    out = tmp_path / "o.h5"
+    ps = _store(out, flip=False).open()
+    chunks = {k: _chunk(ps, k) for k in range(ps.n_chunks)}
+    for k in (0, 1):
+        ps.write_chunk(k, chunks[k])
+    ps.close()
+    # A killed end session: HDF5 wrote some metadata into the target, then nothing more.
+    with h5py.File(ps.target.path, "r+") as f:
+        f.create_dataset("valid", data=np.ones(20, bool))
+    again = _store(out, flip=False).open()
+    assert again.done_chunks() == {0, 1}
+    again.write_chunk(2, chunks[2])
+    again.finalize({}, {})
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["features"][()], np.concatenate([chunks[k]["features"] for k in range(3)]))
+
+
+def test_markers_without_a_target_are_recomputed_not_trusted(tmp_path, capsys):
+    out = tmp_path / "o.h5"
+    ps = _store(out).open()
+    ps.write_chunk(0, _chunk(ps, 0))
+    ps.close()
+    os.remove(ps.target.path)  # e.g. a partial dir of an older bneck, whose chunk files held the rows
+    again = _store(out).open()
+    assert again.done_chunks() == set()
+    assert "1 chunk markers but no target.h5; recomputing them" in capsys.readouterr().err
+    again.close()
+
+
+def test_too_little_disk_is_refused_before_computing(tmp_path, monkeypatch):
+    out = tmp_path / "o.h5"
+    Stat = collections.namedtuple("Stat", "f_bavail f_frsize")
+    monkeypatch.setattr(store.os, "statvfs", lambda path: Stat(10, 4096))
+    with pytest.raises(store.StoreError) as exc:
+        _store(out).open()
+    msg = str(exc.value)
+    assert str(out) in msg and "No space left on device" in msg and "Nothing was computed" in msg
+    # The lock was released: once there is room, the same output opens.
+    monkeypatch.undo()
+    _store(out).open().close()
+
+
+def test_space_check_counts_only_rows_still_to_compute(tmp_path, monkeypatch):
+    out = tmp_path / "o.h5"
+    ps = _store(out, n=4000, chunk_rows=1000).open()
+    for k in range(3):
+        ps.write_chunk(k, _chunk(ps, k))
+    ps.close()
+    Stat = collections.namedtuple("Stat", "f_bavail f_frsize")
+    row = int(np.prod(SHAPE)) * 2 * 2
+    # Room for the last chunk's rows (plus row data) but not for all 4000 rows.
+    monkeypatch.setattr(store.os, "statvfs", lambda path: Stat((1000 * row + 4000 * 256) // 4096 + 200, 4096))
+    _store(out, n=4000, chunk_rows=1000).open().close()
+    monkeypatch.setattr(store.os, "statvfs", lambda path: Stat(10, 4096))
+    with pytest.raises(store.StoreError, match="All 3 finished chunks are kept"):
+        _store(out, n=4000, chunk_rows=1000).open()
