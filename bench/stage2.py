@@ -2,7 +2,7 @@
 
 Three measurements, each `bneck train` in its own child process (so its peak RSS is its own),
 on synthetic but learnable feature files (class-dependent, non-negative like ReLU outputs)
-written with h5py in the same layout as `bneck extract` (float16, 32-row HDF5 chunks):
+written with h5py in the same layout as `bneck extract` (float16, contiguous datasets):
 
   a. dense head on --n cached VGG16 maps (7x7x512, with features_flipped) for --epochs epochs,
      early stopping disabled (--patience = epochs), default 20% stratified validation split,
@@ -91,7 +91,8 @@ def feature_file(workdir: str, n: int, shape: tuple, *, classes: int = 10, flip:
 
     shape = tuple(int(s) for s in shape)
     tag = "x".join(map(str, shape))
-    name = f"cls-n{n}-{tag}-c{classes}-{pooling}-flip{int(flip)}-sig{signal:g}-d{density:g}-s{seed}.h5"
+    # "contig": extract writes contiguous datasets since 2026-12-02 (32-row chunks before).
+    name = f"cls-n{n}-{tag}-c{classes}-{pooling}-flip{int(flip)}-sig{signal:g}-d{density:g}-s{seed}-contig.h5"
     path = os.path.join(workdir, name)
     if os.path.exists(path):
         return path
@@ -107,14 +108,12 @@ def feature_file(workdir: str, n: int, shape: tuple, *, classes: int = 10, flip:
     mean_flip = np.ascontiguousarray(mean_flip)
     labels = np.arange(n, dtype=np.int64) % classes
     str_dt = h5py.string_dtype("utf-8")
-    chunk_rows = max(1, min(32, (4 << 20) // (int(np.prod(shape)) * 2)))  # what extract writes (batch 32)
     tmp = f"{path}.tmp-{os.getpid()}"
     with common.Timer() as t, h5py.File(tmp, "w") as h5:
         for k, v in _root_attrs(n, pooling, flip, "float16").items():
             h5.attrs[k] = v
         views = [("features", mean)] + ([("features_flipped", mean_flip)] if flip else [])
-        dsets = {nm: h5.create_dataset(nm, shape=(n, *shape), dtype="float16", chunks=(min(chunk_rows, n), *shape))
-                 for nm, _ in views}
+        dsets = {nm: h5.create_dataset(nm, shape=(n, *shape), dtype="float16") for nm, _ in views}  # contiguous
         for a in range(0, n, block):
             b = min(a + block, n)
             lab = labels[a:b]

@@ -4,8 +4,9 @@ Runs the stage-one runner in this process on a generated JPEG folder and samples
 thread's CPU time (``/proc/self/task/*/stat``, Linux only) 20 times a second. Python threads
 are told apart by name (the main thread, ``decode_*``, ``writer``); every other thread belongs
 to the inference runtime (OpenVINO's streams, TensorFlow's pools). Phases: ``startup``
-(manifest, weights, model conversion and compilation), ``loop`` (decode -> model -> chunk
-files) and ``assemble`` (chunk files -> the final HDF5 file).
+(manifest, weights, model conversion and compilation), ``loop`` (decode -> model -> rows
+written in place into the preallocated output, one marker per chunk) and ``assemble`` (the end
+session: row data and attributes, then the rename).
 
 Read it next to `bench/extract.py`: the model-only ceiling C and decode rate D predict the
 loop's CPU; anything above ``model + decode`` is the pipeline's own overhead.
