@@ -27,6 +27,7 @@ import numpy as np
 TARGET_NAME = "target.h5"
 SNAPSHOT_NAME = "target.snapshot.npz"
 _DROP_CACHE = hasattr(os, "posix_fadvise")  # Linux; elsewhere the rows simply stay cached
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class TargetError(RuntimeError):
@@ -161,7 +162,7 @@ class Target:
                 k = os.pwrite(self._fd, data, off)
                 data, off = data[k:], off + k
             total += a.nbytes
-        os.fdatasync(self._fd)  # before the chunk's marker: a marker never points at lost rows
+        _datasync(self._fd)  # before the chunk's marker: a marker never points at lost rows
         if _DROP_CACHE:
             # The rows are durable and this process never reads them back: drop their clean pages
             # so the page cache does not grow by the whole output (evicting other jobs' data) and
