@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 
 from features import FORMAT_VERSION, __version__
-from features.store import PRODUCER, StoreError, check_space, fault_point
+from features.store import PRODUCER, check_space, fault_point
 
 
 def _row_bytes_estimate(n: int, row_data: dict) -> int:
@@ -30,30 +30,14 @@ def _row_bytes_estimate(n: int, row_data: dict) -> int:
     return need
 
 
-def _markers(pstore) -> dict[str, np.ndarray]:
-    parts = {"valid": [], "reason": [], "image_size": []}
-    for k in range(pstore.n_chunks):
-        a, b = pstore.chunk_range(k)
-        c = pstore.read_chunk(k)
-        if len(c["valid"]) != b - a:
-            raise StoreError(f"chunk {k} of {pstore.dir} has {len(c['valid'])} rows, expected {b - a}")
-        for name in parts:
-            parts[name].append(c[name])
-    empty = {"valid": np.zeros(0, bool), "reason": np.zeros(0, str), "image_size": np.zeros((0, 2), np.int32)}
-    return {name: np.concatenate(p) if p else empty[name] for name, p in parts.items()}
-
-
-def finalize(pstore, row_data: dict[str, np.ndarray], attrs: dict) -> str:
+def finalize(pstore, marks: dict[str, np.ndarray], row_data: dict[str, np.ndarray], attrs: dict) -> str:
     """Write per-row data and attributes into ``pstore``'s target file and rename it to the output.
 
-    ``row_data`` maps dataset name to an array, or to ``(array, dataset_attrs)``.
+    ``marks`` is :meth:`features.store.PartialStore.markers`; ``row_data`` maps dataset name to an
+    array, or to ``(array, dataset_attrs)``.
     """
     import h5py
 
-    missing = sorted(set(range(pstore.n_chunks)) - pstore.done_chunks())
-    if missing:
-        raise StoreError(f"cannot finalize {pstore.out_path}: chunks {missing[:10]} are missing")
-    marks = _markers(pstore)
     # HDF5 is not safe against a full disk: a write failing with ENOSPC inside h5py leaves the
     # library broken and can crash the interpreter at exit (SIGSEGV, seen in tests/reliability).
     check_space(pstore.out_path, _row_bytes_estimate(pstore.n_rows, row_data), what="its row data",

@@ -281,15 +281,9 @@ def _progress(cfg, total, initial, name):
 
 
 def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo, computed, written, t0, out):
-    valid, reasons = [], collections.Counter()
-    sizes = []
-    for k in range(pstore.n_chunks):
-        with np.load(pstore.chunk_path(k), allow_pickle=False) as z:
-            valid.append(z["valid"])
-            sizes.append(z["image_size"])
-            reasons.update(r for r in z["reason"].tolist() if r)
-    valid = np.concatenate(valid) if valid else np.zeros(0, bool)
-    sizes = np.concatenate(sizes) if sizes else np.zeros((0, 2), np.int32)
+    marks = pstore.markers()  # read once: the summary and the end session both need them
+    valid, sizes = marks["valid"], marks["image_size"]
+    reasons = collections.Counter(r for r in marks["reason"].tolist() if r)
     n, bad = stop - start, int((~valid).sum())
     summary = ExtractSummary(out, n, computed, bad, time.time() - t0, written, bad_reasons=dict(reasons))
     if n and bad / n > cfg.max_bad_fraction:
@@ -316,7 +310,7 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
         attrs["class_names"] = list(manifest.class_names)
     if manifest.target_names is not None:
         attrs["target_names"] = list(manifest.target_names)
-    pstore.finalize(row_data, attrs)
+    pstore.finalize(marks, row_data, attrs)
     # The feature rows were counted as they were written; the end session adds the rest.
     summary.bytes_written += max(0, os.path.getsize(out) - pstore.target.feature_bytes)
     summary.seconds = time.time() - t0

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import glob
 import json
+import logging
 import os
 import shutil
 
@@ -23,6 +24,8 @@ import numpy as np
 
 from features.faults import fault_point  # noqa: F401  (re-exported: the hook's historical home)
 from features.target import Target, TargetError
+
+log = logging.getLogger("bneck")
 
 PRODUCER = "bneck"
 _CHUNK_FMT = "chunk-{:07d}.npz"
@@ -165,12 +168,12 @@ class PartialStore:
             try:
                 self.target.restore()
             except TargetError as exc:
-                _note(f"{exc}; recomputing its {len(done)} finished chunks")
+                log.warning(f"{exc}; recomputing its {len(done)} finished chunks")
                 self._discard_chunks()
                 self.target.create()
         else:
             if done:  # markers without their rows (e.g. a partial dir of an older bneck)
-                _note(f"{self.dir} has {len(done)} chunk markers but no {os.path.basename(self.target.path)}; "
+                log.warning(f"{self.dir} has {len(done)} chunk markers but no {os.path.basename(self.target.path)}; "
                       "recomputing them")
                 self._discard_chunks()
             self.target.create()
@@ -246,19 +249,29 @@ class PartialStore:
         with np.load(self.chunk_path(k), allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
 
+    def markers(self) -> dict[str, np.ndarray]:
+        """``valid``, ``reason`` and ``image_size`` of every row, from all chunk markers (all must exist)."""
+        missing = sorted(set(range(self.n_chunks)) - self.done_chunks())
+        if missing:
+            raise StoreError(f"cannot finalize {self.out_path}: chunks {missing[:10]} are missing")
+        parts = {"valid": [], "reason": [], "image_size": []}
+        for k in range(self.n_chunks):
+            a, b = self.chunk_range(k)
+            c = self.read_chunk(k)
+            if len(c["valid"]) != b - a:
+                raise StoreError(f"chunk {k} of {self.dir} has {len(c['valid'])} rows, expected {b - a}")
+            for name in parts:
+                parts[name].append(c[name])
+        empty = {"valid": np.zeros(0, bool), "reason": np.zeros(0, str), "image_size": np.zeros((0, 2), np.int32)}
+        return {name: np.concatenate(p) if p else empty[name] for name, p in parts.items()}
+
     # -- final file ---------------------------------------------------------------------------
-    def finalize(self, row_data: dict[str, np.ndarray], attrs: dict) -> str:
+    def finalize(self, markers: dict[str, np.ndarray], row_data: dict[str, np.ndarray], attrs: dict) -> str:
         """Complete the target file and rename it to the output, atomically (:func:`features.assemble.finalize`)."""
         # Imported here, not at the top: features.assemble imports this module.
         from features import assemble
 
-        return assemble.finalize(self, row_data, attrs)
-
-
-def _note(text: str) -> None:
-    import sys
-
-    print(f"bneck: {text}", file=sys.stderr)
+        return assemble.finalize(self, markers, row_data, attrs)
 
 
 def check_space(out_path: str, need: int, *, what: str, keep: str) -> None:

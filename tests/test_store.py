@@ -35,7 +35,7 @@ def test_chunks_go_into_the_target_and_markers_hold_only_row_data(tmp_path):
         ps.write_chunk(k, arrays)
     assert ps.done_chunks() == {0, 1, 2}
     assert set(ps.read_chunk(0)) == {"valid", "reason", "image_size"}
-    ps.finalize({"paths": np.array([f"p{i}" for i in range(20)], dtype=object)}, {"task": "classify"})
+    ps.finalize(ps.markers(), {"paths": np.array([f"p{i}" for i in range(20)], dtype=object)}, {"task": "classify"})
     assert not os.path.exists(store.partial_dir(str(out)))
     with h5py.File(out, "r") as f:
         for v in ("features", "features_flipped"):
@@ -59,12 +59,12 @@ def test_resume_keeps_committed_rows_after_a_killed_end_session(tmp_path):
     again = _store(out, flip=False).open()
     assert again.done_chunks() == {0, 1}
     again.write_chunk(2, chunks[2])
-    again.finalize({}, {})
+    again.finalize(again.markers(), {}, {})
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["features"][()], np.concatenate([chunks[k]["features"] for k in range(3)]))
 
 
-def test_markers_without_a_target_are_recomputed_not_trusted(tmp_path, capsys):
+def test_markers_without_a_target_are_recomputed_not_trusted(tmp_path, caplog):
     out = tmp_path / "o.h5"
     ps = _store(out).open()
     ps.write_chunk(0, _chunk(ps, 0))
@@ -72,7 +72,7 @@ def test_markers_without_a_target_are_recomputed_not_trusted(tmp_path, capsys):
     os.remove(ps.target.path)  # e.g. a partial dir of an older bneck, whose chunk files held the rows
     again = _store(out).open()
     assert again.done_chunks() == set()
-    assert "1 chunk markers but no target.h5; recomputing them" in capsys.readouterr().err
+    assert "1 chunk markers but no target.h5; recomputing them" in caplog.text
     again.close()
 
 
