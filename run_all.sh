@@ -3,6 +3,7 @@
 #   ./run_all.sh                          create .venv, install, run the whole demo on embedded data
 #   ./run_all.sh test                     install the test extras and run the test suite (what CI runs)
 #   ./run_all.sh test-slow                the slow tests only
+#   ./run_all.sh lint                     ruff over the code (CI runs it too)
 #   ./run_all.sh DATA OUTDIR [extract options]   the same batch job on your own images
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -67,8 +68,12 @@ case "${1:-demo}" in
     shift
     "$VENV/bin/python" -m pytest -q -m "slow and not cluster" "$@"
     ;;
+  lint)
+    install "lint"
+    "$VENV/bin/ruff" check .
+    ;;
   -h|--help|help)
-    sed -n '2,7p' "$0"
+    sed -n '2,8p' "$0"
     ;;
   *)
     [ $# -ge 2 ] || { echo "usage: ./run_all.sh DATA OUTDIR [extract options]" >&2; exit 2; }

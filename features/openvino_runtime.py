@@ -194,7 +194,7 @@ class OpenVINOExtractor:
         return self._cached(key, "int8", lambda: int8.quantize(self._ov_model, calibration.images()))
 
     def _cached(self, key, what: str, make):
-        """``(model, from_cache)``: the IR cached under ``key`` (and this graph's pooling, dtype, size), else ``make()``.
+        """``(model, from_cache)``: the IR cached under ``key`` (and this graph's pooling, dtype, size), else make().
 
         A made model is saved atomically under the key; a damaged entry is made again and replaced.
         Without a cache dir or a key nothing is cached.

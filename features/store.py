@@ -79,7 +79,8 @@ def check_existing(out_path: str, settings: dict) -> bool:
     try:
         attrs = _read_attrs(out_path)
     except Exception as exc:
-        raise StoreError(f"{out_path} exists but cannot be read as HDF5 ({exc}); use --overwrite to replace it") from None
+        raise StoreError(f"{out_path} exists but cannot be read as HDF5 ({exc}); "
+                         "use --overwrite to replace it") from None
     if attrs.get("producer") != PRODUCER or not attrs.get("complete"):
         raise StoreError(f"{out_path} exists but is not a complete bneck feature file; use --overwrite to replace it")
     old = json.loads(attrs.get("settings_json", "{}"))

@@ -76,7 +76,8 @@ def prefetch_help(spec: BackboneSpec) -> str:
     return (
         f"ImageNet weights for {spec.name} are not cached and could not be downloaded.\n"
         f"  Either, on a machine with internet access, run\n"
-        f"    python -c \"import keras; keras.applications.{spec.constructor}(include_top=False, weights='imagenet')\"\n"
+        f"    python -c \"import keras; "
+        f"keras.applications.{spec.constructor}(include_top=False, weights='imagenet')\"\n"
         f"  and copy ~/.keras/models/{spec.notop_file} to {cache_dirs()[0]}/ here\n"
         f"  (or set KERAS_HOME to a directory whose models/ holds it);\n"
         f"  or pass the file directly: --weights /path/to/{spec.notop_file}"
@@ -180,7 +181,7 @@ def load_weights_file(model, path: str) -> None:
 
 
 def _weighted_layers(model):
-    return [l for l in model.layers if l.weights]
+    return [layer for layer in model.layers if layer.weights]
 
 
 def load_legacy_h5_by_name(model, path: str) -> None:

@@ -131,7 +131,8 @@ def format_report(result: dict) -> str:
         for row in result["confusion_matrix"]:
             lines.append("    " + " ".join(f"{v:4d}" for v in row))
     else:
-        lines.append(f"  RMSE {result['rmse_px']:.3f} px   MAE {result['mae_px']:.3f} px   ({result['n_values']} values)")
+        lines.append(f"  RMSE {result['rmse_px']:.3f} px   MAE {result['mae_px']:.3f} px   "
+                     f"({result['n_values']} values)")
         for name, m in result.get("per_keypoint", {}).items():
             lines.append(f"  {name:28s} mean distance {m['mean_distance_px']:.3f} px  (n={m['n']})")
     return "\n".join(lines)

@@ -33,12 +33,12 @@ log = logging.getLogger("bneck")
 
 def select_trainable(backbone, *, unfreeze=None, unfreeze_last=None, train_bn=False) -> list[str]:
     """Set the backbone layers' ``trainable`` flags; return the names of the layers that will train."""
-    weighted = [l for l in backbone.layers if l.weights]
+    weighted = [layer for layer in backbone.layers if layer.weights]
     if unfreeze:
         prefixes = tuple(p for p in str(unfreeze).split(",") if p)
-        chosen = [l for l in weighted if l.name.startswith(prefixes)]
+        chosen = [layer for layer in weighted if layer.name.startswith(prefixes)]
         if not chosen:
-            blocks = list(dict.fromkeys(l.name.split("_")[0] for l in weighted))
+            blocks = list(dict.fromkeys(layer.name.split("_")[0] for layer in weighted))
             raise ValueError(f"--unfreeze {unfreeze}: no layer with weights starts with that; "
                              f"prefixes in this backbone: {', '.join(blocks)}")
     else:
@@ -47,12 +47,12 @@ def select_trainable(backbone, *, unfreeze=None, unfreeze_last=None, train_bn=Fa
             raise ValueError(f"--unfreeze-last {n}: the backbone has {len(weighted)} layers with weights")
         chosen = weighted[len(weighted) - n:] if n else []
     # BN layers count towards --unfreeze-last either way, so --train-bn never changes which convs train.
-    chosen = [l for l in chosen if train_bn or not isinstance(l, keras.layers.BatchNormalization)]
+    chosen = [layer for layer in chosen if train_bn or not isinstance(layer, keras.layers.BatchNormalization)]
     backbone.trainable = True  # Keras 3 propagates this to every sublayer; then freeze all but the chosen
-    keep = {id(l) for l in chosen}
+    keep = {id(layer) for layer in chosen}
     for layer in backbone.layers:
         layer.trainable = id(layer) in keep
-    return [l.name for l in chosen]
+    return [layer.name for layer in chosen]
 
 
 def temper_normalization(layers, rel_floor: float = 1e-2) -> int:
@@ -158,7 +158,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
     for layer in model.layers:  # the head trains too; the preprocess conv and the binary [1-p, p] map never
         if layer is not backbone:
             layer.trainable = layer.name not in ("preprocess", "binary_proba")
-    n_floored = temper_normalization([l for l in model.layers if l is not backbone])
+    n_floored = temper_normalization([layer for layer in model.layers if layer is not backbone])
     if not all(np.isfinite(w).all() for w in model.get_weights()):
         raise ValueError(f"{model_dir}: the head has undefined outputs (specialists leaving targets out); "
                          "fine-tune a dense head instead")

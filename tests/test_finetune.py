@@ -35,7 +35,7 @@ def _backbone():
 
 
 def _trainable(model):
-    return [l.name for l in model.layers if l.trainable and l.weights]
+    return [layer.name for layer in model.layers if layer.trainable and layer.weights]
 
 
 def test_unfreeze_last_counts_weighted_layers_and_bn_follows_train_bn():

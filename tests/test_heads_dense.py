@@ -45,7 +45,6 @@ def _blobs(rng, n=120, d=12, k=3):
 
 
 def _targets(task, rng, X):
-    n = len(X)
     z = X[:, :4] @ rng.normal(size=(4, 3))
     return {"multiclass": z.argmax(1),
             "binary": np.where(z[:, 0] > 0, "yes", "no"),
