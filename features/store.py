@@ -133,6 +133,17 @@ class PartialStore:
                                  "wait for it or stop it first") from None
             raise
         self._lock_fd = fd
+        try:  # whatever fails from here on (a full disk, say) must not keep the lock in this process
+            self._clear_leftovers(overwrite)
+            self._check_settings()
+            self._open_target()
+        except BaseException:
+            self.close()
+            raise
+        fault_point("partial_opened")
+        return self
+
+    def _clear_leftovers(self, overwrite: bool) -> None:
         # Leftovers of a killed writer, never a finished chunk: temp chunks, and temp final
         # files next to the output (a kill just before the final rename leaves a full-size one).
         for stale in glob.glob(os.path.join(glob.escape(self.dir), "*.tmp-*")) + \
@@ -141,27 +152,30 @@ class PartialStore:
         if overwrite:
             if os.path.lexists(self.out_path):
                 os.remove(self.out_path)
-            for name in os.listdir(self.dir):
+            # settings.json goes last: a kill part-way leaves the old settings naming what is left,
+            # so a rerun with other settings is refused instead of resuming the old run's rows.
+            names = sorted(os.listdir(self.dir), key=lambda n: n == "settings.json")
+            for name in names:
                 if name != "lock":
                     os.remove(os.path.join(self.dir, name))
+
+    def _check_settings(self) -> None:
         meta = os.path.join(self.dir, "settings.json")
         if os.path.exists(meta):
             with open(meta, encoding="utf-8") as f:
                 old = json.load(f)
             diff = settings_diff(old, self.settings)
             if diff:
-                self.close()
                 raise StoreError(f"{self.dir} holds a partial run with other settings: {'; '.join(diff)}. "
                                  "Rerun with the original settings to resume, or pass --overwrite to start again")
-        else:
-            _atomic_write_bytes(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
-        try:
-            self._open_target()
-        except BaseException:
-            self.close()
-            raise
-        fault_point("partial_opened")
-        return self
+            return
+        # Rows and markers whose settings are unknown cannot be trusted to belong to this run.
+        orphans = [n for n in os.listdir(self.dir) if n != "lock"]
+        if orphans:
+            log.warning(f"{self.dir} has {len(orphans)} files but no settings.json; discarding them")
+            for name in orphans:
+                _remove_quietly(os.path.join(self.dir, name))
+        _atomic_write_bytes(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
 
     def _open_target(self) -> None:
         done = self.done_chunks()

@@ -103,3 +103,51 @@ def test_space_check_counts_only_rows_still_to_compute(tmp_path, monkeypatch):
     monkeypatch.setattr(store.os, "statvfs", lambda path: Stat(10, 4096))
     with pytest.raises(store.StoreError, match="All 3 finished chunks are kept"):
         _store(out, n=4000, chunk_rows=1000).open()
+
+
+def test_a_failed_open_releases_the_lock(tmp_path, monkeypatch):
+    out = tmp_path / "o.h5"
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(store, "_atomic_write_bytes", full)
+    with pytest.raises(OSError):
+        _store(out).open()
+    monkeypatch.undo()
+    # The same process (a notebook, a Ray actor) retries once space is free: no stale lock refuses it.
+    _store(out).open().close()
+
+
+def test_overwrite_killed_part_way_never_resumes_the_old_rows(tmp_path, monkeypatch):
+    out = tmp_path / "o.h5"
+    ps = _store(out, settings={"seed": 0}).open()
+    for k in (0, 1):
+        ps.write_chunk(k, _chunk(ps, k))
+    ps.close()
+    real_remove, removed = os.remove, []
+
+    def killed_after_two(path):
+        if len(removed) == 2:
+            raise KeyboardInterrupt  # stands in for SIGKILL part-way through the deletion
+        removed.append(os.path.basename(path))
+        real_remove(path)
+    monkeypatch.setattr(store.os, "remove", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _store(out, settings={"seed": 1}).open(overwrite=True)
+    monkeypatch.undo()
+    assert "settings.json" not in removed  # it goes last, so it still names what is left
+    with pytest.raises(store.StoreError, match="other settings"):
+        _store(out, settings={"seed": 1}).open()
+    again = _store(out, settings={"seed": 1}).open(overwrite=True)
+    assert again.done_chunks() == set()
+
+
+def test_rows_without_settings_are_discarded(tmp_path, caplog):
+    out = tmp_path / "o.h5"
+    ps = _store(out, settings={"seed": 0}).open()
+    ps.write_chunk(0, _chunk(ps, 0))
+    ps.close()
+    os.remove(os.path.join(ps.dir, "settings.json"))  # e.g. an older bneck's kill mid --overwrite
+    with caplog.at_level("WARNING", logger="bneck"):
+        again = _store(out, settings={"seed": 1}).open()
+    assert again.done_chunks() == set() and "no settings.json" in caplog.text
