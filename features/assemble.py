@@ -18,6 +18,7 @@ import numpy as np
 
 from features import FORMAT_VERSION, __version__
 from features.store import PRODUCER, check_space, fault_point
+from features.target import fsync_dir
 
 
 def _row_bytes_estimate(n: int, row_data: dict) -> int:
@@ -73,6 +74,7 @@ def finalize(pstore, marks: dict[str, np.ndarray], row_data: dict[str, np.ndarra
         os.fsync(fh.fileno())
     fault_point("finalize_tmp_written")
     os.replace(target.path, pstore.out_path)
+    fsync_dir(os.path.dirname(os.path.abspath(pstore.out_path)))  # before the partial dir goes
     fault_point("finalize_renamed")
     pstore.close()
     shutil.rmtree(pstore.dir, ignore_errors=True)

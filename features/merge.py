@@ -22,6 +22,7 @@ import numpy as np
 
 from features.manifest import parse_shard, shard_bounds
 from features.store import PRODUCER, _plain, partial_dir
+from features.target import fsync_dir
 
 DATASETS = ("features", "features_flipped", "labels", "targets", "targets_flipped", "paths", "valid",
             "reason", "image_size")
@@ -68,6 +69,7 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, output)
+        fsync_dir(os.path.dirname(os.path.abspath(output)))
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -23,7 +23,7 @@ import shutil
 import numpy as np
 
 from features.faults import fault_point  # noqa: F401  (re-exported: the hook's historical home)
-from features.target import Target, TargetError
+from features.target import Target, TargetError, fsync_dir
 
 log = logging.getLogger("bneck")
 
@@ -53,6 +53,7 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 def _read_attrs(path: str) -> dict:
@@ -256,6 +257,7 @@ class PartialStore:
         size = os.path.getsize(tmp)
         fault_point("chunk_tmp_written")
         os.replace(tmp, path)
+        fsync_dir(self.dir)  # the commit is the rename: durable before the run reports the chunk done
         fault_point("chunk_committed")
         return nbytes + size
 

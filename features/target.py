@@ -20,6 +20,7 @@ while the feature bytes are untouched, because HDF5 never writes inside allocate
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -28,6 +29,18 @@ TARGET_NAME = "target.h5"
 SNAPSHOT_NAME = "target.snapshot.npz"
 _DROP_CACHE = hasattr(os, "posix_fadvise")  # Linux; elsewhere the rows simply stay cached
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+def fsync_dir(path: str) -> None:
+    """Make the renames in directory ``path`` durable (a rename is an update of the directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # file systems that cannot
+            raise
+    finally:
+        os.close(fd)
 
 
 class TargetError(RuntimeError):
@@ -113,7 +126,9 @@ class Target:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(snap_tmp, self.snapshot_path)  # the snapshot first: a target never lacks one
+            fsync_dir(os.path.dirname(self.path))
             os.replace(tmp, self.path)
+            fsync_dir(os.path.dirname(self.path))
         except BaseException:
             for p in (tmp, f"{self.snapshot_path}.tmp-{os.getpid()}"):
                 if os.path.exists(p):
