@@ -58,7 +58,10 @@ def finalize(pstore, marks: dict[str, np.ndarray], row_data: dict[str, np.ndarra
             if name == "targets_flipped":
                 arr = np.array(arr, dtype=np.float32)
                 arr[~valid] = np.nan  # no image, so no mirrored geometry
-            dset = f.create_dataset(name, data=arr)
+            arr = np.asarray(arr)
+            # An object array is strings (paths); h5py cannot infer a type from an empty one (an empty shard).
+            kind = {"dtype": h5py.string_dtype()} if arr.dtype == object else {}
+            dset = f.create_dataset(name, data=arr, **kind)
             for key, value in ds_attrs.items():
                 dset.attrs[key] = value
             fault_point("finalize_rows")

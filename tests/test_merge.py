@@ -183,3 +183,16 @@ def test_merged_file_is_not_a_shard(run, tmp_path):
     merge(s, str(tmp_path / "m.h5"))
     _set(str(tmp_path / "m.h5"), shard="0/1")
     _refused([str(tmp_path / "m.h5")], str(tmp_path / "o.h5"), "is itself a merged")
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_more_shards_than_images_still_finish_and_merge(tmp_path, copy):
+    # A SLURM array sized for a bigger dataset: some shards get no rows and must still finish.
+    make_class_folder(tmp_path / "data", classes=("a",), per_class=2)
+    full = extract(ExtractConfig(data=str(tmp_path / "data"), output=str(tmp_path / "full.h5"), **KW)).output
+    parts = [extract(ExtractConfig(data=str(tmp_path / "data"), output=str(tmp_path / "sh" / "p.h5"),
+                                   shard=f"{i}/3", **KW)) for i in range(3)]
+    assert sorted(s.rows for s in parts) == [0, 1, 1]
+    out = str(tmp_path / "merged.h5")
+    merge([s.output for s in parts], out, copy=copy, progress=False)
+    _assert_same_as_single_run(full, out)
