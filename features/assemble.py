@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 
 from features import FORMAT_VERSION, __version__
-from features.store import PRODUCER, check_space, fault_point
+from features.store import PRODUCER, StoreError, check_space, fault_point
 from features.target import fsync_dir
 
 
@@ -45,7 +45,12 @@ def finalize(pstore, marks: dict[str, np.ndarray], row_data: dict[str, np.ndarra
                 keep=f"All {pstore.n_chunks} chunks are kept in {pstore.dir}")
     target = pstore.target
     target.close()
-    with h5py.File(target.path, "r+") as f:
+    try:
+        f = h5py.File(target.path, "r+")
+    except OSError as exc:  # e.g. another process has it open: HDF5's lock, not damage
+        raise StoreError(f"cannot open {target.path} to finish it ({exc}). All {pstore.n_chunks} chunks are kept "
+                         f"in {pstore.dir}; rerun when nothing else has it open") from None
+    with f:
         f.create_dataset("valid", data=marks["valid"].astype(bool))
         f.create_dataset("reason", data=marks["reason"].astype(object), dtype=h5py.string_dtype())
         f.create_dataset("image_size", data=marks["image_size"].astype(np.int32))

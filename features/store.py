@@ -23,7 +23,7 @@ import shutil
 import numpy as np
 
 from features.faults import fault_point  # noqa: F401  (re-exported: the hook's historical home)
-from features.target import Target, TargetError, fsync_dir
+from features.target import Target, TargetError, TargetUnreadable, fsync_dir
 
 log = logging.getLogger("bneck")
 
@@ -183,6 +183,9 @@ class PartialStore:
         if self.target.exists():
             try:
                 self.target.restore()
+            except TargetUnreadable as exc:
+                raise StoreError(f"{exc}. Nothing was discarded: all {len(done)} finished chunks are kept in "
+                                 f"{self.dir}; rerun once it is readable, or pass --overwrite to start again") from None
             except TargetError as exc:
                 log.warning(f"{exc}; recomputing its {len(done)} finished chunks")
                 self._discard_chunks()

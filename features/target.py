@@ -47,6 +47,10 @@ class TargetError(RuntimeError):
     """The preallocated output file cannot be used (damaged or a different layout)."""
 
 
+class TargetUnreadable(RuntimeError):
+    """The preallocated output file cannot be read right now (a lock, EIO, too many open files)."""
+
+
 def _create_contiguous(f, name: str, shape, dtype) -> None:
     import h5py
 
@@ -63,7 +67,9 @@ def _layout(path: str, views) -> dict[str, tuple[int, int]]:
     import h5py
 
     out = {}
-    with h5py.File(path, "r") as f:
+    # The caller holds bneck's own lock on the partial dir, so HDF5's file lock adds nothing, and a
+    # reader elsewhere holding it must not make a resume look like a damaged file.
+    with h5py.File(path, "r", locking=False) as f:
         for name in views:
             ds = f[name]
             off = ds.id.get_offset()
@@ -138,8 +144,13 @@ class Target:
 
     def restore(self) -> "Target":
         """Undo any half-finished end session: rewrite the non-feature bytes, then check the layout."""
-        with np.load(self.snapshot_path, allow_pickle=False) as z:
-            pieces, blob, size, ranges = z["pieces"], z["blob"].tobytes(), int(z["size"]), z["ranges"]
+        try:
+            with np.load(self.snapshot_path, allow_pickle=False) as z:
+                pieces, blob, size, ranges = z["pieces"], z["blob"].tobytes(), int(z["size"]), z["ranges"]
+        except OSError as exc:  # zipfile's BadZipFile is not an OSError: a damaged snapshot lands below
+            raise TargetUnreadable(f"{self.snapshot_path} cannot be read ({exc})") from None
+        except Exception as exc:
+            raise TargetError(f"{self.snapshot_path} is damaged ({exc})") from None
         self.ranges = {v: (int(o), int(n)) for v, (o, n) in zip(self.views, ranges)}
         with open(self.path, "r+b") as fh:
             pos = 0
@@ -150,6 +161,10 @@ class Target:
             os.fsync(fh.fileno())
         try:
             now = _layout(self.path, self.views)
+        except OSError as exc:
+            # The bytes HDF5 reads are the snapshot's own, so a failure here is the system's (EIO,
+            # EMFILE, a network file system), not damage: keep the rows and let the user rerun.
+            raise TargetUnreadable(f"{self.path} cannot be read after restoring its snapshot ({exc})") from None
         except Exception as exc:
             raise TargetError(f"{self.path} cannot be read after restoring its snapshot ({exc})") from None
         want = {v: (self.ranges[v][0], self.n_rows * self.row_bytes) for v in self.views}

@@ -151,3 +151,33 @@ def test_rows_without_settings_are_discarded(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="bneck"):
         again = _store(out, settings={"seed": 1}).open()
     assert again.done_chunks() == set() and "no settings.json" in caplog.text
+
+
+def test_a_target_that_cannot_be_read_now_keeps_every_chunk(tmp_path, monkeypatch):
+    out = tmp_path / "o.h5"
+    ps = _store(out).open()
+    for k in (0, 1):
+        ps.write_chunk(k, _chunk(ps, k))
+    ps.close()
+    from features import target as target_mod
+
+    def busy(*a, **k):
+        raise OSError(5, "Input/output error")  # EIO, a lock, EMFILE: the system's, not damage
+    monkeypatch.setattr(target_mod, "_layout", busy)
+    with pytest.raises(store.StoreError, match="Nothing was discarded: all 2 finished chunks are kept"):
+        _store(out).open()
+    monkeypatch.undo()
+    again = _store(out).open()
+    assert again.done_chunks() == {0, 1}
+
+
+def test_a_damaged_snapshot_recomputes_instead_of_failing_forever(tmp_path, caplog):
+    out = tmp_path / "o.h5"
+    ps = _store(out).open()
+    ps.write_chunk(0, _chunk(ps, 0))
+    ps.close()
+    with open(ps.target.snapshot_path, "wb") as f:
+        f.write(b"not a zip")
+    with caplog.at_level("WARNING", logger="bneck"):
+        again = _store(out).open()
+    assert again.done_chunks() == set() and "damaged" in caplog.text
