@@ -199,8 +199,11 @@ class PartialStore:
         done = self.done_chunks()
         rows_done = sum(b - a for a, b in map(self.chunk_range, done))
         # The file is sparse: its rows take disk space only as they are written, so check now,
-        # before hours of compute, that the rows still to come will fit.
-        check_space(self.out_path, (self.n_rows - rows_done) * self.target.row_bytes * len(self.target.views)
+        # before hours of compute, that the rows still to come will fit. File systems without
+        # sparse files (FAT, HFS+) reserved them at creation: count what is already reserved.
+        row_bytes = self.target.row_bytes * len(self.target.views)
+        reserved = max(0, os.stat(self.target.path).st_blocks * 512 - rows_done * row_bytes)
+        check_space(self.out_path, max(0, (self.n_rows - rows_done) * row_bytes - reserved)
                     + self.n_rows * 256, what="the features still to compute",
                     keep=f"All {len(done)} finished chunks are kept in {self.dir}" if done else "")
 

@@ -105,6 +105,18 @@ def test_space_check_counts_only_rows_still_to_compute(tmp_path, monkeypatch):
         _store(out, n=4000, chunk_rows=1000).open()
 
 
+def test_space_already_reserved_by_a_non_sparse_file_system_is_not_asked_for_twice(tmp_path, monkeypatch):
+    out = tmp_path / "o.h5"
+    _store(out, n=4000, chunk_rows=1000).open().close()
+    target = store.partial_dir(str(out)) + "/target.h5"
+    with open(target, "r+b") as fh:  # what FAT or HFS+ do at creation: every byte gets its blocks
+        os.posix_fallocate(fh.fileno(), 0, os.path.getsize(target))
+    Stat = collections.namedtuple("Stat", "f_bavail f_frsize")
+    # Room for the row data only: the feature bytes are already on the disk.
+    monkeypatch.setattr(store.os, "statvfs", lambda path: Stat(1_400_000 // 4096, 4096))
+    _store(out, n=4000, chunk_rows=1000).open().close()
+
+
 def test_a_failed_open_releases_the_lock(tmp_path, monkeypatch):
     out = tmp_path / "o.h5"
 
