@@ -59,7 +59,8 @@ class ChunkWriter:
 
 
 def install_signal_handlers():
-    flag = {"sig": None}
+    """Turn SIGTERM into a flag the loop checks at chunk boundaries; undo with :func:`restore_signal_handlers`."""
+    flag = {"sig": None, "previous": {}}
     if threading.current_thread() is not threading.main_thread():
         return flag
 
@@ -67,8 +68,15 @@ def install_signal_handlers():
         flag["sig"] = signum
 
     for s in (signal.SIGTERM,):
-        signal.signal(s, handler)
+        flag["previous"][s] = signal.signal(s, handler)
     return flag
+
+
+def restore_signal_handlers(flag) -> None:
+    """Put back the handlers :func:`install_signal_handlers` replaced (a library caller keeps its own)."""
+    for s, previous in flag["previous"].items():
+        signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+    flag["previous"] = {}
 
 
 def check_signal(flag):

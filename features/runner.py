@@ -18,7 +18,8 @@ import numpy as np
 
 from features import FORMAT_VERSION, backbones, batches, images, int8, keypoints, store
 from features.manifest import Manifest, parse_shard
-from features.commit import ChunkWriter, Terminated, check_signal, install_signal_handlers  # noqa: F401
+from features.commit import (ChunkWriter, Terminated, check_signal, install_signal_handlers,  # noqa: F401
+                             restore_signal_handlers)
 from features.runtimes import RUNTIMES, default_runtime, make_extractor, resolve_runtime, resolve_xla  # noqa: F401
 from features.sources import read_source
 
@@ -268,6 +269,9 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
             writer.close(wait=True)  # finished chunks are still committed
             bar.close()
             raise
+        finally:
+            # A notebook or Ray actor that calls extract() must get its own SIGTERM handling back.
+            restore_signal_handlers(stop_flag)
     writer.close(wait=True)
     bar.close()
     return computed, writer.bytes_written

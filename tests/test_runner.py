@@ -189,3 +189,19 @@ def test_openvino_runtime_end_to_end(dataset, tmp_path, monkeypatch):
 def test_runtime_choice_errors():
     with pytest.raises(ValueError, match="--runtime must be one of"):
         runner.resolve_runtime("onnx")
+
+
+def test_extract_gives_the_caller_its_sigterm_handler_back(tmp_path):
+    import signal
+
+    make_class_folder(tmp_path / "data", classes=("a",), per_class=2)
+
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        extract(_cfg(tmp_path / "data", tmp_path / "o.h5"))
+        # Otherwise a notebook or Ray actor that ran extract() would ignore SIGTERM from then on.
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
