@@ -21,6 +21,7 @@ while the feature bytes are untouched, because HDF5 never writes inside allocate
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 
 import numpy as np
@@ -28,7 +29,20 @@ import numpy as np
 TARGET_NAME = "target.h5"
 SNAPSHOT_NAME = "target.snapshot.npz"
 _DROP_CACHE = hasattr(os, "posix_fadvise")  # Linux; elsewhere the rows simply stay cached
-_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+def _datasync(fd: int) -> None:
+    """Make ``fd``'s written data durable, down to the drive's own cache where the OS can ask for that."""
+    # On macOS fsync() only hands the data to the drive, which may reorder it with the marker
+    # written next; F_FULLFSYNC waits until the drive has it on stable storage.
+    if hasattr(fcntl, "F_FULLFSYNC"):
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except OSError:  # file systems that do not support it (network shares)
+            pass
+    _fdatasync(fd)
 
 
 def fsync_dir(path: str) -> None:
