@@ -73,7 +73,7 @@ case "${1:-demo}" in
     "$VENV/bin/ruff" check .
     ;;
   -h|--help|help)
-    sed -n '2,8p' "$0"
+    sed -n '2,7p' "$0"
     ;;
   *)
     [ $# -ge 2 ] || { echo "usage: ./run_all.sh DATA OUTDIR [extract options]" >&2; exit 2; }

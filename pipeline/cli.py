@@ -24,6 +24,14 @@ _NO_TENSORFLOW = {"info", "merge", "extract"}
 EXIT_ERROR, EXIT_USAGE, EXIT_BAD_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 
 
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dataset source")
     g.add_argument("--source-kind", choices=["auto", "folder", "csv", "kaggle_keypoints", "places365"], default="auto",
@@ -66,7 +74,7 @@ def _add_extract(sub) -> None:
                    help="dtype of the stored features (default float16)")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="extract the original view only (default: original and horizontal mirror)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     p.add_argument("--chunk-rows", type=int, help="rows per committed chunk, a multiple of --batch-size "
                                                   "(default 8 batches); a kill loses at most one chunk")
     p.add_argument("--shard", metavar="I/N", help="extract only shard I of N (0-based); writes OUT.shard-I-of-N.h5")

@@ -126,3 +126,11 @@ def test_every_flag_has_help():
     for name, p in sub.choices.items():
         for action in p._actions:
             assert action.help, f"bneck {name} {action.option_strings or action.dest} has no --help text"
+
+
+def test_a_batch_size_below_one_is_a_usage_error(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "pipeline", "extract", str(tmp_path), "-o", str(tmp_path / "o.h5"),
+                        "--batch-size", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--batch-size: must be at least 1" in r.stderr
