@@ -24,13 +24,13 @@ _NO_TENSORFLOW = {"info", "merge", "extract"}
 EXIT_ERROR, EXIT_USAGE, EXIT_BAD_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 
 
-
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dataset source")

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from features.store import fault_point  # testing hook (BNECK_TEST_KILL_AT), no-op when unset
+from features.target import fsync_dir
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelDirError", "load_model_dir", "save_model_dir",
            "sha256_file"]
@@ -216,19 +217,15 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Flush ``directory``'s entries so a rename into it survives a power cut (POSIX)."""
+    """Flush ``directory``'s entries so a rename into it survives a power cut (POSIX), best effort."""
     # Without this the rename may live only in the page cache: after a crash the path could
-    # be back to its old state although save_model_dir returned.
+    # be back to its old state although save_model_dir returned. Unlike stage one, a model save
+    # never fails over it: a directory that cannot be opened (Windows) or fsynced (network,
+    # FUSE) is accepted.
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems (network, FUSE) refuse to fsync a directory
+        fsync_dir(str(directory))
+    except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_old(path: Path) -> None:
