@@ -106,13 +106,6 @@ def test_clear_errors(local_ray, run, tmp_path):
         extract_ray(ExtractConfig(data=str(tmp_path / "no_such_dir"), output=str(tmp_path / "x.h5"), **KW))
 
 
-def _cli_has_engine() -> bool:
-    from pipeline.cli import build_parser
-
-    args, _ = build_parser().parse_known_args(["extract", "d", "-o", "o.h5", "--engine", "ray"])
-    return getattr(args, "engine", None) == "ray"
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,7 +113,6 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _cli_has_engine(), reason="pipeline/cli.py has no --engine flag yet")
 @pytest.mark.cluster
 def test_cli_against_a_running_cluster(run, tmp_path):
     """`ray start --head` in the background, then `bneck extract --engine ray --ray-address HOST:PORT`."""
