@@ -8,8 +8,16 @@ pick instead, and the file name Keras caches its ImageNet "notop" weights under.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 from dataclasses import dataclass, field
+
+
+def _keras_chatter_to_stderr():
+    """Send what Keras prints while building (``Downloading data from ...``, its progress bar) to stderr."""
+    # Keras writes these to sys.stdout, which is where `--json` puts its one JSON object.
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -38,12 +46,14 @@ class BackboneSpec:
                 f"{self.name} needs an input of at least {self.min_size}x{self.min_size}, got {h}x{w}"
             )
         ctor = getattr(self._module(), self.constructor)
-        return ctor(include_top=False, weights=weights, input_shape=(h, w, 3))
+        with _keras_chatter_to_stderr():
+            return ctor(include_top=False, weights=weights, input_shape=(h, w, 3))
 
     def build_full(self, *, weights="imagenet"):
         """Construct the full ImageNet classifier (with top) at the default size."""
         ctor = getattr(self._module(), self.constructor)
-        return ctor(include_top=True, weights=weights)
+        with _keras_chatter_to_stderr():
+            return ctor(include_top=True, weights=weights)
 
     def preprocess_input(self, x):
         """The backbone's own Keras ``preprocess_input`` (works on NumPy arrays and tensors)."""
@@ -55,8 +65,9 @@ class BackboneSpec:
         return self._module().preprocess_input
 
     def decode_predictions(self, preds, top=5):
-        """ImageNet top-k decoding for the full model's output."""
-        return self._module().decode_predictions(preds, top=top)
+        """ImageNet top-k decoding for the full model's output (Keras fetches the class names on first use)."""
+        with _keras_chatter_to_stderr():
+            return self._module().decode_predictions(preds, top=top)
 
     @property
     def all_layers(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 
 import numpy as np
 
@@ -15,7 +16,16 @@ def describe_file(path: str, *, max_bad: int = 20) -> dict:
 
     from features.merge import check_sources
 
-    with h5py.File(path, "r") as f:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # h5py's own message does not name the file
+        raise OSError(f"{path}: cannot be read as HDF5 ({exc})") from None
+    with f:
+        if _plain(f.attrs.get("producer")) != "bneck" or "format_version" not in f.attrs:
+            # `bneck extract` of a partial run writes nothing here; anything else is someone else's file.
+            raise ValueError(f"{path}: not a bneck feature file (no producer='bneck'/format_version attrs)")
         check_sources(f)  # a merged file whose shard files are gone would read as zeros
         attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "settings_json"}
         datasets = {name: {"shape": list(d.shape), "dtype": str(d.dtype),

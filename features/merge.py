@@ -49,9 +49,15 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
     for s in infos:
         if os.path.realpath(s["path"]) == real_out:
             raise MergeError(f"output {output} is one of the shard files; choose another output")
-    if os.path.exists(output) and not overwrite:
-        raise MergeError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
     n = infos[-1]["row_stop"]
+    if os.path.exists(output) and not overwrite:
+        # A rerun of the same merge (a retried batch job, a Makefile) is a no-op, like extract's.
+        if _is_this_merge(output, infos, n, copy):
+            return {"output": output, "shards": [s["path"] for s in infos], "n_shards": len(infos), "rows": n,
+                    "virtual": not copy, "bytes": os.path.getsize(output), "seconds": round(time.time() - t0, 3),
+                    "skipped_existing": True}
+        raise MergeError(f"{output} already exists and is not this merge of these shards; "
+                         "use --overwrite (overwrite=True in Python) to replace it")
     attrs = _merged_attrs(infos, n, copy)
     out_dir = os.path.dirname(os.path.abspath(output))
     tmp = f"{output}.tmp-{os.getpid()}"
@@ -75,7 +81,23 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
             os.remove(tmp)
         raise
     return {"output": output, "shards": [s["path"] for s in infos], "n_shards": len(infos), "rows": n,
-            "virtual": not copy, "bytes": os.path.getsize(output), "seconds": round(time.time() - t0, 3)}
+            "virtual": not copy, "bytes": os.path.getsize(output), "seconds": round(time.time() - t0, 3),
+            "skipped_existing": False}
+
+
+def _is_this_merge(output: str, infos: list[dict], n: int, copy: bool) -> bool:
+    """True when ``output`` is a finished merge of exactly these shards, in the same mode."""
+    import h5py
+
+    want = json.dumps(_full_run(infos[0]["settings"], n), sort_keys=True)
+    try:
+        with h5py.File(output, "r") as f:
+            a = dict(f.attrs)
+    except OSError:
+        return False
+    merged_from = [str(x.decode() if isinstance(x, bytes) else x) for x in a.get("merged_from", [])]
+    return (bool(a.get("complete")) and a.get("settings_json") == want and bool(a.get("virtual")) == (not copy)
+            and merged_from == [os.path.basename(s["path"]) for s in infos])
 
 
 # -- checks ------------------------------------------------------------------------------------

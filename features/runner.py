@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from features.manifest import Manifest, parse_shard
 from features.commit import (ChunkWriter, Terminated, check_signal, install_signal_handlers,  # noqa: F401
                              restore_signal_handlers)
 from features.runtimes import RUNTIMES, default_runtime, make_extractor, resolve_runtime, resolve_xla  # noqa: F401
+from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, shard_output  # noqa: F401
 from features.sources import read_source
 
 log = logging.getLogger("bneck")
@@ -44,81 +44,7 @@ IN_FLIGHT = 2
 _store_rows = batches.store_rows
 
 
-class TooManyBadImages(RuntimeError):
-    """More than --max-bad-fraction of the rows could not be decoded; chunks are kept."""
-
-
-@dataclass
-class ExtractConfig:
-    """Every setting of ``bneck extract`` (the CLI maps its flags one to one onto these)."""
-
-    data: str
-    output: str
-    backbone: str = "vgg16"
-    layer: str | None = None
-    input_size: str | None = None
-    pooling: str = "none"
-    weights: str = "imagenet"
-    seed: int = 0
-    precision: str = "auto"
-    store_dtype: str = "float16"
-    flip: bool = True
-    batch_size: int = 32
-    chunk_rows: int | None = None
-    shard: str | None = None
-    overwrite: bool = False
-    max_bad_fraction: float = 0.05
-    workers: int | None = None
-    runtime: str = field(default_factory=lambda: default_runtime())
-    xla: str = "auto"  # auto = on with a GPU only (on this CPU it made VGG16 slower)
-    calibration_images: int = int8.DEFAULT_IMAGES  # --precision int8 only
-    calibrate_on: str | None = None  # --precision int8 only: another source to calibrate on (e.g. the train set)
-    progress: bool = True
-    source: dict = field(default_factory=dict)  # kind, categories, image_root, path_column, ...
-
-
-@dataclass
-class ExtractSummary:
-    """What one run did (printed as the one-line summary, and as JSON with --json)."""
-
-    output: str
-    rows: int
-    computed: int
-    bad: int
-    seconds: float
-    bytes_written: int
-    skipped_existing: bool = False
-    bad_reasons: dict = field(default_factory=dict)
-    startup_seconds: float = 0.0  # manifest, weights, model build/conversion: before the first batch
-
-    @property
-    def images_per_s(self) -> float:
-        return self.computed / self.seconds if self.seconds > 0 else 0.0
-
-    def line(self) -> str:
-        if self.skipped_existing:
-            return f"{self.output} is already complete ({self.rows} rows); nothing to do (use --overwrite to redo)"
-        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.bad_reasons.items()))
-        return (f"{self.rows} images ({self.computed} computed now), {self.bad} bad"
-                + (f" [{reasons}]" if reasons else "")
-                + f", {self.seconds:.1f} s, {self.images_per_s:.1f} img/s, "
-                f"{self.bytes_written / 1e6:.1f} MB written -> {self.output}")
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["images_per_s"] = round(self.images_per_s, 2)
-        steady = self.seconds - self.startup_seconds
-        d["images_per_s_after_startup"] = round(self.computed / steady, 2) if steady > 0 else 0.0
-        return d
-
-
-def shard_output(output: str, shard: str | None) -> str:
-    """The predictable file name of shard I/N: ``OUT.shard-0000I-of-0000N.h5``."""
-    if not shard:
-        return output
-    i, n = parse_shard(shard)
-    root, ext = os.path.splitext(output)
-    return f"{root}.shard-{i:05d}-of-{n:05d}{ext or '.h5'}"
+_BAD_SHOWN = 10  # undecodable files named in the TooManyBadImages message
 
 
 def _default_workers() -> int:
@@ -142,6 +68,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     from features import mapper, weights as W
 
     precision = mapper.resolve_precision(cfg.precision)
+    if runtime == "openvino" and precision == "bf16" and not mapper.cpu_has_bf16():
+        # OpenVINO would run the bf16 request in f32 and the attrs would say bf16: record the truth.
+        log.warning("this CPU has no native bf16 (AMX or AVX512_BF16): OpenVINO runs --precision bf16 in fp32, "
+                    "so the file records precision fp32")
+        precision = "fp32"
     xla = resolve_xla(cfg.xla, runtime)
     if runtime == "openvino" and precision == "fp16":
         raise ValueError("--precision fp16 is a GPU setting; with --runtime openvino use bf16 or fp32")
@@ -158,28 +89,40 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if chunk_rows % cfg.batch_size:
         raise ValueError("--chunk-rows must be a multiple of --batch-size (so resumed batches line up)")
 
+    def settings_for(winfo):
+        return {
+            "format_version": FORMAT_VERSION, "backbone": spec.name, "layer": layer, "pooling": cfg.pooling,
+            "input_size": list(input_size), "weights": winfo.identity, "weights_sha256": winfo.sha256,
+            "seed": cfg.seed, "precision": precision, "store_dtype": cfg.store_dtype, "flip": cfg.flip,
+            "runtime": runtime, "xla": xla, "source_kind": manifest.kind, "source_fingerprint": fingerprint,
+            "shard": cfg.shard or "0/1", "row_start": start, "row_stop": stop,
+            "batch_size": cfg.batch_size, "chunk_rows": chunk_rows,
+            **({"calibration": calibration.key} if calibration else {}),
+        }
+
+    def already_done():
+        store.remove_stale_partial(out)  # left by a writer killed right after its final rename
+        bad = store.bad_reasons(out)  # the file's own counts, so reruns report what a first run did
+        return ExtractSummary(out, stop - start, 0, sum(bad.values()), time.time() - t0, 0,
+                              skipped_existing=True, bad_reasons=bad)
+
+    # A Makefile's rerun of a finished extract should cost milliseconds, not a backbone build:
+    # when the weights are known without building, the file's attrs are checked first.
+    if not cfg.overwrite and os.path.exists(out):
+        known = W.known_weights(spec, cfg.weights, cfg.seed)
+        if known is not None and store.check_existing(out, settings_for(known)):
+            return already_done()
     # Weights are resolved before the settings so their hash is part of them.
     # OpenVINO takes a float32 graph and applies bf16 itself; TensorFlow needs the Keras policy.
     policy = None if runtime == "openvino" else mapper.dtype_policy(precision)
     model, winfo = W.build_backbone(spec, input_size=input_size, layer=layer, weights=cfg.weights,
                                     seed=cfg.seed, dtype_policy=policy)
     _fault_point("model_built")
-    settings = {
-        "format_version": FORMAT_VERSION, "backbone": spec.name, "layer": layer, "pooling": cfg.pooling,
-        "input_size": list(input_size), "weights": winfo.identity, "weights_sha256": winfo.sha256,
-        "seed": cfg.seed, "precision": precision, "store_dtype": cfg.store_dtype, "flip": cfg.flip,
-        "runtime": runtime, "xla": xla, "source_kind": manifest.kind, "source_fingerprint": fingerprint,
-        "shard": cfg.shard or "0/1", "row_start": start, "row_stop": stop,
-        "batch_size": cfg.batch_size, "chunk_rows": chunk_rows,
-        **({"calibration": calibration.key} if calibration else {}),
-    }
+    settings = settings_for(winfo)
     # --overwrite deletes the old output and chunks only under the partial dir's lock (in
     # PartialStore.open), so it cannot pull them away from a writer that is still running.
     if not cfg.overwrite and store.check_existing(out, settings):
-        store.remove_stale_partial(out)  # left by a writer killed right after its final rename
-        bad = store.bad_reasons(out)  # the file's own counts, so reruns report what a first run did
-        return ExtractSummary(out, stop - start, 0, sum(bad.values()), time.time() - t0, 0,
-                              skipped_existing=True, bad_reasons=bad)
+        return already_done()
 
     extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla, calibration=calibration)
     startup = time.time() - t0
@@ -291,10 +234,14 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
     n, bad = stop - start, int((~valid).sum())
     summary = ExtractSummary(out, n, computed, bad, time.time() - t0, written, bad_reasons=dict(reasons))
     if n and bad / n > cfg.max_bad_fraction:
+        # The final file (and so `bneck info`'s list of bad rows) does not exist yet: name them here.
+        rows = np.flatnonzero(~valid)
+        shown = "; ".join(f"{manifest.paths[start + i]} ({marks['reason'][i]})" for i in rows[:_BAD_SHOWN])
+        more = f"; and {len(rows) - _BAD_SHOWN} more" if len(rows) > _BAD_SHOWN else ""
         raise TooManyBadImages(
             f"{bad} of {n} images ({bad / n:.1%}) could not be decoded ({dict(reasons)}), more than "
-            f"--max-bad-fraction {cfg.max_bad_fraction}. All chunks are kept in {pstore.dir}; rerun with a "
-            "higher --max-bad-fraction to finish without recomputing, or fix the inputs")
+            f"--max-bad-fraction {cfg.max_bad_fraction}: {shown}{more}. All chunks are kept in {pstore.dir}; "
+            "rerun with a higher --max-bad-fraction to finish without recomputing, or fix the inputs")
     row_data = {"paths": store.string_array(manifest.paths[start:stop])}
     if manifest.labels is not None:
         row_data["labels"] = (np.asarray(manifest.labels[start:stop], dtype=np.int64),

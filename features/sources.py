@@ -92,7 +92,7 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
                                                                    for _, row in rows)]
         if not tcols:
             raise SourceError(f"{path}: no label column ({'/'.join(LABEL_COLUMNS)}) and no numeric "
-                              f"target columns; name them with label_column or target_columns")
+                              f"target columns; name them with --label-column or --target-columns")
     targets = _parse_floats(path, header, rows, tcols)
     for i in np.flatnonzero(np.isnan(targets).all(axis=1)):
         errors.setdefault(int(i), "no_targets")
@@ -136,10 +136,15 @@ def read_source(path, *, kind="auto", categories=None, image_root=None, path_col
     given = {"categories": categories, "image_root": image_root, "path_column": path_column,
              "label_column": label_column, "target_columns": target_columns}
     given = {k: v for k, v in given.items() if v is not None}
+    if (kind == "folder") != os.path.isdir(path):
+        raise SourceError(f"{path}: --source-kind {kind} reads a "
+                          f"{'directory of class folders' if kind == 'folder' else 'file'}, and this is "
+                          f"{'a directory' if os.path.isdir(path) else 'a file'}")
     # Reject options the reader would ignore: a silently ignored option is a wrong dataset.
     unused = sorted(set(given) - set(inspect.signature(SOURCES[kind]).parameters))
     if unused:
-        raise SourceError(f"{path}: option(s) {', '.join(unused)} do not apply to a {kind} source")
+        flags = ", ".join("--" + u.replace("_", "-") for u in unused)
+        raise SourceError(f"{path}: option(s) {flags} do not apply to a {kind} source")
     return SOURCES[kind](path, **given)
 
 

@@ -48,7 +48,8 @@ def read_kaggle_keypoints(path):
 def read_places365(path, *, categories=None, image_root=None):
     """Read a Places365 list file (``<image> <label>`` lines) with its categories file."""
     if categories is None:
-        raise SourceError(f"{path}: a Places365 list file needs categories (categories_places365.txt)")
+        raise SourceError(f"{path}: a Places365 list file needs its categories file: "
+                          "--categories categories_places365.txt")
     by_index = {}
     for line, (name, value) in _pairs(categories):
         if value in by_index:

@@ -192,8 +192,8 @@ class PartialStore:
                 self.target.create()
         else:
             if done:  # markers without their rows (e.g. a partial dir of an older bneck)
-                log.warning(f"{self.dir} has {len(done)} chunk markers but no {os.path.basename(self.target.path)}; "
-                      "recomputing them")
+                log.warning(f"{self.dir} has {len(done)} chunk markers but no {os.path.basename(self.target.path)} "
+                            "with its snapshot; recomputing them")
                 self._discard_chunks()
             self.target.create()
         done = self.done_chunks()

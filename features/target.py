@@ -161,6 +161,10 @@ class Target:
         try:
             with np.load(self.snapshot_path, allow_pickle=False) as z:
                 pieces, blob, size, ranges = z["pieces"], z["blob"].tobytes(), int(z["size"]), z["ranges"]
+        except FileNotFoundError:
+            # The snapshot is written before target.h5 is renamed into place, so a target without
+            # one was touched by hand: nothing vouches for its rows' layout. Recompute them.
+            raise TargetError(f"{self.snapshot_path} is missing") from None
         except OSError as exc:  # zipfile's BadZipFile is not an OSError: a damaged snapshot lands below
             raise TargetUnreadable(f"{self.snapshot_path} cannot be read ({exc})") from None
         except Exception as exc:

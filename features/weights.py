@@ -84,6 +84,23 @@ def prefetch_help(spec: BackboneSpec) -> str:
     )
 
 
+def known_weights(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) -> WeightsInfo | None:
+    """What :func:`build_backbone` would load, when that can be told without building; else None.
+
+    A finished extract's rerun compares it with the file's attrs and skips the backbone build
+    (seconds for VGG16). Weights that would have to be downloaded first are not known: None.
+    """
+    choice = (weights or "imagenet").strip()
+    if choice.lower() == "none":
+        return WeightsInfo("none", None, "", seed)
+    if choice.lower() in ("imagenet", "auto"):
+        path = find_cached(spec)
+        return WeightsInfo("imagenet", path, sha256_file(path), seed) if path else None
+    if os.path.isfile(choice):
+        return WeightsInfo("file", os.path.abspath(choice), sha256_file(choice), seed)
+    return None
+
+
 def build_backbone(spec: BackboneSpec, *, input_size, layer: str | None = None, weights: str = "imagenet",
                    seed: int = 0, dtype_policy: str | None = None):
     """Build the truncated backbone (``layer`` output) with resolved weights; returns (model, WeightsInfo)."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
+
+from pipeline.cli_json import json_text
 
 
 def add_commands(sub) -> None:
@@ -20,7 +21,8 @@ def add_commands(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="merged HDF5 file to write (atomically)")
     p.add_argument("--copy", action="store_true",
                    help="copy the rows into a self-contained file instead of a virtual dataset")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file (without it, rerunning the same merge is a no-op)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (--copy)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_cmd_merge)
@@ -51,8 +53,9 @@ def _cmd_merge(args) -> int:
     summary = merge(expand_shards(args.shards), args.output, copy=args.copy, overwrite=args.overwrite,
                     progress=args.progress)
     if args.json:
-        print(json.dumps(summary))
+        print(json_text(summary))
     else:
         kind = "self-contained copy" if args.copy else "virtual dataset: keep the shard files next to it"
-        print(f"merged {summary['n_shards']} shards, {summary['rows']} rows -> {summary['output']} ({kind})")
+        done = "already merged" if summary["skipped_existing"] else "merged"
+        print(f"{done} {summary['n_shards']} shards, {summary['rows']} rows -> {summary['output']} ({kind})")
     return 0

@@ -63,9 +63,15 @@ def test_merge_equals_a_single_run_and_extract_sees_it_complete(run, copy):
     assert check_sources(out) == ([] if copy else sorted(shards))
     again = extract(ExtractConfig(data=str(root / "data"), output=out, **KW))
     assert again.skipped_existing and again.rows == 13
-    with pytest.raises(MergeError, match="already exists"):
-        merge(shards, out)
-    merge(shards, out, copy=copy, overwrite=True, progress=False)
+    # Rerunning the same merge (a retried job) is a no-op; another merge into the file is refused.
+    before = os.stat(out).st_mtime_ns
+    again = merge(shards, out, copy=copy, progress=False)
+    assert again["skipped_existing"] and again["rows"] == 13 and os.stat(out).st_mtime_ns == before
+    with pytest.raises(MergeError, match="already exists and is not this merge"):
+        merge(shards, out, copy=not copy, progress=False)
+    with pytest.raises(MergeError, match="already exists and is not this merge"):
+        merge(shards, single, progress=False)  # a single run's file is no merge at all
+    assert not merge(shards, out, copy=copy, overwrite=True, progress=False)["skipped_existing"]
 
 
 def test_relative_sources_survive_moving_the_directory(run, tmp_path, monkeypatch):

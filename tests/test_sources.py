@@ -120,6 +120,17 @@ def test_unknown_option_and_kind_rejected(tmp_path):
     with pytest.raises(SourceError, match="no such file"):
         read_source(str(tmp_path / "nope.csv"))
     assert set(SOURCES) == {"folder", "csv", "kaggle_keypoints", "places365"}
+    with pytest.raises(SourceError, match="--label-column do not apply to a folder source"):
+        read_source(str(tmp_path), label_column="y")
+
+
+@pytest.mark.parametrize("kind", ["csv", "kaggle_keypoints", "places365"])
+def test_a_file_kind_on_a_directory_and_back_is_named(tmp_path, kind):
+    (tmp_path / "d.csv").write_text("path,label\na,b\n")
+    with pytest.raises(SourceError, match=f"--source-kind {kind} reads a file, and this is a directory"):
+        read_source(str(tmp_path), kind=kind)
+    with pytest.raises(SourceError, match="--source-kind folder reads a directory of class folders, and this is a f"):
+        read_source(str(tmp_path / "d.csv"), kind="folder")
 
 
 # ---------------------------------------------------------------- kaggle

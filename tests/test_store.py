@@ -72,7 +72,7 @@ def test_markers_without_a_target_are_recomputed_not_trusted(tmp_path, caplog):
     os.remove(ps.target.path)  # e.g. a partial dir of an older bneck, whose chunk files held the rows
     again = _store(out).open()
     assert again.done_chunks() == set()
-    assert "1 chunk markers but no target.h5; recomputing them" in caplog.text
+    assert "1 chunk markers but no target.h5 with its snapshot; recomputing them" in caplog.text
     again.close()
 
 
@@ -163,6 +163,19 @@ def test_rows_without_settings_are_discarded(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="bneck"):
         again = _store(out, settings={"seed": 1}).open()
     assert again.done_chunks() == set() and "no settings.json" in caplog.text
+
+
+def test_a_target_without_its_snapshot_recomputes(tmp_path, caplog):
+    out = tmp_path / "o.h5"
+    ps = _store(out).open()
+    ps.write_chunk(0, _chunk(ps, 0))
+    ps.close()
+    os.remove(ps.target.snapshot_path)  # by hand: nothing vouches for the target's layout any more
+    with caplog.at_level("WARNING", logger="bneck"):
+        again = _store(out).open()
+    assert again.done_chunks() == set() and "recomputing" in caplog.text
+    again.write_chunk(0, _chunk(again, 0))
+    assert again.done_chunks() == {0}
 
 
 def test_a_target_that_cannot_be_read_now_keeps_every_chunk(tmp_path, monkeypatch):

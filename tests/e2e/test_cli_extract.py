@@ -103,6 +103,7 @@ def test_sigterm_commits_and_exits_nonzero(data, reference, tmp_path):
 def test_too_many_bad_images_exit_code(data, tmp_path):
     r = bneck("extract", str(data), "-o", str(tmp_path / "x.h5"), *COMMON[:-1], "0.01")
     assert r.returncode == 3 and "--max-bad-fraction" in r.stderr
+    assert "broken.jpg (truncated)" in r.stderr  # the final file does not exist: the message names them
 
 
 def test_clear_errors_exit_1(tmp_path):
@@ -134,3 +135,37 @@ def test_a_batch_size_below_one_is_a_usage_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipeline", "extract", str(tmp_path), "-o", str(tmp_path / "o.h5"),
                         "--batch-size", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "--batch-size: must be at least 1" in r.stderr
+
+
+def test_json_stdout_stays_json_when_keras_prints_while_downloading(data, tmp_path, monkeypatch, capsys):
+    """Keras prints "Downloading data from ..." to stdout; with --json only the JSON object may be there."""
+    import keras
+
+    from pipeline.cli import main
+
+    module = keras.applications.mobilenet
+    real = module.MobileNet
+
+    def offline_mobilenet(*args, weights=None, **kw):
+        if weights == "imagenet":  # what Keras does on a machine without network access
+            print("Downloading data from https://storage.googleapis.com/.../mobilenet_1_0_224_tf_no_top.h5")
+            raise OSError("URL fetch failure: network is unreachable")
+        return real(*args, weights=weights, **kw)
+
+    monkeypatch.setattr(module, "MobileNet", offline_mobilenet)
+    argv = ["extract", str(data), "-o", str(tmp_path / "f.h5"), *COMMON, "--json"]
+    argv[argv.index("--weights") + 1] = "auto"  # imagenet if it can be had, else random (loudly)
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["rows"] == 25  # the whole of stdout is one JSON object
+    assert "Downloading data from" in err
+
+
+def test_info_names_the_file_it_cannot_read(tmp_path):
+    (tmp_path / "notes.h5").write_text("not HDF5 at all")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    for name, says in [("notes.h5", "cannot be read as HDF5"), ("other.h5", "not a bneck feature file"),
+                       ("gone.h5", "no such file")]:
+        r = bneck("info", str(tmp_path / name))
+        assert r.returncode == 1 and f"{tmp_path / name}: {says}" in r.stderr and "Traceback" not in r.stderr

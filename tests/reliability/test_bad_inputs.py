@@ -139,9 +139,12 @@ def test_valid_rows_equal_each_image_extracted_alone(extracted, corpus):
         alone_flipped.append(fl[0])
     alone, alone_flipped = np.stack(alone), np.stack(alone_flipped)
     stored, stored_flipped = feats[rows], flipped[rows]
-    # In-process TensorFlow may use several threads: equal up to float rounding...
-    np.testing.assert_allclose(stored, alone, rtol=1e-4, atol=1e-30)
-    np.testing.assert_allclose(stored_flipped, alone_flipped, rtol=1e-4, atol=1e-30)
+    # In-process TensorFlow may use several threads, and oneDNN picks kernels by CPU and batch:
+    # equal up to float rounding, judged against each row's own scale (random weights leave
+    # values of 1e-25 beside 1e-21, where rounding alone moves the small ones by 10%)...
+    for got, want in ((stored, alone), (stored_flipped, alone_flipped)):
+        scale = np.abs(want).reshape(len(rows), -1).max(axis=1).reshape(-1, *[1] * (want.ndim - 1))
+        np.testing.assert_allclose(got / scale, want / scale, rtol=1e-4, atol=1e-5)
     # ...and each row is nearer its own image than any other (a shifted row cannot pass).
     a = stored.reshape(len(rows), -1).astype(np.float64)
     b = alone.reshape(len(rows), -1).astype(np.float64)

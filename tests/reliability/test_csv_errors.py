@@ -70,7 +70,7 @@ STRUCTURAL = {
         {"cat.txt": "/a/airfield 0\n/b/bakery 0\n", "list.txt": "/a/airfield/1.jpg 0\n"},
         "list.txt", ["--categories", "{dir}/cat.txt"], ["cat.txt:2", "given twice"]),
     "places365: no categories file": (
-        {"list.txt": "/a/airfield/1.jpg 0\n"}, "list.txt", [], ["list.txt", "needs categories"]),
+        {"list.txt": "/a/airfield/1.jpg 0\n"}, "list.txt", [], ["list.txt", "needs its categories file: --categories"]),
     "option that does not apply": (
         {"l.csv": "path,label\na.png,cat\n", "cat.txt": "/a/x 0\n"}, "l.csv", ["--categories", "{dir}/cat.txt"],
         ["l.csv", "do not apply"]),

@@ -1,0 +1,91 @@
+"""What ``bneck extract`` is asked to do and what it reports: the config, the summary and the bad-images error.
+
+Kept apart from :mod:`features.runner` so callers (the CLI, the Ray engine, benches) can build a
+config or read a summary without the runner's machinery.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from features import int8
+from features.manifest import parse_shard
+from features.runtimes import default_runtime
+
+
+class TooManyBadImages(RuntimeError):
+    """More than --max-bad-fraction of the rows could not be decoded; chunks are kept."""
+
+
+@dataclass
+class ExtractConfig:
+    """Every setting of ``bneck extract`` (the CLI maps its flags one to one onto these)."""
+
+    data: str
+    output: str
+    backbone: str = "vgg16"
+    layer: str | None = None
+    input_size: str | None = None
+    pooling: str = "none"
+    weights: str = "imagenet"
+    seed: int = 0
+    precision: str = "auto"
+    store_dtype: str = "float16"
+    flip: bool = True
+    batch_size: int = 32
+    chunk_rows: int | None = None
+    shard: str | None = None
+    overwrite: bool = False
+    max_bad_fraction: float = 0.05
+    workers: int | None = None
+    runtime: str = field(default_factory=lambda: default_runtime())
+    xla: str = "auto"  # auto = on with a GPU only (on this CPU it made VGG16 slower)
+    calibration_images: int = int8.DEFAULT_IMAGES  # --precision int8 only
+    calibrate_on: str | None = None  # --precision int8 only: another source to calibrate on (e.g. the train set)
+    progress: bool = True
+    source: dict = field(default_factory=dict)  # kind, categories, image_root, path_column, ...
+
+
+@dataclass
+class ExtractSummary:
+    """What one run did (printed as the one-line summary, and as JSON with --json)."""
+
+    output: str
+    rows: int
+    computed: int
+    bad: int
+    seconds: float
+    bytes_written: int
+    skipped_existing: bool = False
+    bad_reasons: dict = field(default_factory=dict)
+    startup_seconds: float = 0.0  # manifest, weights, model build/conversion: before the first batch
+
+    @property
+    def images_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        if self.skipped_existing:
+            return f"{self.output} is already complete ({self.rows} rows); nothing to do (use --overwrite to redo)"
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.bad_reasons.items()))
+        return (f"{self.rows} images ({self.computed} computed now), {self.bad} bad"
+                + (f" [{reasons}]" if reasons else "")
+                + f", {self.seconds:.1f} s, {self.images_per_s:.1f} img/s, "
+                f"{self.bytes_written / 1e6:.1f} MB written -> {self.output}")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["images_per_s"] = round(self.images_per_s, 2)
+        steady = self.seconds - self.startup_seconds
+        d["images_per_s_after_startup"] = round(self.computed / steady, 2) if steady > 0 else 0.0
+        return d
+
+
+def shard_output(output: str, shard: str | None) -> str:
+    """The predictable file name of shard I/N: ``OUT.shard-0000I-of-0000N.h5``."""
+    if not shard:
+        return output
+    i, n = parse_shard(shard)
+    root, ext = os.path.splitext(output)
+    return f"{root}.shard-{i:05d}-of-{n:05d}{ext or '.h5'}"
