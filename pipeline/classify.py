@@ -118,6 +118,8 @@ def classify(inputs, *, backbone: str, top_k: int = 5, weights: str = "imagenet"
     """
     from pipeline.predict import list_images
 
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     spec = backbones.get(backbone)
     problems, model, decode = [], None, None
     try:
@@ -131,7 +133,7 @@ def classify(inputs, *, backbone: str, top_k: int = 5, weights: str = "imagenet"
     if problems:
         raise WeightsError("\n".join(problems))
     # A plain function returning a generator, so the errors above surface at the call, not at first next().
-    return _run(list_images(inputs), spec, model, decode, top_k, batch_size)
+    return _run(list_images(inputs, keep_missing=True), spec, model, decode, top_k, batch_size)
 
 
 def _run(paths, spec, model, decode, top_k, batch_size):

@@ -7,10 +7,12 @@ Exit codes (for Makefiles and batch schedulers): 0 done (or already done), 1 err
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+
+from pipeline.cli_json import json_text
+from pipeline.cli_types import fraction, non_negative_float, non_negative_int, positive_int
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our messages
 
@@ -24,12 +26,8 @@ _NO_TENSORFLOW = {"info", "merge", "extract"}
 EXIT_ERROR, EXIT_USAGE, EXIT_BAD_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+class UsageError(Exception):
+    """Flags that argparse alone cannot check together (e.g. ``-o`` without ``--plot``): exit 2."""
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -64,7 +62,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                    help="auto: bf16 on bf16-capable CPUs, fp16 on GPUs, else fp32; int8: OpenVINO model quantized "
                         "with NNCF, calibrated on this dataset (extra: pip install 'bneck[int8]') (default auto)")
-    p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+    p.add_argument("--calibration-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                    help="--precision int8: images spread evenly over the whole dataset (never one shard) that "
                         f"calibrate the quantization (default {DEFAULT_CALIBRATION_IMAGES})")
     p.add_argument("--calibrate-on", metavar="DATA",
@@ -75,13 +73,13 @@ def _add_extract(sub) -> None:
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="extract the original view only (default: original and horizontal mirror)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
-    p.add_argument("--chunk-rows", type=int, help="rows per committed chunk, a multiple of --batch-size "
+    p.add_argument("--chunk-rows", type=positive_int, help="rows per committed chunk, a multiple of --batch-size "
                                                   "(default 8 batches); a kill loses at most one chunk")
     p.add_argument("--shard", metavar="I/N", help="extract only shard I of N (0-based); writes OUT.shard-I-of-N.h5")
     p.add_argument("--overwrite", action="store_true", help="discard an existing output or partial run and redo it")
-    p.add_argument("--max-bad-fraction", type=float, default=0.05,
+    p.add_argument("--max-bad-fraction", type=fraction, default=0.05,
                    help="exit 3 when more than this fraction of images cannot be decoded (default 0.05)")
-    p.add_argument("--workers", type=int, help="decode threads (default: one per core)")
+    p.add_argument("--workers", type=positive_int, help="decode threads (default: one per core)")
     p.add_argument("--runtime", choices=["auto", "tensorflow", "openvino"], default=None,
                    help="auto: OpenVINO on a CPU when the [openvino] extra is installed, else TensorFlow "
                         "(default $BNECK_RUNTIME or auto)")
@@ -93,9 +91,9 @@ def _add_extract(sub) -> None:
                         "(optional extra: pip install 'bneck[ray]')")
     p.add_argument("--ray-address", help="--engine ray: cluster to join, auto, HOST:PORT or ray://HOST:10001 "
                                          "(default: start Ray on this machine)")
-    p.add_argument("--num-workers", type=int,
+    p.add_argument("--num-workers", type=positive_int,
                    help="--engine ray: backbone actors (default: one per GPU, else one per 8 CPUs)")
-    p.add_argument("--num-gpus-per-worker", type=float,
+    p.add_argument("--num-gpus-per-worker", type=non_negative_float,
                    help="--engine ray: GPUs per actor, fractions share a GPU "
                         "(default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -124,7 +122,7 @@ def _cmd_extract(args) -> int:
                               num_gpus_per_worker=args.num_gpus_per_worker)
     else:
         summary = extract(cfg)
-    print(json.dumps(summary.as_dict()) if args.json else summary.line())
+    print(json_text(summary.as_dict()) if args.json else summary.line())
     return 0
 
 
@@ -132,7 +130,7 @@ def _add_info(sub) -> None:
     p = sub.add_parser("info", help="show shapes, counts, provenance attrs and bad rows of a feature file")
     p.add_argument("file", help="HDF5 feature file written by `bneck extract`")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--max-bad", type=int, default=20, help="bad rows to list (default 20)")
+    p.add_argument("--max-bad", type=non_negative_int, default=20, help="bad rows to list (default 20)")
     p.set_defaults(func=_cmd_info)
 
 
@@ -140,7 +138,7 @@ def _cmd_info(args) -> int:
     from features.fileinfo import describe_file, format_info
 
     info = describe_file(args.file, max_bad=args.max_bad)
-    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    print(json_text(info, indent=1) if args.json else format_info(info))
     return 0
 
 
@@ -160,6 +158,10 @@ def _add_backbones(sub) -> None:
 def _cmd_backbones(args) -> int:
     from features.backbones import describe
 
+    if args.output and not args.plot:
+        raise UsageError("-o/--output is the image file of --plot NAME")
+    if args.input_size and not (args.summary or args.plot):
+        raise UsageError("--input-size applies to --summary NAME or --plot NAME")
     if args.summary or args.plot:
         from pipeline import filters
 
@@ -167,11 +169,11 @@ def _cmd_backbones(args) -> int:
             print(filters.plot_backbone(args.plot, args.output or f"{args.plot}.png", input_size=args.input_size))
             return 0
         table = filters.layer_table(args.summary, input_size=args.input_size)
-        print(json.dumps(table, indent=1) if args.json else filters.format_layer_table(table))
+        print(json_text(table, indent=1) if args.json else filters.format_layer_table(table))
         return 0
     rows = describe()
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json_text(rows, indent=1))
         return 0
     print(f"{'name':15s} {'input':>9s} {'preprocess':16s} {'default layer':22s} other layers")
     for r in rows:
@@ -222,6 +224,9 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args) or 0
+    except UsageError as exc:
+        print(f"bneck {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except TooManyBadImages as exc:
         log.error("%s", exc)
         return EXIT_BAD_IMAGES
@@ -233,7 +238,10 @@ def main(argv=None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        log.error("interrupted; finished chunks are kept, rerun the same command to resume")
+        if args.command == "extract":
+            log.error("interrupted; finished chunks are kept, rerun the same command to resume")
+        else:  # every other command writes its output atomically at the end
+            log.error("interrupted; nothing was written")
         return EXIT_INTERRUPTED
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         if args.verbose:

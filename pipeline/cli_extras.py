@@ -3,7 +3,7 @@
 
 def add_commands(sub) -> None:
     """Register the extra subcommands on ``sub`` (each module adds its own parser)."""
-    from pipeline import cli_merge
+    from pipeline import cli_merge, cli_more
 
     cli_merge.add_commands(sub)
-    from pipeline import cli_more; cli_more.add_commands(sub)  # noqa: E702
+    cli_more.add_commands(sub)

@@ -8,8 +8,10 @@ stays fast).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from pipeline.cli_json import json_text
+from pipeline.cli_types import fraction, fraction_below_one, int_between, non_negative_int, positive_float, positive_int
 
 
 def add_commands(sub) -> None:
@@ -40,17 +42,18 @@ def _add_finetune(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--unfreeze", metavar="PREFIX", help="train the backbone layers whose name starts with PREFIX "
                                                         "(comma-separate several), e.g. block5 for VGG16")
-    g.add_argument("--unfreeze-last", type=int, metavar="N",
+    g.add_argument("--unfreeze-last", type=non_negative_int, metavar="N",
                    help="train the last N backbone layers that have weights (0: the head only)")
     p.add_argument("--train-bn", action=argparse.BooleanOptionalAction, default=False,
                    help="let BatchNorm layers in the unfrozen part train and update their statistics "
                         "(default: frozen, inference mode)")
-    p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (default 1e-4)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs; the best validation epoch is kept (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="SGD learning rate (default 1e-4)")
+    p.add_argument("--momentum", type=fraction_below_one, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--epochs", type=positive_int, default=10,
+                   help="epochs; the best validation epoch is kept (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default 32)")
     p.add_argument("--val", help="separate validation images (same kinds as DATA)")
-    p.add_argument("--val-split", type=float, default=0.2,
+    p.add_argument("--val-split", type=fraction_below_one, default=0.2,
                    help="validation fraction of DATA when --val is not given, stratified for classes (default 0.2)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random shift/zoom/rotation/flip/brightness/channel shift; for keypoints a flip-aware "
@@ -74,7 +77,7 @@ def _cmd_finetune(args) -> int:
     f, m = meta["finetune"], meta["metrics"]
     key = "accuracy" if meta["task"] == "classification" else "rmse_px"
     if args.json:
-        print(json.dumps({"model": args.output, key: m.get(key), "best_epoch": f["best_epoch"],
+        print(json_text({"model": args.output, key: m.get(key), "best_epoch": f["best_epoch"],
                           "epochs": f["epochs"], "seconds": f["seconds"], "val_before": f["val_before"],
                           "trainable_backbone_layers": len(f["trainable_backbone_layers"])}))
     else:
@@ -98,8 +101,11 @@ def _add_evaluate_images(sub) -> None:
                                    "head) and report accuracy or keypoint RMSE.")
     p.add_argument("model", help="model directory from `bneck train` or `bneck finetune`")
     p.add_argument("data", help="labelled images: class folder, CSV or Kaggle keypoint CSV")
-    p.add_argument("--top-k", type=int, default=5, help="also report top-k accuracy (default 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="also report top-k accuracy (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
+    p.add_argument("--max-bad-fraction", type=fraction, default=0.05,
+                   help="exit 3 when more than this fraction of images cannot be decoded (default 0.05); "
+                        "below it they are left out, named on stderr and in the JSON's bad_images")
     p.add_argument("--json", action="store_true", help="one JSON object; headline accuracy or rmse_px at top level")
     _add_source_args(p)
     p.set_defaults(func=_cmd_evaluate_images)
@@ -109,8 +115,9 @@ def _cmd_evaluate_images(args) -> int:
     from pipeline.evaluate import format_report
     from pipeline.finetune import evaluate_on_images
 
-    r = evaluate_on_images(args.model, args.data, top_k=args.top_k, batch_size=args.batch_size, source=_source(args))
-    print(json.dumps(r) if args.json else format_report({**r, "features": r["data"],
+    r = evaluate_on_images(args.model, args.data, top_k=args.top_k, batch_size=args.batch_size, source=_source(args),
+                           max_bad_fraction=args.max_bad_fraction)
+    print(json_text(r) if args.json else format_report({**r, "features": r["data"],
                                                            "n_invalid_skipped": r["n_bad_skipped"]}))
     return 0
 
@@ -121,10 +128,10 @@ def _add_classify(sub) -> None:
                                    "with-top weights and imagenet_class_index.json must be in the Keras cache.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or directories (searched recursively)")
     p.add_argument("--backbone", required=True, help="backbone name (see `bneck backbones`)")
-    p.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="labels per image (default 5)")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet (Keras cache, else download) or a with-top .h5/.weights.h5 file (default imagenet)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per model call (default 16)")
     p.add_argument("--json", action="store_true", help="JSON lines: path plus predictions [{wnid, label, score}]")
     p.set_defaults(func=_cmd_classify)
 
@@ -137,7 +144,7 @@ def _cmd_classify(args) -> int:
                       batch_size=args.batch_size):
         failed += "error" in r
         if args.json:
-            print(json.dumps(r), flush=True)
+            print(json_text(r), flush=True)
         elif "error" in r:
             print(f"{r['path']}\tERROR {r['error']}: {r['detail']}", flush=True)
         else:
@@ -158,9 +165,9 @@ def _add_filters(sub) -> None:
     p.add_argument("--weights", default="imagenet", help="imagenet, none (random, seeded), auto, or a weights file "
                                                          "(default imagenet)")
     p.add_argument("--seed", type=int, default=0, help="seed of the start noise and of --weights none (default 0)")
-    p.add_argument("--steps", type=int, default=30, help="gradient-ascent steps (default 30)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--step", type=float, default=2.0, help="step size in pixel levels per step (default 2.0)")
+    p.add_argument("--steps", type=positive_int, default=30, help="gradient-ascent steps (default 30)")
+    p.add_argument("--size", type=positive_int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--step", type=positive_float, default=2.0, help="step size in pixel levels per step (default 2.0)")
     p.add_argument("--json", action="store_true", help="print path, grid size and start/end activations as JSON")
     p.set_defaults(func=_cmd_filters)
 
@@ -172,7 +179,7 @@ def _cmd_filters(args) -> int:
                           steps=args.steps, size=args.size, step=args.step, seed=args.seed)
     start, end = r["activations"][0], r["activations"][-1]
     if args.json:
-        print(json.dumps({k: v for k, v in r.items() if k != "activations"} | {"start": start, "end": end}))
+        print(json_text({k: v for k, v in r.items() if k != "activations"} | {"start": start, "end": end}))
     else:
         print(f"{len(r['filters'])} filters of {args.layer} -> {r['path']} ({r['grid_size'][0]}x{r['grid_size'][1]}); "
               f"mean activation {sum(start) / len(start):.4g} -> {sum(end) / len(end):.4g}")
@@ -185,8 +192,9 @@ def _add_frames(sub) -> None:
                                    "<stem>_<frame:06d>.jpg. Needs the [video] extra (imageio, imageio-ffmpeg).")
     p.add_argument("videos", metavar="VIDEO_DIR", help="directory of video files (.mp4, .avi, .mov, ...)")
     p.add_argument("-o", "--output", required=True, metavar="DATASET_DIR", help="class-folder dataset to write")
-    p.add_argument("--every", type=int, default=10, help="keep every N-th frame, starting with frame 0 (default 10)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default 95)")
+    p.add_argument("--every", type=positive_int, default=10,
+                   help="keep every N-th frame, starting with frame 0 (default 10)")
+    p.add_argument("--quality", type=int_between(1, 95), default=95, help="JPEG quality 1-95 (default 95)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_cmd_frames)
@@ -196,7 +204,7 @@ def _cmd_frames(args) -> int:
     from pipeline.frames import extract_frames
 
     r = extract_frames(args.videos, args.output, every=args.every, quality=args.quality, progress=args.progress)
-    print(json.dumps(r) if args.json else
+    print(json_text(r) if args.json else
           f"{r['videos']} videos -> {r['output']}: {len(r['classes'])} classes, {r['written']} frames written, "
           f"{r['skipped_existing']} already there, {r['skipped_videos']} videos already done"
           + (f"; {len(r['failed'])} could not be decoded" if r["failed"] else ""))

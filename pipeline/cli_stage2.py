@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
+
+from pipeline.cli_json import json_text
+from pipeline.cli_types import (fraction_below_one, int_at_least, joblib_jobs, non_negative_int, positive_float,
+                                 positive_int)
 
 
 def add_commands(sub) -> None:
@@ -26,39 +29,41 @@ def _add_train(sub) -> None:
                    help="add mirrored views as training rows (default: on when the file has them)")
     p.add_argument("--no-flipped", dest="use_flipped", action="store_false", help="train on original views only")
     p.add_argument("--val", help="separate validation feature file (default: split --val-split off the training file)")
-    p.add_argument("--val-split", type=float, default=0.2,
+    p.add_argument("--val-split", type=fraction_below_one, default=0.2,
                    help="validation fraction, stratified for labels, by source row (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the head (default 0)")
     p.add_argument("--memory-budget", default="2GiB",
                    help="load features into RAM below this size, else stream from HDF5 (default 2GiB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     g = p.add_argument_group("dense head")
-    g.add_argument("--units", type=int, help="hidden units, 0 for none (default 256)")
-    g.add_argument("--dropout", type=float, help="dropout rate (default: 0.5 for classes, 0.1 for regression)")
-    g.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
-    g.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    g.add_argument("--units", type=non_negative_int, help="hidden units, 0 for none (default 256)")
+    g.add_argument("--dropout", type=fraction_below_one,
+                   help="dropout rate (default: 0.5 for classes, 0.1 for regression)")
+    g.add_argument("--epochs", type=positive_int, help="maximum epochs (default 30)")
+    g.add_argument("--batch-size", type=positive_int, help="batch size (default 64)")
     g.add_argument("--optimizer", choices=["adam", "sgd"], help="adam, or sgd with Nesterov momentum (default adam)")
-    g.add_argument("--lr", type=float, dest="learning_rate", help="learning rate (default 1e-3)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--lr", type=positive_float, dest="learning_rate", help="learning rate (default 1e-3)")
+    g.add_argument("--momentum", type=fraction_below_one, help="SGD momentum (default 0.9)")
     g.add_argument("--lr-decay", choices=["auto", "linear", "none"],
                    help="linear LR decay to 1%% over the epochs (default auto: linear for sgd)")
-    g.add_argument("--patience", type=int, help="early-stopping patience in epochs; best epoch restored (default 8)")
+    g.add_argument("--patience", type=non_negative_int,
+                   help="early-stopping patience in epochs; best epoch restored (default 8)")
     g.add_argument("--gap", dest="pool", action="store_const", const="gap",
                    help="GlobalAveragePooling instead of Flatten in front of the dense layer")
     g = p.add_argument_group("svm / logreg heads")
-    g.add_argument("--C", type=float, dest="C", help="inverse regularisation strength (default 1.0)")
+    g.add_argument("--C", type=positive_float, dest="C", help="inverse regularisation strength (default 1.0)")
     g.add_argument("--kernel", choices=["linear", "rbf"], help="SVM kernel (default linear: LinearSVC)")
-    g.add_argument("--tol", type=float,
+    g.add_argument("--tol", type=positive_float,
                    help="SVM stopping tolerance (default 1e-2 for linear, LIBLINEAR's own; 1e-3 for rbf)")
     g.add_argument("--grid", action="append", metavar="PARAM=V1,V2",
                    help="cross-validated grid search, e.g. --grid C=0.01,0.1,1 (repeatable)")
-    g.add_argument("--cv", type=int, default=3, help="grid-search folds (default 3)")
-    g.add_argument("--jobs", type=int, default=1, help="parallel joblib workers for grid search / specialists")
+    g.add_argument("--cv", type=int_at_least(2), default=3, help="grid-search folds (default 3)")
+    g.add_argument("--jobs", type=joblib_jobs, default=1, help="parallel joblib workers for grid search / specialists")
     g = p.add_argument_group("keypoint specialists")
     g.add_argument("--groups", help="JSON file {group: [target columns]} (default: the six facial-keypoint groups)")
     g.add_argument("--specialist-base", choices=["ridge", "dense"], default="ridge",
                    help="estimator cloned per group (default ridge)")
-    g.add_argument("--alpha", type=float, help="ridge regularisation of the specialists (default 10)")
+    g.add_argument("--alpha", type=positive_float, help="ridge regularisation of the specialists (default 10)")
     p.add_argument("--json", action="store_true", help="print model.json's metrics as one JSON object")
     p.set_defaults(func=_cmd_train, needs_tensorflow=train_needs_tensorflow)
 
@@ -86,7 +91,7 @@ def _cmd_train(args) -> int:
                  groups=args.groups, specialist_base=args.specialist_base, overwrite=args.overwrite)
     m = meta.get("metrics", {})
     if args.json:
-        print(json.dumps({"model": args.output, "head": args.head, **{k: v for k, v in m.items()
+        print(json_text({"model": args.output, "head": args.head, **{k: v for k, v in m.items()
                                                                       if not isinstance(v, (dict, list))}}))
     else:
         headline = (f"val accuracy {m['accuracy']:.4f}" if "accuracy" in m else
@@ -101,7 +106,7 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a trained model on a feature file")
     p.add_argument("model", help="model directory from `bneck train`")
     p.add_argument("features", help="HDF5 feature file made with the same backbone settings")
-    p.add_argument("--top-k", type=int, default=5, help="also report top-k accuracy (default 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="also report top-k accuracy (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object; headline accuracy or rmse_px at top level")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -110,7 +115,7 @@ def _cmd_evaluate(args) -> int:
     from pipeline.evaluate import evaluate, format_report
 
     result = evaluate(args.model, args.features, top_k=args.top_k)
-    print(json.dumps(result) if args.json else format_report(result))
+    print(json_text(result) if args.json else format_report(result))
     return 0
 
 
@@ -118,9 +123,9 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="run new images through the stitched backbone and head")
     p.add_argument("model", help="model directory from `bneck train` or `bneck finetune`")
     p.add_argument("inputs", nargs="+", help="image files or directories (searched recursively)")
-    p.add_argument("--top-k", type=int, default=5, help="classes to report per image (default 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes to report per image (default 5)")
     p.add_argument("--tta-flip", action="store_true", help="average the original and mirrored predictions")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     p.add_argument("--json", action="store_true", help="JSON lines: path plus label/scores or targets")
     p.set_defaults(func=_cmd_predict)
 
@@ -132,7 +137,7 @@ def _cmd_predict(args) -> int:
     for r in predict(args.model, args.inputs, top_k=args.top_k, tta_flip=args.tta_flip, batch_size=args.batch_size):
         failed += "error" in r
         if args.json:
-            print(json.dumps(r), flush=True)
+            print(json_text(r), flush=True)
         elif "error" in r:
             print(f"{r['path']}\tERROR {r['error']}: {r['detail']}", flush=True)
         elif "label" in r:
@@ -151,7 +156,10 @@ def _add_export(sub) -> None:
     p.add_argument("--format", choices=["keras", "savedmodel", "tflite"], default="keras",
                    help="export format (default keras)")
     p.add_argument("--quantize", choices=["float16", "int8"], help="TFLite quantisation (int8 uses training images)")
-    p.add_argument("--representative", nargs="*", help="images for int8 calibration (default: training images)")
+    p.add_argument("--representative", nargs="+", metavar="IMAGE",
+                   help="image files or directories for int8 calibration and for the check after export "
+                        "(default: training images for int8, else seeded random pixels for the check)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file or SavedModel directory")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=_cmd_export)
 
@@ -160,6 +168,6 @@ def _cmd_export(args) -> int:
     from pipeline.export import export
 
     report = export(args.model, args.output, format=args.format, quantize=args.quantize,
-                    representative_images=args.representative)
-    print(json.dumps(report) if args.json else " ".join(f"{k}={v}" for k, v in report.items()))
+                    representative_images=args.representative, overwrite=args.overwrite)
+    print(json_text(report) if args.json else " ".join(f"{k}={v}" for k, v in report.items()))
     return 0

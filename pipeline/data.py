@@ -210,8 +210,8 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
         if use_flipped is None:
             use_flipped = f.has_flipped
         elif use_flipped and not f.has_flipped:
-            raise FeatureFileError(f"{f.path}: use_flipped requested but the file has no "
-                                   "flipped features (extracted with flip disabled)")
+            raise FeatureFileError(f"{f.path}: --use-flipped requested but the file has no "
+                                   "flipped features (extracted with --no-flip)")
         y_all, src = _y(f), np.flatnonzero(keep)
         if len(src) == 0:
             raise FeatureFileError(f"{f.path}: no usable rows ({n_invalid} invalid, "

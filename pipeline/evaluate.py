@@ -17,6 +17,8 @@ MODEL_COMPAT_KEYS = ("backbone", "layer", "input_size", "preprocessing", "poolin
 
 def classification_metrics(y_true, scores, class_names, *, top_k=5) -> dict:
     """Accuracy, top-k, per-class precision/recall and the confusion matrix from class scores."""
+    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     y_true = np.asarray(y_true, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     n_classes = len(class_names)

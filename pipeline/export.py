@@ -160,7 +160,7 @@ def stitch(model_dir):
 
 
 def export(model_dir, output, *, format: str = "keras", quantize: str | None = None, representative_images=None,
-           n_representative: int = 100, check: bool = True) -> dict:
+           n_representative: int = 100, check: bool = True, overwrite: bool = False) -> dict:
     """Export ``model_dir`` as one stitched model (pixels -> scores/targets) and check it against predict.
 
     Args:
@@ -173,6 +173,7 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
             and activations, float32 input/output, calibrated on representative images).
         representative_images: image paths for int8 calibration and the check; for int8 the default
             is up to ``n_representative`` images found under the features' ``source_root``.
+        overwrite: replace an existing ``output`` (without it, an existing one is an error).
         check: reload the artefact, run it on up to 8 images (the representative ones, else seeded
             random pixels) and compare with fp32 backbone + head (``Predictor.predict_arrays``).
 
@@ -186,8 +187,8 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
     if is_finetuned(model_dir):
         return export_finetuned(model_dir, output, format=format, quantize=quantize,
                                 representative_images=representative_images,
-                                n_representative=n_representative, check=check)
-    output = check_target(output, format, quantize)
+                                n_representative=n_representative, check=check, overwrite=overwrite)
+    output = check_target(output, format, quantize, overwrite=overwrite)
     model, head, meta, spec, backbone = stitch(model_dir)
     size = tuple(int(v) for v in meta["features"]["input_size"])
     calib = calibration_images(representative_images, size, n_representative, quantize,

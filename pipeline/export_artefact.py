@@ -20,7 +20,7 @@ FORMATS = ("keras", "savedmodel", "tflite")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def check_target(output, format: str, quantize) -> str:
+def check_target(output, format: str, quantize, *, overwrite: bool = False) -> str:
     """Validate format/quantize/output before any work; returns the output path as a string."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -33,18 +33,28 @@ def check_target(output, format: str, quantize) -> str:
         raise ValueError(f"{output}: a Keras model file must end in .keras")
     if os.path.isdir(output) and not (format == "savedmodel" and _is_savedmodel(output)):
         raise FileExistsError(f"{output}: is a directory and not a SavedModel export; not replacing it")
+    if os.path.lexists(output) and not overwrite:
+        raise FileExistsError(f"{output}: already exists (use --overwrite, or overwrite=True in Python, to replace it)")
     return output
 
 
 def calibration_images(paths, size, n: int, quantize, source_root: str):
-    """Representative uint8 images: the given paths, else (for int8) images under the training source root."""
-    calib = _load_images(list(paths), size, n, skip_bad=False) if paths else None
+    """Representative uint8 images: the given files/directories, else (for int8) images under the training root."""
+    calib = None
+    if paths:
+        from pipeline.predict import list_images  # directories expand like `bneck predict`'s inputs
+
+        found = list_images(paths)  # a missing path fails here, naming it
+        if not found:
+            raise ValueError(f"representative images: no files under {', '.join(map(str, paths))}")
+        calib = _load_images(found, size, n, skip_bad=False)
     if quantize == "int8" and calib is None:
         if os.path.isdir(source_root):
             calib = _load_images(find_images(source_root, n), size, n, skip_bad=True)
         if calib is None:
             raise ValueError(f"int8 quantization needs representative images and none were found under the "
-                             f"features' source_root {source_root!r}; pass representative_images=[paths]")
+                             f"features' source_root {source_root!r}; pass --representative IMAGES "
+                             "(representative_images= in Python)")
     return calib
 
 
@@ -64,8 +74,15 @@ def _load_images(paths, size, n, *, skip_bad):
     """Up to ``n`` decoded uint8 images; undecodable ones are skipped (discovered) or raise (given)."""
     from features import images
 
-    arrays = [a for a in (images.decode(p, size)[0] if skip_bad else images.load_rgb(p, size) for p in paths[:2 * n])
-              if a is not None][:n]
+    arrays = []
+    for p in paths[:2 * n]:
+        arr, _, reason = images.decode(p, size)
+        if arr is None and not skip_bad:  # the user chose this file: say which one and why
+            raise ValueError(f"representative image {p}: {reason} ({images.REASONS.get(reason, '')})")
+        if arr is not None:
+            arrays.append(arr)
+        if len(arrays) == n:
+            break
     return np.stack(arrays) if arrays else None
 
 

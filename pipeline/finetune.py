@@ -143,13 +143,12 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
     from pipeline.evaluate import metrics_for
     from pipeline.export import stitch
     from pipeline.heads.dense import masked_mae, masked_mse
-    from pipeline.modeldir import ModelDirError, save_model_dir
+    from pipeline.modeldir import check_writable, save_model_dir
     from pipeline.train import _history_csv, _learning_curve_png
 
     if (unfreeze is None) == (unfreeze_last is None):
         raise ValueError("choose what to unfreeze: --unfreeze PREFIX (e.g. block5) or --unfreeze-last N")
-    if os.path.lexists(output) and not overwrite:  # fail now, not after an hour of training
-        raise ModelDirError(f"{output}: already exists (pass overwrite=True / --overwrite to replace it)")
+    check_writable(output, overwrite=overwrite)  # fail now, not after an hour of training
     t0 = time.time()
     model, _, meta, _, backbone = stitch(model_dir)
     keras.utils.set_random_seed(seed)  # after stitch, which seeds the backbone's own construction
@@ -164,7 +163,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
                          "fine-tune a dense head instead")
 
     man = read_source(data, **(source or {}))
-    x, w, rows, n_bad = decode_rows(man, size)
+    x, w, rows, bad = decode_rows(man, size)
     y = targets_for(man, meta, rows)
     if val:
         vman = read_source(val, **(source or {}))
@@ -214,7 +213,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
                      "lr": lr, "momentum": momentum, "epochs": int(epochs), "batch_size": batch_size,
                      "augment": bool(augment), "flip": bool(flip), "seed": seed, "monitor": monitor[0],
                      "best_epoch": best.best_epoch, "normalization_floored": n_floored, "n_train": len(x),
-                     "n_val": len(xv), "n_bad_skipped": n_bad,
+                     "n_val": len(xv), "n_bad_skipped": len(bad),
                      "val_before": {k: float(v) for k, v in before.items()}, "seconds": round(time.time() - t0, 2)},
         "metrics": metrics,
     }

@@ -63,14 +63,18 @@ def make_augment(task, *, target_names=None, flip=True, seed=0):
 
 
 def decode_rows(manifest, size, workers=None):
-    """Decode every row at ``size``: (uint8 images, original widths, kept row indices, bad count)."""
+    """Decode every row at ``size``: (uint8 images, original widths, kept row indices, [(path, reason)] of the bad)."""
     with ThreadPoolExecutor(workers or max(1, os.cpu_count() or 1)) as pool:
         out = list(pool.map(lambda i: images.decode(manifest.source(i), size), range(len(manifest))))
     ok = [i for i, (arr, _, _) in enumerate(out) if arr is not None and i not in manifest.row_errors]
-    if len(ok) < len(out):
-        log.warning("%d of %d images could not be decoded and are skipped", len(out) - len(ok), len(out))
+    kept = set(ok)
+    bad = [(manifest.paths[i], manifest.row_errors.get(i) or out[i][2]) for i in range(len(out)) if i not in kept]
+    if bad:
+        more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+        log.warning("%d of %d images could not be decoded and are skipped: %s%s", len(bad), len(out),
+                    "; ".join(f"{p} ({r})" for p, r in bad[:10]), more)
     x = np.stack([out[i][0] for i in ok]) if ok else np.zeros((0, *size, 3), np.uint8)
-    return x, np.array([out[i][1][1] for i in ok], np.float32), np.array(ok, np.int64), len(out) - len(ok)
+    return x, np.array([out[i][1][1] for i in ok], np.float32), np.array(ok, np.int64), bad
 
 
 def targets_for(manifest, meta, rows):

@@ -75,29 +75,40 @@ def predictor_for(model_dir, **kw):
     return FinetunedPredictor(model_dir, **kw) if is_finetuned(model_dir) else Predictor(model_dir, **kw)
 
 
-def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32, source=None) -> dict:
+def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32, source=None,
+                       max_bad_fraction: float = 0.05) -> dict:
     """Metrics of any model directory on labelled images (class folder, CSV, Kaggle CSV), decoded end to end.
 
     Returns a dict with the headline ``accuracy`` or ``rmse_px`` at the top level, like
-    :func:`pipeline.evaluate.evaluate`, plus ``n_bad_skipped`` (undecodable images left out).
+    :func:`pipeline.evaluate.evaluate`, plus ``n_bad_skipped`` and ``bad_images`` (the first 100
+    undecodable images left out, ``[{"path", "reason"}]``). More than ``max_bad_fraction`` of them
+    raises :class:`features.runner.TooManyBadImages` (``bneck`` exits 3), naming them: a metric
+    over what happened to decode is not the metric of the data set.
     """
+    from features.runner import TooManyBadImages
     from features.sources import read_source
     from pipeline.evaluate import metrics_for
 
+    man = read_source(data, **(source or {}))  # a malformed CSV fails before the model is built
     pred = predictor_for(model_dir, batch_size=batch_size)
-    man = read_source(data, **(source or {}))
-    x, w, rows, n_bad = decode_rows(man, pred.input_size)
+    x, w, rows, bad = decode_rows(man, pred.input_size)
+    if len(man) and len(bad) / len(man) > max_bad_fraction:
+        shown = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise TooManyBadImages(f"{data}: {len(bad)} of {len(man)} images ({len(bad) / len(man):.1%}) could not be "
+                               f"decoded, more than --max-bad-fraction {max_bad_fraction}: {shown}")
     y = targets_for(man, pred.meta, rows)
     scores = np.concatenate([pred.predict_arrays(x[s:s + batch_size], widths=w[s:s + batch_size])
                              for s in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 1))
     result = metrics_for(_Identity(), scores, y, pred.meta, top_k=top_k)
     key = "accuracy" if pred.meta["task"] == "classification" else "rmse_px"
     return {key: result.pop(key), "task": pred.meta["task"], "head": pred.meta["head"], "model": str(model_dir),
-            "data": str(data), "n_bad_skipped": n_bad, **result}
+            "data": str(data), "n_bad_skipped": len(bad),
+            "bad_images": [{"path": p, "reason": r} for p, r in bad[:100]], **result}
 
 
 def export_finetuned(model_dir, output, *, format: str = "keras", quantize: str | None = None,
-                     representative_images=None, n_representative: int = 100, check: bool = True) -> dict:
+                     representative_images=None, n_representative: int = 100, check: bool = True,
+                     overwrite: bool = False) -> dict:
     """Export a fine-tuned model directory like :func:`pipeline.export.export` (same formats, report and check).
 
     The saved network already is the stitched pixels -> scores/targets model, so it is written as
@@ -105,7 +116,7 @@ def export_finetuned(model_dir, output, *, format: str = "keras", quantize: str 
     """
     from pipeline import export_artefact as ex
 
-    output = ex.check_target(output, format, quantize)
+    output = ex.check_target(output, format, quantize, overwrite=overwrite)
     pred = FinetunedPredictor(model_dir)
     size = pred.input_size
     calib = ex.calibration_images(representative_images, size, n_representative, quantize,

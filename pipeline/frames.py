@@ -131,5 +131,7 @@ def extract_frames(video_dir, output, *, every: int = 10, quality: int = 95, pro
                 f.write(f"{os.path.abspath(video)}\n")
     log.info("%d videos -> %s: %d frames written, %d already there, %d videos already done",
              len(videos), output, written, existing, done)
-    return {"videos": len(videos), "classes": sorted(set(stems)), "written": written, "skipped_existing": existing,
+    # Only labels whose folder holds frames are classes: a video that failed at frame 0 made none.
+    classes = sorted(s for s in set(stems) if os.path.isdir(os.path.join(output, s)))
+    return {"videos": len(videos), "classes": classes, "written": written, "skipped_existing": existing,
             "skipped_videos": done, "failed": failed, "output": str(output)}

@@ -90,6 +90,18 @@ def _is_replaceable(path: Path) -> bool:
         (path / MODEL_JSON).is_file() or not any(path.iterdir()))
 
 
+def check_writable(path, *, overwrite: bool) -> None:
+    """Raise :class:`ModelDirError` unless a model directory may be written at ``path``.
+
+    Commands call it before their work starts, so a forgotten ``--overwrite`` fails in
+    milliseconds instead of after the training it would have thrown away.
+    """
+    if os.path.lexists(path) and not overwrite:
+        raise ModelDirError(f"{path}: already exists (use --overwrite, or overwrite=True in Python, to replace it)")
+    if os.path.lexists(path) and not _is_replaceable(Path(path)):
+        raise ModelDirError(f"{path}: refusing to overwrite: not a bneck model directory")
+
+
 def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
                    overwrite: bool = False) -> dict:
     """Save ``head`` and ``meta`` as a model directory at ``path``, atomically.
@@ -112,10 +124,7 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
     temporary directory is removed and ``path`` is left as it was. Returns the model.json dict.
     """
     path = Path(path)
-    if os.path.lexists(path) and not overwrite:
-        raise ModelDirError(f"{path}: already exists (pass overwrite=True to replace it)")
-    if os.path.lexists(path) and not _is_replaceable(path):
-        raise ModelDirError(f"{path}: refusing to overwrite: not a bneck model directory")
+    check_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same directory => same filesystem, so the final os.replace is an atomic rename. Not
     # mkdtemp: its 0700 mode would survive the rename and hide the model from other users.

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.data import load_training_data
 from pipeline.evaluate import MODEL_COMPAT_KEYS, metrics_for
-from pipeline.modeldir import save_model_dir
+from pipeline.modeldir import check_writable, save_model_dir
 
 log = logging.getLogger("bneck")
 
@@ -49,6 +49,12 @@ def build_head(head: str, task: str, target_names=None, *, params: dict | None =
         from features.keypoints import load_groups
 
         group_map = load_groups(groups, target_names) if groups else heads.default_groups(target_names)
+        covered = {c for cols in group_map.values() for c in cols}
+        missing = [n for i, n in enumerate(target_names) if i not in covered]
+        if missing:  # they would be predicted as NaN, and every RMSE with them
+            shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
+            raise ValueError(f"{groups}: no group predicts target column(s) {shown}; add them to a group, or "
+                             "extract only the targets you want with --target-columns")
         if specialist_base == "dense":
             base = heads.make_head("dense", task="regression", seed=seed, **params)
         elif specialist_base == "ridge":
@@ -91,6 +97,7 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
     stratified ``val_split`` by source row; ``grid`` (e.g. ``{"C": [0.1, 1]}``) runs a parallel
     cross-validated grid search with ``jobs`` workers. Returns the saved ``model.json`` content.
     """
+    check_writable(output, overwrite=overwrite)  # before loading and fitting, not after
     t0 = time.time()
     data = load_training_data(features, pooling=pooling, use_flipped=use_flipped, val=val, val_split=val_split,
                               seed=seed, memory_budget=memory_budget)

@@ -139,16 +139,32 @@ def test_int8_without_images_is_a_clear_error(models, tmp_path, monkeypatch):
 
 def test_savedmodel_serves_the_same_scores_and_replaces_only_a_savedmodel(models, tmp_path):
     out = tmp_path / "sm"
-    for _ in range(2):  # the second export replaces the first
-        report = ex.export(models["dir"] / "svm", out, format="savedmodel")
+    for again in (False, True):  # the second export replaces the first, when asked to
+        report = ex.export(models["dir"] / "svm", out, format="savedmodel", overwrite=again)
         assert report["max_abs_diff"] <= 1e-4
+    with pytest.raises(FileExistsError, match="already exists .*--overwrite"):
+        ex.export(models["dir"] / "svm", out, format="savedmodel")
     _close(_run(out, "savedmodel", models["x"]), models["want"]["svm"], 1e-4, False)
     assert sorted(os.listdir(tmp_path)) == ["sm"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
-        ex.export(models["dir"] / "svm", tmp_path / "other", format="savedmodel")
+    with pytest.raises(FileExistsError, match="not a SavedModel"):
+        ex.export(models["dir"] / "svm", tmp_path / "other", format="savedmodel", overwrite=True)
     assert os.listdir(tmp_path / "other") == ["keep.txt"]
+
+
+def test_representative_images_take_directories_and_bad_ones_are_named(models, tmp_path):
+    from pipeline.export_artefact import calibration_images
+
+    root = tmp_path / "imgs"
+    make_class_folder(root, classes=("a",), per_class=3, size=(40, 40))
+    calib = calibration_images([root], (32, 32), 10, None, "")
+    assert calib.shape == (3, 32, 32, 3) and calib.dtype == np.uint8
+    (root / "a" / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0junk")
+    with pytest.raises(ValueError, match=r"zz_broken\.jpg: truncated"):
+        calibration_images([root], (32, 32), 10, "int8", "")
+    with pytest.raises(FileNotFoundError, match="nope: no such file"):
+        calibration_images([tmp_path / "nope"], (32, 32), 10, None, "")
 
 
 def test_rbf_svm_and_bad_arguments_are_refused(models, tmp_path):

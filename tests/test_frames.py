@@ -60,6 +60,7 @@ def test_undecodable_video_is_reported_and_skipped(videos, tmp_path):
     r = frames.extract_frames(videos, tmp_path / "dataset", every=5, progress=False)
     assert r["failed"] == [str(videos / "broken.mp4")] and r["written"] == 4
     assert not os.path.exists(tmp_path / "dataset" / "broken")  # no empty class folder left behind
+    assert "broken" not in r["classes"]  # and no class without frames in the summary
 
 
 def test_missing_extra_is_a_clear_error(tmp_path, monkeypatch):

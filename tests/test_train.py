@@ -43,8 +43,12 @@ def test_each_classification_head_trains_and_saves(cls_file, tmp_path, head, kw)
 
 def test_existing_model_dir_needs_overwrite(cls_file, tmp_path):
     train(cls_file, tmp_path / "m", head="logreg", pooling="avg")
-    with pytest.raises(Exception, match="exists"):
-        train(cls_file, tmp_path / "m", head="logreg", pooling="avg")
+    from pipeline import train as train_module
+
+    with pytest.MonkeyPatch.context() as mp:  # refused before the features are even read
+        mp.setattr(train_module, "load_training_data", lambda *a, **k: pytest.fail("loaded the features"))
+        with pytest.raises(Exception, match="already exists .*--overwrite"):
+            train(cls_file, tmp_path / "m", head="logreg", pooling="avg")
     train(cls_file, tmp_path / "m", head="logreg", pooling="avg", overwrite=True)
 
 
@@ -85,6 +89,14 @@ def test_specialists_beat_the_mean_and_use_partial_rows(face_files, tmp_path):
     assert used["eye_centers"] > 0.9 * 2 * 240 and 0 < used["eyebrows"] < 0.6 * used["eye_centers"]
     assert set(meta["groups"]) == {"eye_centers", "nose_tip", "mouth_corners_top_lip", "bottom_lip",
                                    "eye_corners", "eyebrows"}
+
+
+def test_groups_file_must_give_every_target_a_specialist(face_files, tmp_path):
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({"eyes": ["left_eye_center_x", "left_eye_center_y"]}))
+    with pytest.raises(ValueError, match=r"groups\.json: no group predicts target column\(s\) right_eye_center_x"):
+        train(face_files["train"], tmp_path / "g", head="specialists", groups=str(groups))
+    assert not (tmp_path / "g").exists()
 
 
 def test_flip_augmentation_does_not_hurt(face_files, tmp_path):

@@ -232,6 +232,12 @@ def grid_search(head, param_grid, X, y, *, cv=3, n_jobs=1, groups=None):
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {type(head).__name__}; "
                          f"valid: {sorted(valid)}")
+    for name, values in param_grid.items():
+        default = valid[name]
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool)]
+            if bad:
+                raise ValueError(f"grid parameter {name!r} takes numbers (default {default!r}), got {bad[0]!r}")
     # GridSearchCV slices X by arbitrary fold indices, so a lazy view is loaded
     # once here rather than once per fold.
     if groups is not None and isinstance(cv, int):
@@ -240,7 +246,10 @@ def grid_search(head, param_grid, X, y, *, cv=3, n_jobs=1, groups=None):
 
         cv = StratifiedGroupKFold(n_splits=cv) if is_classifier(head) else GroupKFold(n_splits=cv)
     search = GridSearchCV(head, {k: list(v) for k, v in param_grid.items()},
-                          cv=cv, n_jobs=n_jobs, refit=True)
+                          cv=cv, n_jobs=n_jobs, refit=True,
+                          # An invalid value (C=-1) stops the search with the estimator's own message,
+                          # instead of a page of per-fold tracebacks and a model chosen among the rest.
+                          error_score="raise")
     return search.fit(as_array(X), np.asarray(y), groups=groups)
 
 

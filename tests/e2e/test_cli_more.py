@@ -54,6 +54,19 @@ def test_finetune_then_evaluate_images(trained, capsys):
     assert e.value.code == 2 and "--unfreeze" in capsys.readouterr().err
 
 
+def test_evaluate_images_names_bad_images_and_exits_3_past_the_threshold(trained, tmp_path, capsys, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(trained / "data", data)
+    (data / "b" / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0junk")  # 1 of 13 images
+    assert main(["evaluate-images", str(trained / "m"), str(data), "--json", "--max-bad-fraction", "0.1"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 12 and ev["n_bad_skipped"] == 1
+    assert ev["bad_images"] == [{"path": os.path.join("b", "zz_broken.jpg"), "reason": "truncated"}]
+    assert "zz_broken.jpg (truncated)" in caplog.text
+    assert main(["evaluate-images", str(trained / "m"), str(data), "--json"]) == 3  # 7.7% > the default 5%
+    assert capsys.readouterr().out == "" and "1 of 13 images" in caplog.text
+
+
 def test_classify_offline_is_a_clear_error(monkeypatch, tmp_path, caplog):
     from features import backbones
 
@@ -82,6 +95,9 @@ def test_backbones_summary_and_plot(monkeypatch, tmp_path, capsys, caplog):
     with caplog.at_level("ERROR", logger="bneck"):
         assert main(["backbones", "--plot", "mobilenet", "-o", str(tmp_path / "x.png")]) == 1
     assert "graphviz" in caplog.text.lower() and not os.path.exists(tmp_path / "x.png")
+    capsys.readouterr()
+    assert main(["backbones", "-o", str(tmp_path / "y.png")]) == 2  # -o alone would be silently ignored
+    assert "-o/--output is the image file of --plot NAME" in capsys.readouterr().err
 
 
 def test_visualize_filters(tmp_path, capsys):

@@ -85,10 +85,35 @@ def test_predict_matches_evaluate_on_cached_features(work, head, extra):
 def test_tta_flip_and_bad_file_exit_code(work, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    r = bneck("predict", work / "logreg", work / "test" / "a", bad, "--tta-flip", "--json")
+    r = bneck("predict", work / "logreg", tmp_path / "typo.jpg", work / "test" / "a", bad, "--tta-flip", "--json",
+              "--top-k", "2")
     lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
-    assert r.returncode == 1 and lines[-1]["error"] == "not_image" and len(lines) == 4
-    assert all("scores" in x for x in lines[:3])
+    assert r.returncode == 1 and len(lines) == 5, r.stderr
+    assert lines[0]["error"] == "missing" and lines[-1]["error"] == "not_image"  # one typo hides nothing else
+    assert all(len(x["scores"]) == 2 for x in lines[1:4])
+
+
+def test_existing_outputs_are_refused_before_any_work(work, tmp_path):
+    ok("train", work / "train.h5", "-o", tmp_path / "m", "--head", "logreg", "--pooling", "avg")
+    r = bneck("train", work / "train.h5", "-o", tmp_path / "m", "--head", "logreg", "--pooling", "avg")
+    assert r.returncode == 1 and "already exists (use --overwrite" in r.stderr
+    assert "loading" not in r.stderr  # refused before the features were read
+    ok("export", tmp_path / "m", "-o", tmp_path / "m.keras")
+    r = bneck("export", tmp_path / "m", "-o", tmp_path / "m.keras")
+    assert r.returncode == 1 and "already exists (use --overwrite" in r.stderr
+    ok("export", tmp_path / "m", "-o", tmp_path / "m.keras", "--overwrite")
+
+
+def test_bad_grid_values_and_representative_paths_are_one_line_errors(work, tmp_path):
+    r = bneck("train", work / "train.h5", "-o", tmp_path / "g", "--head", "svm", "--pooling", "avg",
+              "--grid", "C=a,b")
+    assert r.returncode == 1 and "grid parameter 'C' takes numbers" in r.stderr and "Traceback" not in r.stderr
+    r = bneck("train", work / "train.h5", "-o", tmp_path / "g", "--head", "svm", "--pooling", "avg",
+              "--grid", "C=1,-1")
+    assert r.returncode == 1 and "'C' parameter" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") < 6 and not (tmp_path / "g").exists()
+    r = bneck("export", work / "logreg", "-o", tmp_path / "m.keras", "--representative", tmp_path / "nowhere")
+    assert r.returncode == 1 and "nowhere: no such file" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_export_keras_matches_predict(work, tmp_path):
