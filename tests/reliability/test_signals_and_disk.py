@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from tests.feature_files import assert_rows_close
 from tests.reliability.helpers import (
     ARGS, CHUNK_ROWS, N_CHUNKS, N_ROWS, assert_final_path_ok, assert_same_file, bneck, committed_chunks,
     json_line, leftovers, read_everything, start, wait_for,
@@ -193,7 +194,7 @@ def test_disk_full_simulated_in_process(data, reference, tmp_path, monkeypatch, 
     got, want = read_everything(out), read_everything(reference)
     for name in want:  # in-process TF may use several threads: equal up to float rounding
         if want[name].dtype.kind == "f":
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-30)
+            assert_rows_close(got[name], want[name])
         else:
             assert np.array_equal(got[name], want[name]), name
 
