@@ -110,6 +110,13 @@ def decode(src, size=None, *, max_pixels=DEFAULT_MAX_PIXELS):
     return array, orig, ""
 
 
+def name_bad(pairs, shown: int = 10) -> str:
+    """``"a.jpg (truncated); b.png (empty); and 3 more"`` for a list of (path, reason) pairs."""
+    pairs = list(pairs)
+    more = f"; and {len(pairs) - shown} more" if len(pairs) > shown else ""
+    return "; ".join(f"{p} ({r})" for p, r in pairs[:shown]) + more
+
+
 def mirror(arr: np.ndarray) -> np.ndarray:
     """Left-right mirror of a decoded (H, W, 3) uint8 image, as a new C-contiguous array.
 

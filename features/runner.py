@@ -44,9 +44,6 @@ IN_FLIGHT = 2
 _store_rows = batches.store_rows
 
 
-_BAD_SHOWN = 10  # undecodable files named in the TooManyBadImages message
-
-
 def _default_workers() -> int:
     # Decoding shares the cores with the model; one thread per core keeps decode ahead of
     # inference without starving oneDNN (measured in bench/).
@@ -235,12 +232,10 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
     summary = ExtractSummary(out, n, computed, bad, time.time() - t0, written, bad_reasons=dict(reasons))
     if n and bad / n > cfg.max_bad_fraction:
         # The final file (and so `bneck info`'s list of bad rows) does not exist yet: name them here.
-        rows = np.flatnonzero(~valid)
-        shown = "; ".join(f"{manifest.paths[start + i]} ({marks['reason'][i]})" for i in rows[:_BAD_SHOWN])
-        more = f"; and {len(rows) - _BAD_SHOWN} more" if len(rows) > _BAD_SHOWN else ""
+        named = images.name_bad((manifest.paths[start + i], marks["reason"][i]) for i in np.flatnonzero(~valid))
         raise TooManyBadImages(
             f"{bad} of {n} images ({bad / n:.1%}) could not be decoded ({dict(reasons)}), more than "
-            f"--max-bad-fraction {cfg.max_bad_fraction}: {shown}{more}. All chunks are kept in {pstore.dir}; "
+            f"--max-bad-fraction {cfg.max_bad_fraction}: {named}. All chunks are kept in {pstore.dir}; "
             "rerun with a higher --max-bad-fraction to finish without recomputing, or fix the inputs")
     row_data = {"paths": store.string_array(manifest.paths[start:stop])}
     if manifest.labels is not None:

@@ -116,10 +116,10 @@ def classify(inputs, *, backbone: str, top_k: int = 5, weights: str = "imagenet"
     Undecodable files yield ``{"path", "error", "detail"}``. Raises :class:`WeightsError` (before any
     image is read) when the weights or the class names cannot be had offline.
     """
+    from pipeline.evaluate import check_top_k
     from pipeline.predict import list_images
 
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    check_top_k(top_k)
     spec = backbones.get(backbone)
     problems, model, decode = [], None, None
     try:

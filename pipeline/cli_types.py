@@ -17,32 +17,9 @@ def _number(text: str, kind):
                                          f"got {text!r}") from None
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def int_at_least(lo: int):
     """An integer >= lo."""
-    def check(text: str) -> int:
-        value = _number(text, int)
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
-        return value
-
-    check.__name__ = f"int_at_least_{lo}"
-    return check
-
-
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return int_between(lo, None)
 
 
 def positive_float(text: str) -> float:
@@ -69,15 +46,16 @@ def fraction_below_one(text: str) -> float:
     return value
 
 
-def int_between(lo: int, hi: int):
-    """An integer in [lo, hi]."""
+def int_between(lo: int, hi: int | None):
+    """An integer in [lo, hi] (no upper bound when ``hi`` is None)."""
     def check(text: str) -> int:
         value = _number(text, int)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
+        if value < lo or (hi is not None and value > hi):
+            bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
 
-    check.__name__ = f"int_{lo}_to_{hi}"
+    check.__name__ = f"int_at_least_{lo}" if hi is None else f"int_{lo}_to_{hi}"
     return check
 
 
@@ -95,3 +73,9 @@ def non_negative_float(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+#: An integer >= 1.
+positive_int = int_at_least(1)
+#: An integer >= 0.
+non_negative_int = int_at_least(0)

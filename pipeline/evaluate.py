@@ -15,10 +15,16 @@ from pipeline.modeldir import load_model_dir
 MODEL_COMPAT_KEYS = ("backbone", "layer", "input_size", "preprocessing", "pooling", "weights", "weights_sha256")
 
 
-def classification_metrics(y_true, scores, class_names, *, top_k=5) -> dict:
-    """Accuracy, top-k, per-class precision/recall and the confusion matrix from class scores."""
+def check_top_k(top_k) -> None:
+    """Raise ValueError unless ``top_k`` is an integer >= 1."""
+    # A slice [:0] would report no class and [:-1] would silently drop the last one.
     if not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+
+
+def classification_metrics(y_true, scores, class_names, *, top_k=5) -> dict:
+    """Accuracy, top-k, per-class precision/recall and the confusion matrix from class scores."""
+    check_top_k(top_k)
     y_true = np.asarray(y_true, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     n_classes = len(class_names)

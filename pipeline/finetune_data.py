@@ -70,9 +70,8 @@ def decode_rows(manifest, size, workers=None):
     kept = set(ok)
     bad = [(manifest.paths[i], manifest.row_errors.get(i) or out[i][2]) for i in range(len(out)) if i not in kept]
     if bad:
-        more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        log.warning("%d of %d images could not be decoded and are skipped: %s%s", len(bad), len(out),
-                    "; ".join(f"{p} ({r})" for p, r in bad[:10]), more)
+        log.warning("%d of %d images could not be decoded and are skipped: %s", len(bad), len(out),
+                    images.name_bad(bad))
     x = np.stack([out[i][0] for i in ok]) if ok else np.zeros((0, *size, 3), np.uint8)
     return x, np.array([out[i][1][1] for i in ok], np.float32), np.array(ok, np.int64), bad
 

@@ -93,9 +93,10 @@ def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32,
     pred = predictor_for(model_dir, batch_size=batch_size)
     x, w, rows, bad = decode_rows(man, pred.input_size)
     if len(man) and len(bad) / len(man) > max_bad_fraction:
-        shown = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        from features.images import name_bad
+
         raise TooManyBadImages(f"{data}: {len(bad)} of {len(man)} images ({len(bad) / len(man):.1%}) could not be "
-                               f"decoded, more than --max-bad-fraction {max_bad_fraction}: {shown}")
+                               f"decoded, more than --max-bad-fraction {max_bad_fraction}: {name_bad(bad)}")
     y = targets_for(man, pred.meta, rows)
     scores = np.concatenate([pred.predict_arrays(x[s:s + batch_size], widths=w[s:s + batch_size])
                              for s in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 1))

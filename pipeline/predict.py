@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from features import images, keypoints
-from pipeline.evaluate import head_scores
+from pipeline.evaluate import check_top_k, head_scores
 from pipeline.modeldir import load_model_dir
 from pipeline.stitch import as_stored, make_extractor, pool_on_load
 
@@ -73,7 +73,7 @@ class Predictor:
 
     def predict_files(self, paths, *, top_k: int = 5):
         """Yield one result dict per path, in order; undecodable files give ``{"path", "error"}``."""
-        _check_top_k(top_k)
+        check_top_k(top_k)
         paths = list(paths)
         with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
             for start in range(0, len(paths), self.batch_size):
@@ -100,16 +100,10 @@ class Predictor:
         return {"path": path, "targets": {str(n): round(float(v), 4) for n, v in zip(self.meta["target_names"], pred)}}
 
 
-def _check_top_k(top_k) -> None:
-    # A slice [:0] would report no class and [:-1] would silently drop the last one.
-    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-
-
 def predict(model_dir, inputs, *, top_k: int = 5, tta_flip: bool = False, batch_size: int = 32):
     """Predict on image files/directories; yields result dicts (the ``bneck predict --json`` lines)."""
     from pipeline.finetune import predictor_for  # a fine-tuned dir holds one whole model
 
-    _check_top_k(top_k)  # before the model is built: a typo should not cost a backbone build
+    check_top_k(top_k)  # before the model is built: a typo should not cost a backbone build
     predictor = predictor_for(model_dir, tta_flip=tta_flip, batch_size=batch_size)
     yield from predictor.predict_files(list_images(inputs, keep_missing=True), top_k=top_k)
