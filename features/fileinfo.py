@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from features.store import _plain
+from features.finished import plain
 
 
 def describe_file(path: str, *, max_bad: int = 20) -> dict:
@@ -23,11 +23,11 @@ def describe_file(path: str, *, max_bad: int = 20) -> dict:
     except OSError as exc:  # h5py's own message does not name the file
         raise OSError(f"{path}: cannot be read as HDF5 ({exc})") from None
     with f:
-        if _plain(f.attrs.get("producer")) != "bneck" or "format_version" not in f.attrs:
+        if plain(f.attrs.get("producer")) != "bneck" or "format_version" not in f.attrs:
             # `bneck extract` of a partial run writes nothing here; anything else is someone else's file.
             raise ValueError(f"{path}: not a bneck feature file (no producer='bneck'/format_version attrs)")
         check_sources(f)  # a merged file whose shard files are gone would read as zeros
-        attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "settings_json"}
+        attrs = {k: plain(v) for k, v in f.attrs.items() if k != "settings_json"}
         datasets = {name: {"shape": list(d.shape), "dtype": str(d.dtype),
                            "chunks": list(d.chunks) if d.chunks else None}
                     for name, d in f.items() if isinstance(d, h5py.Dataset)}
@@ -49,12 +49,12 @@ def describe_file(path: str, *, max_bad: int = 20) -> dict:
         }
         if "labels" in f:
             labels = f["labels"][()]
-            names = [_plain(x) for x in f["labels"].attrs.get("class_names", [])]
+            names = [plain(x) for x in f["labels"].attrs.get("class_names", [])]
             counts = np.bincount(labels[valid], minlength=len(names)) if len(names) else []
             info["classes"] = {str(nm): int(c) for nm, c in zip(names, counts)}
         if "targets" in f:
             t = f["targets"][()]
-            names = [_plain(x) for x in f["targets"].attrs.get("target_names", [])]
+            names = [plain(x) for x in f["targets"].attrs.get("target_names", [])]
             present = np.isfinite(t).sum(axis=0)
             info["targets_present"] = {str(nm): int(c) for nm, c in zip(names, present)}
             info["rows_with_all_targets"] = int(np.isfinite(t).all(axis=1).sum())

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from features.manifest import parse_shard, shard_bounds
-from features.store import PRODUCER, _plain, partial_dir
+from features.finished import PRODUCER, partial_dir, plain
 from features.target import fsync_dir
 
 DATASETS = ("features", "features_flipped", "labels", "targets", "targets_flipped", "paths", "valid",
@@ -165,7 +165,7 @@ def _read_shard(path: str) -> dict:
     except OSError as exc:
         raise MergeError(f"{path}: not an HDF5 file ({exc})") from None
     with f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        attrs = {k: plain(v) for k, v in f.attrs.items()}
         if attrs.get("producer") != PRODUCER or "settings_json" not in attrs:
             raise MergeError(f"{path}: not a bneck feature file (no producer='bneck'/settings_json attrs)")
         if not attrs.get("complete"):
@@ -177,7 +177,7 @@ def _read_shard(path: str) -> dict:
         except ValueError as exc:
             raise MergeError(f"{path}: bad shard attr: {exc}") from None
         datasets = {n: (f[n].shape[0], (f[n].dtype, f[n].shape[1:], f[n].chunks),
-                        {k: _plain(v) for k, v in f[n].attrs.items()}) for n in DATASETS if n in f}
+                        {k: plain(v) for k, v in f[n].attrs.items()}) for n in DATASETS if n in f}
     if "features" not in datasets:
         raise MergeError(f"{path}: has no 'features' dataset")
     return {"path": path, "attrs": attrs, "index": index, "count": count, "datasets": datasets,

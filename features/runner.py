@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from features import FORMAT_VERSION, backbones, batches, images, int8, keypoints, store
+from features import FORMAT_VERSION, backbones, batches, finished, images, int8, keypoints, store
 from features.manifest import Manifest, parse_shard
 from features.commit import (ChunkWriter, Terminated, check_signal, install_signal_handlers,  # noqa: F401
                              restore_signal_handlers)
@@ -70,6 +70,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         log.warning("this CPU has no native bf16 (AMX or AVX512_BF16): OpenVINO runs --precision bf16 in fp32, "
                     "so the file records precision fp32")
         precision = "fp32"
+    if precision == "int8" and not mapper.cpu_has_int8_dot():
+        log.warning("this CPU has no int8 dot-product instructions (VNNI or AMX): --precision int8 runs, but is "
+                    "no faster than fp32 here (bench/extract.py on an AVX2-only CPU: ResNet50 5.6 vs 6.0 img/s) "
+                    "and changes the features; --precision fp32 is the better choice")
     xla = resolve_xla(cfg.xla, runtime)
     if runtime == "openvino" and precision == "fp16":
         raise ValueError("--precision fp16 is a GPU setting; with --runtime openvino use bf16 or fp32")
@@ -98,8 +102,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         }
 
     def already_done():
-        store.remove_stale_partial(out)  # left by a writer killed right after its final rename
-        bad = store.bad_reasons(out)  # the file's own counts, so reruns report what a first run did
+        finished.remove_stale_partial(out)  # left by a writer killed right after its final rename
+        bad = finished.bad_reasons(out)  # the file's own counts, so reruns report what a first run did
         return ExtractSummary(out, stop - start, 0, sum(bad.values()), time.time() - t0, 0,
                               skipped_existing=True, bad_reasons=bad)
 
@@ -107,7 +111,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     # when the weights are known without building, the file's attrs are checked first.
     if not cfg.overwrite and os.path.exists(out):
         known = W.known_weights(spec, cfg.weights, cfg.seed)
-        if known is not None and store.check_existing(out, settings_for(known)):
+        if known is not None and finished.check_existing(out, settings_for(known)):
             return already_done()
     # Weights are resolved before the settings so their hash is part of them.
     # OpenVINO takes a float32 graph and applies bf16 itself; TensorFlow needs the Keras policy.
@@ -118,7 +122,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     settings = settings_for(winfo)
     # --overwrite deletes the old output and chunks only under the partial dir's lock (in
     # PartialStore.open), so it cannot pull them away from a writer that is still running.
-    if not cfg.overwrite and store.check_existing(out, settings):
+    if not cfg.overwrite and finished.check_existing(out, settings):
         return already_done()
 
     extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla, calibration=calibration)

@@ -1,5 +1,5 @@
 """The partial state of one output: the lock, the settings, the preallocated target file and the
-chunk commit markers, plus the resume checks and the complete-file checks.
+chunk commit markers, plus the resume checks. A complete file's checks are in :mod:`features.finished`.
 
 While a run is in progress everything lives in ``OUT.h5.partial/``: ``settings.json``, the
 output file itself, preallocated (:mod:`features.target`), into which each chunk's feature rows
@@ -18,32 +18,17 @@ import glob
 import json
 import logging
 import os
-import shutil
 
 import numpy as np
 
+from features import names
 from features.faults import fault_point  # noqa: F401  (re-exported: the hook's historical home)
+from features.finished import PRODUCER, StoreError, partial_dir, settings_diff  # noqa: F401  (re-exported)
 from features.target import Target, TargetError, TargetUnreadable, fsync_dir
 
 log = logging.getLogger("bneck")
 
-PRODUCER = "bneck"
 _CHUNK_FMT = "chunk-{:07d}.npz"
-
-
-class StoreError(RuntimeError):
-    """The output cannot be written or resumed as asked."""
-
-
-def partial_dir(out_path: str) -> str:
-    """Where chunks of ``out_path`` live until the final file exists."""
-    return out_path + ".partial"
-
-
-def settings_diff(old: dict, new: dict) -> list[str]:
-    """Human-readable list of settings that differ between two runs."""
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
@@ -54,54 +39,6 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
-
-
-def _read_attrs(path: str) -> dict:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return {k: _plain(v) for k, v in f.attrs.items()}
-
-
-def _plain(v):
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()]
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return v
-
-
-def check_existing(out_path: str, settings: dict) -> bool:
-    """True if ``out_path`` is a complete file made with ``settings``; raise if it differs or is broken."""
-    if not os.path.exists(out_path):
-        return False
-    try:
-        attrs = _read_attrs(out_path)
-    except Exception as exc:
-        raise StoreError(f"{out_path} exists but cannot be read as HDF5 ({exc}); "
-                         "use --overwrite to replace it") from None
-    if attrs.get("producer") != PRODUCER or not attrs.get("complete"):
-        raise StoreError(f"{out_path} exists but is not a complete bneck feature file; use --overwrite to replace it")
-    old = json.loads(attrs.get("settings_json", "{}"))
-    diff = settings_diff(old, settings)
-    if diff:
-        raise StoreError(f"{out_path} exists with different settings ({'; '.join(diff)}); "
-                         "use --overwrite to replace it or choose another output")
-    return True
-
-
-def bad_reasons(out_path: str) -> dict[str, int]:
-    """``{reason: count}`` of the invalid rows of a complete feature file."""
-    import collections
-
-    import h5py
-
-    with h5py.File(out_path, "r") as f:
-        valid = f["valid"][()]
-        reasons = f["reason"].asstr()[()][~valid] if (~valid).any() else []
-    return dict(collections.Counter(str(r) for r in reasons))
 
 
 class PartialStore:
@@ -123,7 +60,10 @@ class PartialStore:
         ``overwrite`` discards the output and any partial run, but only once the lock is held,
         so it can never pull the chunks away from under a writer that is still running.
         """
-        os.makedirs(self.dir, exist_ok=True)
+        if not os.path.isdir(self.dir):
+            os.makedirs(self.dir, exist_ok=True)
+            # Each marker's fsync makes its entry durable inside the dir, not the dir's own entry.
+            fsync_dir(os.path.dirname(os.path.abspath(self.dir)))
         fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -320,31 +260,10 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def remove_stale_partial(out_path: str) -> None:
-    """Remove the partial dir left next to a complete ``out_path`` by a writer killed after its
-    final rename, unless a live process holds its lock (e.g. an ``--overwrite`` run)."""
-    d = partial_dir(out_path)
-    if not os.path.isdir(d):
-        return
-    try:
-        fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return
-    try:
-        shutil.rmtree(d, ignore_errors=True)
-    finally:
-        os.close(fd)
-
-
 def string_array(values) -> np.ndarray:
-    """Object array of UTF-8-safe strings (undecodable file-name bytes become \\xNN escapes)."""
+    """Object array of UTF-8-safe strings (:func:`features.names.printable`)."""
     out = []
     for v in values:
         s = os.fsdecode(v) if isinstance(v, bytes) else str(v)
-        out.append(s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+        out.append(names.printable(s))
     return np.array(out, dtype=object)
