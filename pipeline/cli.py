@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from features.names import escape_unencodable_output
 from pipeline.cli_json import json_text
 from pipeline.cli_types import fraction, non_negative_float, non_negative_int, positive_int
 
@@ -211,6 +212,9 @@ def _setup_logging(args) -> None:
 
 def main(argv=None) -> int:
     """Entry point of the ``bneck`` console script; returns the exit code."""
+    # A file name that is not UTF-8 must not end a run with UnicodeEncodeError halfway through
+    # its output (predict prints one line per image as it goes).
+    escape_unencodable_output(sys.stdout, sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)

@@ -93,6 +93,24 @@ def test_tta_flip_and_bad_file_exit_code(work, tmp_path):
     assert all(len(x["scores"]) == 2 for x in lines[1:4])
 
 
+def test_non_utf8_file_names_are_escaped_in_text_and_json_output(work, tmp_path):
+    src = next((work / "test" / "a").iterdir())
+    try:
+        name = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+        with open(name, "wb") as f:
+            f.write(src.read_bytes())
+    except OSError:
+        pytest.skip("this filesystem refuses non-UTF-8 file names")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONIOENCODING="utf-8", LC_ALL="C.UTF-8")
+    for extra in ([], ["--json"]):
+        r = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(work / "logreg"), str(tmp_path), *extra],
+                           capture_output=True, env=env)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        out = r.stdout.decode("utf-8")  # strict: the output is valid UTF-8
+        shown = json.loads(out)["path"] if extra else out.split("\t")[0]
+        assert shown.endswith("caf\\xe9.png"), out
+
+
 def test_existing_outputs_are_refused_before_any_work(work, tmp_path):
     ok("train", work / "train.h5", "-o", tmp_path / "m", "--head", "logreg", "--pooling", "avg")
     r = bneck("train", work / "train.h5", "-o", tmp_path / "m", "--head", "logreg", "--pooling", "avg")
