@@ -204,7 +204,8 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
         metrics = {**metrics_for(_Identity(), scores, yv, meta), "val_loss": val_loss}
     out_meta = {
         "head": "finetuned", "task": task, "class_names": meta.get("class_names"),
-        "target_names": meta.get("target_names"), "pooling": "none", "features": meta["features"],
+        "target_names": meta.get("target_names"), "target_frame": meta.get("target_frame"),
+        "pooling": "none", "features": meta["features"],
         "base_model": {"path": os.path.abspath(model_dir), "head": meta["head"], "metrics": meta.get("metrics", {})},
         "finetune": {"data": str(data), "val": str(val) if val else None, "val_split": None if val else val_split,
                      "unfreeze": unfreeze, "unfreeze_last": unfreeze_last, "train_bn": train_bn,

@@ -9,7 +9,7 @@ import numpy as np
 
 from features import keypoints
 from pipeline.finetune_data import decode_rows, targets_for
-from pipeline.predict import Predictor
+from pipeline.predict import Predictor, unmirror_widths
 
 log = logging.getLogger("bneck")
 
@@ -65,7 +65,7 @@ class FinetunedPredictor(Predictor):
             return out
         other = run(x[:, :, ::-1])
         if self.meta["task"] == "regression":
-            w = np.asarray(widths if widths is not None else [self.input_size[1]] * len(x))
+            w = unmirror_widths(self.meta, widths, len(x), self.input_size)
             other = keypoints.flip_targets(other, self.meta["target_names"], w)
         return (out + other) / 2
 

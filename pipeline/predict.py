@@ -37,6 +37,19 @@ def list_images(inputs, *, keep_missing: bool = False) -> list[str]:
     return out
 
 
+def unmirror_widths(meta: dict, widths, n: int, input_size) -> np.ndarray:
+    """Widths to un-mirror predicted keypoints with: the frame the head predicts in.
+
+    A head trained on images of one size (Kaggle faces: 96x96) predicts in that frame whatever the
+    new image's size, so its mirror is taken about the training width (``meta["target_frame"]``).
+    A head trained on images of mixed sizes predicts in each image's own pixels.
+    """
+    frame = meta.get("target_frame")
+    if frame:
+        return np.full(n, float(frame[1]))
+    return np.asarray(widths if widths is not None else [input_size[1]] * n, dtype=float)
+
+
 class Predictor:
     """A trained model directory stitched to its backbone, ready for images.
 
@@ -67,7 +80,7 @@ class Predictor:
             return out
         other = head_scores(self.head, flipped, task)
         if task == "regression":
-            w = np.asarray(widths if widths is not None else [self.input_size[1]] * len(x))
+            w = unmirror_widths(self.meta, widths, len(x), self.input_size)
             other = keypoints.flip_targets(other, self.meta["target_names"], w)
         return (out + other) / 2
 
@@ -96,7 +109,7 @@ class Predictor:
             order = np.argsort(-pred)[:top_k]
             return {"path": path, "label": str(names[order[0]]),
                     "scores": {str(names[i]): round(float(pred[i]), 6) for i in order}}
-        # Targets are in the pixels of the original training images (Kaggle faces: 96x96).
+        # Targets are in the pixels of the training images (Kaggle faces: 96x96), see unmirror_widths.
         return {"path": path, "targets": {str(n): round(float(v), 4) for n, v in zip(self.meta["target_names"], pred)}}
 
 

@@ -123,7 +123,7 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
         est.fit(data.X, data.y)
     fit_seconds = time.time() - t0
     meta_core = {"task": data.task, "class_names": data.class_names, "target_names": data.target_names,
-                 "pooling": pooling}
+                 "target_frame": target_frame(features) if data.task == "regression" else None, "pooling": pooling}
     metrics = metrics_for(est, data.X_val, data.y_val, meta_core) if data.X_val is not None else {}
     if hasattr(est, "history_"):
         extra["history.csv"] = _history_csv(est.history_)
@@ -151,6 +151,19 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
     saved = save_model_dir(output, est, meta, extra_files=extra, overwrite=overwrite)
     data.close() if hasattr(data, "close") else None
     return saved
+
+
+def target_frame(features) -> list[int] | None:
+    """``[height, width]`` of the training images when they all have one size, else None.
+
+    Keypoint targets are in each image's own pixels, so a head trained on one size predicts in
+    that frame; ``predict --tta-flip`` un-mirrors about it (:func:`pipeline.predict.unmirror_widths`).
+    """
+    from pipeline.featurefile import FeatureFile
+
+    with FeatureFile(features) as ff:
+        sizes = np.unique(ff.image_size[ff.valid], axis=0)
+    return [int(v) for v in sizes[0]] if len(sizes) == 1 and sizes[0].all() else None
 
 
 def _history_csv(history: dict) -> str:

@@ -1,0 +1,93 @@
+"""pipeline.predict: --tta-flip averages the original and the mirror, and un-mirrors keypoints in the
+frame the head predicts in (the training images' size), not in the new image's size."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from features import images
+from features.keypoints import flip_targets
+from features.runner import ExtractConfig, extract
+from pipeline.predict import Predictor, unmirror_widths
+from pipeline.train import train
+from tests.imagefolders import make_class_folder
+
+CFG = dict(backbone="mobilenet", layer="conv_pw_1_relu", input_size="32", weights="none", seed=3, precision="fp32",
+           store_dtype="float32", batch_size=4, progress=False)
+NAMES = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A classifier and a keypoint regressor trained on 32x32 images, and one 64x48 test picture."""
+    d = tmp_path_factory.mktemp("predict")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KERAS_HOME", str(d / "keras_home"))
+        pics = make_class_folder(d / "data", classes=("a", "b"), per_class=6)
+        with open(d / "t.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", *NAMES])
+            rng = np.random.default_rng(1)
+            w.writerows([os.path.join("data", p), *np.round(rng.uniform(0, 32, len(NAMES)), 2)] for p in sorted(pics))
+        extract(ExtractConfig(data=str(d / "data"), output=str(d / "c.h5"), **CFG))
+        extract(ExtractConfig(data=str(d / "t.csv"), output=str(d / "r.h5"), **{**CFG, "pooling": "avg"}))
+        train(d / "c.h5", d / "logreg", head="logreg", pooling="avg")
+        meta = train(d / "r.h5", d / "ridge", head="specialists")
+        big = d / "big.png"  # another size than the training images
+        Image.fromarray(np.random.default_rng(7).integers(0, 256, (48, 64, 3), np.uint8)).save(big)
+        yield {"dir": d, "meta": meta, "big": str(big)}
+
+
+def _decoded(path):
+    arr, size, reason = images.decode(path, (32, 32))
+    assert reason in (None, "") and tuple(size) == (48, 64)
+    return arr[None]
+
+
+def test_tta_flip_averages_the_mirror_for_classifiers(models):
+    x = _decoded(models["big"])
+    plain, tta = Predictor(models["dir"] / "logreg"), Predictor(models["dir"] / "logreg", tta_flip=True)
+    want = (plain.predict_arrays(x) + plain.predict_arrays(x[:, :, ::-1].copy())) / 2
+    got = next(iter(tta.predict_files([models["big"]], top_k=2)))["scores"]
+    names = plain.meta["class_names"]
+    np.testing.assert_allclose([got[n] for n in names], want[0], atol=1e-5)
+    assert not np.allclose(want, plain.predict_arrays(x), atol=1e-6)  # the mirror did change the scores
+
+
+def test_keypoints_are_unmirrored_in_the_training_frame(models):
+    assert models["meta"]["target_frame"] == [32, 32]
+    x = _decoded(models["big"])
+    plain, tta = Predictor(models["dir"] / "ridge"), Predictor(models["dir"] / "ridge", tta_flip=True)
+    mirrored = flip_targets(plain.predict_arrays(x[:, :, ::-1].copy()), NAMES, 32)  # not 64, the new width
+    want = (plain.predict_arrays(x) + mirrored) / 2
+    got = next(iter(tta.predict_files([models["big"]])))["targets"]
+    np.testing.assert_allclose([got[n] for n in NAMES], want[0], atol=1e-3)
+
+
+def test_mixed_size_training_unmirrors_in_each_images_pixels():
+    assert unmirror_widths({"target_frame": None}, [64, 80], 2, (32, 32)).tolist() == [64, 80]
+    assert unmirror_widths({}, None, 2, (32, 40)).tolist() == [40, 40]
+    assert unmirror_widths({"target_frame": [96, 96]}, [64, 80], 2, (32, 32)).tolist() == [96, 96]
+
+
+def test_other_weights_than_the_features_were_made_with_are_refused(models, tmp_path):
+    import json
+    import shutil
+
+    from features.weights import WeightsError
+    from pipeline.export import export
+
+    m = tmp_path / "m"
+    shutil.copytree(models["dir"] / "logreg", m)
+    meta = json.loads((m / "model.json").read_text())
+    meta["features"]["weights_sha256"] = "0" * 64  # as if the weights file had changed since extraction
+    (m / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="differ from those the features were made with"):
+        Predictor(m)
+    with pytest.raises(WeightsError, match="differ from those the features were made with"):
+        export(m, tmp_path / "x.keras", format="keras")
