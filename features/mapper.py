@@ -20,14 +20,22 @@ XLA_CHOICES = ("auto", "on", "off")
 _POLICY = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
+def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:  # not Linux: no native bf16 assumed, which only costs speed
+        return set()
+
+
 def cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 (AMX or AVX512_BF16), where bf16 inference is several times faster."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def cpu_has_int8_dot() -> bool:
+    """True when the CPU has int8 dot-product instructions (VNNI or AMX), where int8 inference pays off."""
+    return bool(_cpu_flags() & {"amx_int8", "avx512_vnni", "avx_vnni"})
 
 
 def has_gpu() -> bool:

@@ -127,3 +127,16 @@ def test_mirror_batch_reverses_whole_pixels():
         assert m.flags.c_contiguous and m.dtype == np.uint8
         np.testing.assert_array_equal(m, x[:, :, ::-1])
     np.testing.assert_array_equal(mapper.mirror_batch(x[:, :, 1:]), x[:, :, 1:][:, :, ::-1])  # non-contiguous in
+
+
+def test_cpu_features_are_read_from_the_flags_lines(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC avx512_bf16 in a name is not a flag\n"
+                    "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    flags = mapper._cpu_flags(str(info))
+    assert {"avx512_vnni", "avx2", "fpu"} <= flags and "avx512_bf16" not in flags
+    assert mapper._cpu_flags(str(tmp_path / "absent")) == set()
+    monkeypatch.setattr(mapper, "_cpu_flags", lambda: flags)
+    assert mapper.cpu_has_int8_dot() and not mapper.cpu_has_bf16()
+    monkeypatch.setattr(mapper, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert mapper.cpu_has_bf16() and not mapper.cpu_has_int8_dot()
