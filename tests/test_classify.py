@@ -80,7 +80,7 @@ def test_offline_missing_class_index_only(monkeypatch, full_weights):
     assert cl.CLASS_INDEX_FILE in msg and cl.top_file(SPEC) not in msg
 
 
-def test_classify_with_cached_files(monkeypatch, tmp_path, full_weights):
+def test_classify_with_cached_files(monkeypatch, tmp_path, full_weights, capsys):
     _refuse_downloads(monkeypatch)
     path, x, ref = full_weights
     models = os.path.join(os.environ["KERAS_HOME"], "models")
@@ -100,6 +100,14 @@ def test_classify_with_cached_files(monkeypatch, tmp_path, full_weights):
     # The same file passed explicitly gives the same answer.
     again = list(cl.classify([str(tmp_path / "img0.png")], backbone="mobilenet", top_k=3, weights=path))
     assert again[0]["predictions"] == out[1]["predictions"]
+    # As a user runs it: every good image is printed, and the broken one makes the exit code 1.
+    from pipeline.cli import main
+
+    capsys.readouterr()
+    assert main(["classify", str(tmp_path), "--backbone", "mobilenet", "--top-k", "2", "--json"]) == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r.get("error") for r in lines] == ["not_image", None, None]
+    assert [p["label"] for p in lines[1]["predictions"]] == [p["label"] for p in out[1]["predictions"][:2]]
 
 
 def test_notop_file_is_refused_with_a_hint(monkeypatch, tmp_path):

@@ -1,5 +1,8 @@
 """Metric maths and the refusal of features that don't fit the model."""
 
+import shutil
+
+import h5py
 import numpy as np
 import pytest
 
@@ -29,7 +32,7 @@ def test_regression_metrics_ignore_missing_and_report_points():
     assert m["per_target"]["z"]["rmse_px"] == pytest.approx(1.0)
 
 
-def test_features_from_another_backbone_are_refused(tmp_path):
+def test_features_that_do_not_fit_the_model_are_refused(tmp_path):
     make_class_folder(tmp_path / "d", per_class=6)
     a = extract_fast(tmp_path / "d", tmp_path / "a.h5", input_size="32")
     b = extract_fast(tmp_path / "d", tmp_path / "b.h5", input_size="48")
@@ -40,3 +43,12 @@ def test_features_from_another_backbone_are_refused(tmp_path):
         evaluate(tmp_path / "m", b)
     with pytest.raises(FeatureFileError, match="weights"):
         evaluate(tmp_path / "m", c)
+    # Provenance the extract flags cannot vary independently here: one attr changed at a time.
+    for key, value in [("backbone", "vgg16"), ("layer", "conv_pw_2_relu"), ("preprocessing", "caffe"),
+                       ("pooling", "avg")]:
+        other = tmp_path / f"other-{key}.h5"
+        shutil.copyfile(a, other)
+        with h5py.File(other, "r+") as f:
+            f.attrs[key] = value
+        with pytest.raises(FeatureFileError, match=f"{key} is '{value}', expected"):
+            evaluate(tmp_path / "m", other)

@@ -11,6 +11,7 @@ import pytest
 
 from features.merge import DATASETS, MergeError, check_sources, merge
 from features.runner import ExtractConfig, extract
+from pipeline.featurefile import FeatureFile, FeatureFileError
 from tests.imagefolders import make_class_folder
 
 KW = dict(backbone="mobilenet", input_size="32", weights="none", seed=5, batch_size=4, progress=False,
@@ -95,6 +96,8 @@ def test_relative_sources_survive_moving_the_directory(run, tmp_path, monkeypatc
     os.remove(moved / "shards" / os.path.basename(shards[1]))
     with pytest.raises(MergeError, match=f"{os.path.basename(shards[1])}, which is missing"):
         check_sources(merged)
+    with pytest.raises(FeatureFileError, match=f"{os.path.basename(shards[1])}, which is missing"):
+        FeatureFile(merged)  # what stage two opens: it must not train on the missing shard's fill values
 
     class Custom(ValueError):
         pass

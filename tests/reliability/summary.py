@@ -25,12 +25,15 @@ from tests.reliability import (  # noqa: E402
 def figures() -> dict:
     kill = test_kill_resume
     chain = len(kill.CHAIN_POINTS)  # test_kill_every_rerun_too: one kill per link of the chain
-    default_kills = len(kill.KILL_POINTS) + len(test_stage2_faults.TRAIN_KILLS)
-    slow_kills = len(kill.SLOW_KILL_POINTS) + chain + 1  # + the --overwrite kill between renames
+    # test_kill_resume.py and test_signals_and_disk.py are slow modules (minutes of subprocesses):
+    # the default suite kills extract once (tests/e2e/test_cli_extract.py) and train twice.
+    default_kills = 1 + len(test_stage2_faults.TRAIN_KILLS)
+    slow_kills = len(kill.KILL_POINTS) + len(kill.SLOW_KILL_POINTS) + chain + 1  # + --overwrite between renames
     cases = test_bad_inputs.CASES
     return {
-        "sigkill_points_default": [p for p, _ in kill.KILL_POINTS],
-        "sigkill_points_slow": [p for p, _ in kill.SLOW_KILL_POINTS],
+        "sigkill_points_default": ["extract after its first chunk (e2e)",
+                                   *[f"train {h}" for h, _ in test_stage2_faults.TRAIN_KILLS]],
+        "sigkill_points_slow": [p for p, _ in kill.KILL_POINTS + kill.SLOW_KILL_POINTS],
         "kills_survived_default_suite": default_kills,
         "kills_survived_with_slow_suite": default_kills + slow_kills,
         "random_kills": "at least 3 more under -m slow (random times, repeated until a run completes)",

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from features.keypoints import flip_targets
 from tests.reliability.helpers import FAST, bneck
 
 KP = ["left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y"]
@@ -181,3 +182,12 @@ def test_per_row_problems_are_kept_as_invalid_rows(tmp_path):
                 t = f["targets"][()]
                 assert np.isnan(t[[i for i, r in enumerate(reasons) if r == "no_targets"]]).all()
                 assert np.isfinite(t[0]).all()
+                partial = {"targets.csv": 3, "kaggle.csv": 2}[src]
+                assert t[partial, 0] == (5 if src == "targets.csv" else 1) and np.isnan(t[partial, 1:]).all()
+                # The mirror's targets come from each row's own width; invalid rows stay NaN.
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["targets"].attrs["target_names"]]
+                widths = f["image_size"][()][:, 1]
+                tf = f["targets_flipped"][()]
+                ok = [i for i, r in enumerate(reasons) if not r]
+                np.testing.assert_allclose(tf[ok], flip_targets(t[ok], names, widths[ok]), rtol=1e-6)
+                assert np.isnan(tf[[i for i, r in enumerate(reasons) if r]]).all()
