@@ -74,6 +74,30 @@ def x_columns(names) -> np.ndarray:
     return np.array([str(n).lower().endswith("_x") for n in names], dtype=bool)
 
 
+def y_columns(names) -> np.ndarray:
+    """Boolean mask of the columns whose name ends in ``_y`` (case-insensitive)."""
+    return np.array([str(n).lower().endswith("_y") for n in names], dtype=bool)
+
+
+def rescale_targets(targets, names, from_hw, to_hw) -> np.ndarray:
+    """Move keypoint targets from images of size ``from_hw`` to the same images resized to ``to_hw``.
+
+    With the pixel-centre convention the image spans ``-0.5 .. W - 0.5``, so a resize maps
+    ``x -> (x + 0.5) * W_to / W_from - 0.5`` (and ``y`` with the heights), as a half-pixel-centre
+    resize maps pixels.  Columns that are neither ``*_x`` nor ``*_y`` are left as they are; NaN
+    stays NaN.  ``from_hw`` and ``to_hw`` are ``(height, width)``, one pair or one per row ``(N, 2)``.
+    """
+    t = np.array(targets, dtype=np.float64)
+    single = t.ndim == 1
+    t = np.atleast_2d(t)
+    src = np.broadcast_to(np.asarray(from_hw, np.float64).reshape(-1, 2), (len(t), 2))
+    dst = np.broadcast_to(np.asarray(to_hw, np.float64).reshape(-1, 2), (len(t), 2))
+    for mask, axis in ((x_columns(names), 1), (y_columns(names), 0)):
+        scale = (dst[:, axis] / src[:, axis])[:, None]
+        t[:, mask] = (t[:, mask] + 0.5) * scale - 0.5
+    return t[0] if single else t
+
+
 def flip_targets(targets, names, widths) -> np.ndarray:
     """Return the targets of the horizontally mirrored images.
 

@@ -126,7 +126,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--top-k", type=positive_int, default=5, help="classes to report per image (default 5)")
     p.add_argument("--tta-flip", action="store_true", help="average the original and mirrored predictions")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
-    p.add_argument("--json", action="store_true", help="JSON lines: path plus label/scores or targets")
+    p.add_argument("--json", action="store_true", help="JSON lines: path plus label/scores, or image_size and targets "
+                   "(keypoints in each image's own pixels)")
     p.set_defaults(func=_cmd_predict)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data import FeatureFile, check_compatible
+from pipeline.keypoint_frame import to_image_pixels
 from pipeline.modeldir import load_model_dir
 
 #: Feature attrs that must agree between a model and the features it is applied to.
@@ -92,11 +93,12 @@ def head_scores(head, X, task):
     return np.asarray(head.predict(X), dtype=np.float64)
 
 
-def metrics_for(head, X, y, meta, *, top_k=5) -> dict:
-    """The task's metrics of ``head`` on (X, y)."""
+def metrics_for(head, X, y, meta, *, top_k=5, sizes=None) -> dict:
+    """The task's metrics of ``head`` on (X, y); keypoints compared in each image's pixels (``sizes``, (N, 2))."""
     if meta["task"] == "classification":
         return classification_metrics(y, head_scores(head, X, "classification"), meta["class_names"], top_k=top_k)
-    return regression_metrics(y, head_scores(head, X, "regression"), meta["target_names"])
+    pred = to_image_pixels(meta, head_scores(head, X, "regression"), sizes)
+    return regression_metrics(y, pred, meta["target_names"])
 
 
 def evaluate(model_dir, features, *, top_k: int = 5) -> dict:
@@ -118,7 +120,7 @@ def evaluate(model_dir, features, *, top_k: int = 5) -> dict:
         rows = np.flatnonzero(ff.valid)
         y = ff.labels[rows] if meta["task"] == "classification" else ff.targets[rows]
         X = ff.view(rows, pooling=meta["pooling"])
-        result = metrics_for(head, X, y, meta, top_k=top_k)
+        result = metrics_for(head, X, y, meta, top_k=top_k, sizes=ff.image_size[rows])
         result["n_invalid_skipped"] = int((~ff.valid).sum())
     head_metric = "accuracy" if meta["task"] == "classification" else "rmse_px"
     return {head_metric: result.pop(head_metric), "task": meta["task"], "head": meta["head"],

@@ -196,7 +196,7 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
     if quantize == "float16" and max(float(np.abs(w).max()) for w in model.get_weights()) > 65504:
         # A folded StandardScaler divides by feature stds: tiny stds give weights float16 cannot hold.
         log.warning("some weights exceed the float16 range; expect inf or large errors (see max_abs_diff)")
-    report, run = write_artefact(model, output, format, quantize, calib, size)
+    report, run = write_artefact(model, output, format, quantize, calib, size, meta.get("target_frame"))
     if check:
         x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
         report.update(_compare(run(x), _reference(backbone, spec, head, meta, x), meta["task"]))

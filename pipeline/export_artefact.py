@@ -86,8 +86,12 @@ def _load_images(paths, size, n, *, skip_bad):
     return np.stack(arrays) if arrays else None
 
 
-def write_artefact(model, output: str, format: str, quantize, calib, size):
-    """Write ``model`` atomically in ``format``; returns (report dict, callable running the artefact)."""
+def write_artefact(model, output: str, format: str, quantize, calib, size, target_frame=None):
+    """Write ``model`` atomically in ``format``; returns (report dict, callable running the artefact).
+
+    A keypoint model's report names its ``target_frame``: the exported network outputs coordinates in
+    those training pixels, and an app scales them to its photo as ``bneck predict`` does.
+    """
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     # Same directory => same filesystem, so the final rename is atomic.
@@ -115,6 +119,8 @@ def write_artefact(model, output: str, format: str, quantize, calib, size):
         sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(output) for f in fs)
     report = {"path": output, "format": format, "quantize": quantize, "bytes": n_bytes,
               "input_shape": [None, *size, 3], "output_names": names}
+    if target_frame:
+        report["target_frame"] = [int(v) for v in target_frame]
     return report, run
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.finetune_data import AUGMENT, _dataset, decode_rows, flip_keypoint_batch, make_augment, targets_for  # noqa: F401
 from pipeline.finetuned import (MODEL_FILE, FinetunedPredictor, _Identity, evaluate_on_images, export_finetuned,  # noqa: F401
                                 is_finetuned, load_finetuned, predictor_for)
+from pipeline.keypoint_frame import frame_widths, to_frame
 
 log = logging.getLogger("bneck")
 
@@ -163,16 +164,19 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
                          "fine-tune a dense head instead")
 
     man = read_source(data, **(source or {}))
-    x, w, rows, bad = decode_rows(man, size)
+    x, hw, rows, bad = decode_rows(man, size)
     y = targets_for(man, meta, rows)
     if val:
         vman = read_source(val, **(source or {}))
-        xv, wv, vrows, _ = decode_rows(vman, size)
+        xv, hwv, vrows, _ = decode_rows(vman, size)
         yv = targets_for(vman, meta, vrows)
     else:
         tr, va = train_val_split(y if task == "classification" else len(y), val_split,
                                  stratify=task == "classification", seed=seed)
-        x, w, y, xv, wv, yv = x[tr], w[tr], y[tr], x[va], w[va], y[va]
+        x, hw, y, xv, hwv, yv = x[tr], hw[tr], y[tr], x[va], hw[va], y[va]
+    # The head predicts in its training frame: targets of other-sized images are moved into it.
+    yv_pixels, y, yv = yv, to_frame(meta, y, hw), to_frame(meta, yv, hwv)
+    w, wv = frame_widths(meta, hw), frame_widths(meta, hwv)
     if not len(x):
         raise ValueError(f"{data}: no decodable training images")
     log.info("fine-tuning %s: %d training / %d validation images, %d backbone layers unfrozen (%s)",
@@ -201,7 +205,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
     if len(xv):
         scores = model.predict(_dataset(xv, yv, wv, batch_size).map(lambda a, _b: a), verbose=0)
         val_loss = float(np.mean(keras.ops.convert_to_numpy(loss(yv, scores))))  # masked_mse gives per-row values
-        metrics = {**metrics_for(_Identity(), scores, yv, meta), "val_loss": val_loss}
+        metrics = {**metrics_for(_Identity(), scores, yv_pixels, meta, sizes=hwv), "val_loss": val_loss}
     out_meta = {
         "head": "finetuned", "task": task, "class_names": meta.get("class_names"),
         "target_names": meta.get("target_names"), "target_frame": meta.get("target_frame"),

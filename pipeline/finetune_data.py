@@ -63,7 +63,7 @@ def make_augment(task, *, target_names=None, flip=True, seed=0):
 
 
 def decode_rows(manifest, size, workers=None):
-    """Decode every row at ``size``: (uint8 images, original widths, kept row indices, [(path, reason)] of the bad)."""
+    """Decode every row at ``size``: (uint8 images, (height, width) (N, 2), kept rows, [(path, reason)] of the bad)."""
     with ThreadPoolExecutor(workers or max(1, os.cpu_count() or 1)) as pool:
         out = list(pool.map(lambda i: images.decode(manifest.source(i), size), range(len(manifest))))
     ok = [i for i, (arr, _, _) in enumerate(out) if arr is not None and i not in manifest.row_errors]
@@ -73,7 +73,7 @@ def decode_rows(manifest, size, workers=None):
         log.warning("%d of %d images could not be decoded and are skipped: %s", len(bad), len(out),
                     images.name_bad(bad))
     x = np.stack([out[i][0] for i in ok]) if ok else np.zeros((0, *size, 3), np.uint8)
-    return x, np.array([out[i][1][1] for i in ok], np.float32), np.array(ok, np.int64), bad
+    return x, np.array([out[i][1] for i in ok], np.float32).reshape(-1, 2), np.array(ok, np.int64), bad
 
 
 def targets_for(manifest, meta, rows):

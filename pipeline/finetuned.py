@@ -9,7 +9,8 @@ import numpy as np
 
 from features import keypoints
 from pipeline.finetune_data import decode_rows, targets_for
-from pipeline.predict import Predictor, unmirror_widths
+from pipeline.keypoint_frame import unmirror_widths
+from pipeline.predict import Predictor
 
 log = logging.getLogger("bneck")
 
@@ -91,16 +92,16 @@ def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32,
 
     man = read_source(data, **(source or {}))  # a malformed CSV fails before the model is built
     pred = predictor_for(model_dir, batch_size=batch_size)
-    x, w, rows, bad = decode_rows(man, pred.input_size)
+    x, hw, rows, bad = decode_rows(man, pred.input_size)
     if len(man) and len(bad) / len(man) > max_bad_fraction:
         from features.images import name_bad
 
         raise TooManyBadImages(f"{data}: {len(bad)} of {len(man)} images ({len(bad) / len(man):.1%}) could not be "
                                f"decoded, more than --max-bad-fraction {max_bad_fraction}: {name_bad(bad)}")
     y = targets_for(man, pred.meta, rows)
-    scores = np.concatenate([pred.predict_arrays(x[s:s + batch_size], widths=w[s:s + batch_size])
+    scores = np.concatenate([pred.predict_arrays(x[s:s + batch_size], widths=hw[s:s + batch_size, 1])
                              for s in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 1))
-    result = metrics_for(_Identity(), scores, y, pred.meta, top_k=top_k)
+    result = metrics_for(_Identity(), scores, y, pred.meta, top_k=top_k, sizes=hw)
     key = "accuracy" if pred.meta["task"] == "classification" else "rmse_px"
     return {key: result.pop(key), "task": pred.meta["task"], "head": pred.meta["head"], "model": str(model_dir),
             "data": str(data), "n_bad_skipped": len(bad),
@@ -122,7 +123,7 @@ def export_finetuned(model_dir, output, *, format: str = "keras", quantize: str 
     size = pred.input_size
     calib = ex.calibration_images(representative_images, size, n_representative, quantize,
                                   pred.prov.get("source_root") or "")
-    report, run = ex.write_artefact(pred.model, output, format, quantize, calib, size)
+    report, run = ex.write_artefact(pred.model, output, format, quantize, calib, size, pred.meta.get("target_frame"))
     if check:
         x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
         report.update(ex._compare(run(x), pred.predict_arrays(x), pred.meta["task"]))

@@ -13,6 +13,7 @@ import numpy as np
 
 from features import images, keypoints
 from pipeline.evaluate import check_top_k, head_scores
+from pipeline.keypoint_frame import to_image_pixels, unmirror_widths
 from pipeline.modeldir import load_model_dir
 from pipeline.stitch import as_stored, make_extractor, pool_on_load
 
@@ -35,19 +36,6 @@ def list_images(inputs, *, keep_missing: bool = False) -> list[str]:
         else:
             raise FileNotFoundError(f"{item}: no such file or directory")
     return out
-
-
-def unmirror_widths(meta: dict, widths, n: int, input_size) -> np.ndarray:
-    """Widths to un-mirror predicted keypoints with: the frame the head predicts in.
-
-    A head trained on images of one size (Kaggle faces: 96x96) predicts in that frame whatever the
-    new image's size, so its mirror is taken about the training width (``meta["target_frame"]``).
-    A head trained on images of mixed sizes predicts in each image's own pixels.
-    """
-    frame = meta.get("target_frame")
-    if frame:
-        return np.full(n, float(frame[1]))
-    return np.asarray(widths if widths is not None else [input_size[1]] * n, dtype=float)
 
 
 class Predictor:
@@ -97,7 +85,7 @@ class Predictor:
                 if ok:
                     x = np.stack([decoded[i][0] for i in ok])
                     sizes = np.array([decoded[i][1] for i in ok])
-                    preds = self.predict_arrays(x, widths=sizes[:, 1])
+                    preds = to_image_pixels(self.meta, self.predict_arrays(x, widths=sizes[:, 1]), sizes)
                     results = {i: self._result(chunk[i], preds[j], sizes[j], top_k) for j, i in enumerate(ok)}
                 for i, path in enumerate(chunk):
                     yield results.get(i) or {"path": path, "error": decoded[i][2],
@@ -109,8 +97,9 @@ class Predictor:
             order = np.argsort(-pred)[:top_k]
             return {"path": path, "label": str(names[order[0]]),
                     "scores": {str(names[i]): round(float(pred[i]), 6) for i in order}}
-        # Targets are in the pixels of the training images (Kaggle faces: 96x96), see unmirror_widths.
-        return {"path": path, "targets": {str(n): round(float(v), 4) for n, v in zip(self.meta["target_names"], pred)}}
+        # Keypoints are in this image's own pixels (to_image_pixels), whatever size the head was trained on.
+        return {"path": path, "image_size": [int(v) for v in size],
+                "targets": {str(n): round(float(v), 4) for n, v in zip(self.meta["target_names"], pred)}}
 
 
 def predict(model_dir, inputs, *, top_k: int = 5, tta_flip: bool = False, batch_size: int = 32):

@@ -1,4 +1,4 @@
-"""Metric maths and the refusal of features that don't fit the model."""
+"""Metric maths, keypoints scored in each image's pixels, and the refusal of features that don't fit the model."""
 
 import shutil
 
@@ -6,9 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
+from features.keypoints import rescale_targets
 from pipeline.data import FeatureFileError
 from pipeline.evaluate import classification_metrics, evaluate, regression_metrics
 from pipeline.train import train
+from tests.feature_files import write_feature_file
 from tests.imagefolders import make_class_folder
 from tests.stage2_fixtures import extract_fast
 
@@ -52,3 +54,27 @@ def test_features_that_do_not_fit_the_model_are_refused(tmp_path):
             f.attrs[key] = value
         with pytest.raises(FeatureFileError, match=f"{key} is '{value}', expected"):
             evaluate(tmp_path / "m", other)
+
+
+def _resized_copy(src, dst, names, to_hw):
+    """The same rows as if every image had been ``to_hw`` pixels: targets and image_size scaled to match."""
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "r+") as f:
+        f["targets"][...] = rescale_targets(f["targets"][()], names, f["image_size"][0], to_hw)
+        f["image_size"][...] = np.array(to_hw, np.int32)
+
+
+def test_keypoints_are_scored_in_each_images_own_pixels(tmp_path):
+    names = ["nose_x", "nose_y"]
+    rng = np.random.default_rng(0)
+    targets = rng.uniform(0, 40, (60, 2)).astype(np.float32)
+    write_feature_file(tmp_path / "f.h5", n=60, shape=(8,), task="regression", targets=targets, target_names=names)
+    meta = train(tmp_path / "f.h5", tmp_path / "m", head="specialists")
+    assert meta["target_frame"] == [48, 64]  # write_feature_file's images are 64 wide, 48 high
+    same = evaluate(tmp_path / "m", tmp_path / "f.h5")
+    # Twice the size on both axes: each pixel-centre error doubles exactly, so the RMSE does too.
+    _resized_copy(tmp_path / "f.h5", tmp_path / "big.h5", names, (96, 128))
+    big = evaluate(tmp_path / "m", tmp_path / "big.h5")
+    assert same["rmse_px"] > 1
+    assert big["rmse_px"] == pytest.approx(2 * same["rmse_px"], rel=1e-4)
+

@@ -94,6 +94,7 @@ def test_keras_export_matches_predict_and_loads_safely(models, name, tmp_path):
     assert report["format"] == "keras" and report["bytes"] == os.path.getsize(out) > 0
     assert report["input_shape"] == [None, 32, 32, 3]
     assert report["output_names"] == ["targets" if regression else "scores"]
+    assert report.get("target_frame") == ([32, 32] if regression else None)  # the pixels its keypoints are in
     assert report["max_rel_diff" if regression else "max_abs_diff"] <= 1e-4
     assert os.listdir(tmp_path) == ["m.keras"]  # no temporary file left behind
     model = keras.saving.load_model(out, safe_mode=True, compile=False)  # built-in layers only

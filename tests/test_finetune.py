@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from features import backbones, keypoints
 from features.weights import build_backbone
@@ -198,3 +199,43 @@ def test_keypoint_finetune(tmp_path):
     assert np.isfinite(meta["metrics"]["rmse_px"]) and meta["finetune"]["n_val"] == 6
     ev = ft.evaluate_on_images(str(tmp_path / "kft"), paths["keypoints_validation"])
     assert ev["rmse_px"] == pytest.approx(meta["metrics"]["rmse_px"], rel=1e-4)
+
+
+def _upscaled_faces(kaggle_csv, folder, factor):
+    """The Kaggle CSV's faces as PNG files ``factor`` times larger, in a path + targets CSV with rescaled targets."""
+    from features.keypoints import rescale_targets
+
+    folder.mkdir()
+    with open(kaggle_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [c for c in rows[0] if c != "Image"]
+    with open(folder / "faces.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", *names])
+        for i, row in enumerate(rows):
+            pixels = np.array(row["Image"].split(), np.uint8).reshape(96, 96)
+            Image.fromarray(pixels).resize((96 * factor, 96 * factor), Image.BICUBIC).save(folder / f"{i}.png")
+            t = np.array([float(row[n]) if row[n] else np.nan for n in names])
+            w.writerow([f"{i}.png", *rescale_targets(t, names, (96, 96), (96 * factor, 96 * factor))])
+    return folder / "faces.csv"
+
+
+def test_keypoints_of_larger_photos_are_scored_in_their_own_pixels(tmp_path):
+    from features.demo import make_demo
+
+    paths = make_demo(tmp_path / "demo", n_faces=24)
+    feats = extract_fast(paths["keypoints_training"], tmp_path / "k.h5", input_size="32")
+    meta = train(feats, tmp_path / "km", head="dense", params={"epochs": 1, "units": 8})
+    assert meta["target_frame"] == [96, 96]
+    big = _upscaled_faces(paths["keypoints_validation"], tmp_path / "big", 2)
+    small = ft.evaluate_on_images(str(tmp_path / "km"), paths["keypoints_validation"])
+    large = ft.evaluate_on_images(str(tmp_path / "km"), big)
+    # The same faces at twice the size: errors in pixels double (up to the resampling of the pictures).
+    assert large["rmse_px"] == pytest.approx(2 * small["rmse_px"], rel=0.05)
+    # Fine-tuning on the large photos keeps the head's 96x96 frame: its targets are moved into it first.
+    out = ft.finetune(str(tmp_path / "km"), big, str(tmp_path / "kft"), unfreeze_last=1, epochs=1, batch_size=8,
+                      val=big, augment=False)
+    assert out["target_frame"] == [96, 96]
+    ev = ft.evaluate_on_images(str(tmp_path / "kft"), big)
+    assert ev["rmse_px"] == pytest.approx(out["metrics"]["rmse_px"], rel=1e-4)
+    assert ev["rmse_px"] < 1.5 * large["rmse_px"]  # one epoch at a small LR: near where it started, not lost

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.keypoints import (KAGGLE_KEYPOINTS, SPECIALIST_GROUPS, flip_pairs, flip_targets,
-                                load_groups, x_columns)
+                                load_groups, rescale_targets, x_columns, y_columns)
 
 
 def test_kaggle_names():
@@ -35,6 +35,25 @@ def test_flip_pairs_case_and_unpaired():
 
 def test_x_columns():
     assert x_columns(["a_x", "a_Y", "B_X", "box"]).tolist() == [True, False, True, False]
+    assert y_columns(["a_x", "a_Y", "B_X", "boy"]).tolist() == [False, True, False, False]
+
+
+def test_rescale_targets_maps_pixel_edges_and_centres():
+    names = ["eye_x", "eye_y", "score"]
+    t = np.array([[-0.5, -0.5, 7.0], [95.5, 47.5, 7.0], [0.0, 0.0, np.nan], [np.nan, 10.0, 1.0]])
+    got = rescale_targets(t, names, (48, 96), (96, 192))  # twice the size on both axes
+    # Image edges stay edges, pixel 0's centre becomes the centre of the 2x2 block (0.5), others untouched.
+    np.testing.assert_array_equal(got[:3], [[-0.5, -0.5, 7.0], [191.5, 95.5, 7.0], [0.5, 0.5, np.nan]])
+    assert np.isnan(got[3, 0]) and got[3, 1:].tolist() == [20.5, 1.0]
+    np.testing.assert_allclose(rescale_targets(got, names, (96, 192), (48, 96)), t)  # and back
+
+
+def test_rescale_targets_per_row_sizes_and_single_rows():
+    names = ["a_x", "a_y"]
+    t = np.array([[10.0, 20.0], [10.0, 20.0]])
+    got = rescale_targets(t, names, (96, 96), [[96, 96], [192, 48]])
+    np.testing.assert_allclose(got, [[10.0, 20.0], [4.75, 40.5]])
+    assert rescale_targets(t[0], names, (96, 96), (96, 96)).shape == (2,)
 
 
 def test_flip_targets_convention_and_involution(rng):

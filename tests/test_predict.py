@@ -1,5 +1,5 @@
 """pipeline.predict: --tta-flip averages the original and the mirror, and un-mirrors keypoints in the
-frame the head predicts in (the training images' size), not in the new image's size."""
+frame the head predicts in (the training images' size); keypoints come back in the new image's pixels."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from features import images
-from features.keypoints import flip_targets
+from features.keypoints import flip_targets, rescale_targets
 from features.runner import ExtractConfig, extract
-from pipeline.predict import Predictor, unmirror_widths
+from pipeline.predict import Predictor
 from pipeline.train import train
 from tests.imagefolders import make_class_folder
 
@@ -64,15 +64,20 @@ def test_keypoints_are_unmirrored_in_the_training_frame(models):
     x = _decoded(models["big"])
     plain, tta = Predictor(models["dir"] / "ridge"), Predictor(models["dir"] / "ridge", tta_flip=True)
     mirrored = flip_targets(plain.predict_arrays(x[:, :, ::-1].copy()), NAMES, 32)  # not 64, the new width
-    want = (plain.predict_arrays(x) + mirrored) / 2
+    want = rescale_targets((plain.predict_arrays(x) + mirrored) / 2, NAMES, (32, 32), (48, 64))
     got = next(iter(tta.predict_files([models["big"]])))["targets"]
     np.testing.assert_allclose([got[n] for n in NAMES], want[0], atol=1e-3)
 
 
-def test_mixed_size_training_unmirrors_in_each_images_pixels():
-    assert unmirror_widths({"target_frame": None}, [64, 80], 2, (32, 32)).tolist() == [64, 80]
-    assert unmirror_widths({}, None, 2, (32, 40)).tolist() == [40, 40]
-    assert unmirror_widths({"target_frame": [96, 96]}, [64, 80], 2, (32, 32)).tolist() == [96, 96]
+def test_keypoints_come_back_in_the_new_images_own_pixels(models):
+    plain = Predictor(models["dir"] / "ridge")
+    in_frame = plain.predict_arrays(_decoded(models["big"]))[0]  # what the head says, in 32x32 training pixels
+    result = next(iter(plain.predict_files([models["big"]])))
+    assert result["image_size"] == [48, 64]
+    got = np.array([result["targets"][n] for n in NAMES])
+    # 64 wide, 48 high: x scale 2, y scale 1.5 about the pixel-centre convention's edges.
+    np.testing.assert_allclose(got[[0, 2, 4]], (in_frame[[0, 2, 4]] + 0.5) * 2 - 0.5, atol=1e-3)
+    np.testing.assert_allclose(got[[1, 3]], (in_frame[[1, 3]] + 0.5) * 1.5 - 0.5, atol=1e-3)
 
 
 def test_other_weights_than_the_features_were_made_with_are_refused(models, tmp_path):

@@ -3,11 +3,13 @@
 import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 
 from pipeline.evaluate import evaluate
 from pipeline.train import train
+from tests.feature_files import write_feature_file
 from tests.imagefolders import make_class_folder
 from tests.stage2_fixtures import extract_fast, faces
 
@@ -126,3 +128,13 @@ def test_grid_search_folds_group_each_image_with_its_mirror(cls_file, tmp_path, 
     meta = train(cls_file, tmp_path / "m", head="logreg", pooling="avg", grid={"C": [0.1, 1.0]})
     m = meta["training"]["n_train_rows"]
     assert seen["n"] == 2 * m and list(seen["groups"]) == list(range(m)) * 2
+
+
+def test_training_on_keypoints_of_mixed_image_sizes_warns_and_records_no_frame(tmp_path, caplog):
+    write_feature_file(tmp_path / "f.h5", n=30, shape=(8,), task="regression", target_names=["nose_x", "nose_y"])
+    with h5py.File(tmp_path / "f.h5", "r+") as f:
+        f["image_size"][::2] = [96, 96]
+    with caplog.at_level("WARNING", logger="bneck"):
+        meta = train(tmp_path / "f.h5", tmp_path / "m", head="specialists")
+    assert meta["target_frame"] is None
+    assert "images of 2 different sizes (e.g. 48x64, 96x96)" in caplog.text
