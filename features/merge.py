@@ -53,9 +53,7 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
     if os.path.exists(output) and not overwrite:
         # A rerun of the same merge (a retried batch job, a Makefile) is a no-op, like extract's.
         if _is_this_merge(output, infos, n, copy):
-            return {"output": output, "shards": [s["path"] for s in infos], "n_shards": len(infos), "rows": n,
-                    "virtual": not copy, "bytes": os.path.getsize(output), "seconds": round(time.time() - t0, 3),
-                    "skipped_existing": True}
+            return _summary(output, infos, n, copy, t0, skipped=True)
         raise MergeError(f"{output} already exists and is not this merge of these shards; "
                          "use --overwrite (overwrite=True in Python) to replace it")
     attrs = _merged_attrs(infos, n, copy)
@@ -80,9 +78,14 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return _summary(output, infos, n, copy, t0, skipped=False)
+
+
+def _summary(output: str, infos: list[dict], n: int, copy: bool, t0: float, *, skipped: bool) -> dict:
+    """What :func:`merge` returns: the same keys whether it merged now or found this merge done."""
     return {"output": output, "shards": [s["path"] for s in infos], "n_shards": len(infos), "rows": n,
             "virtual": not copy, "bytes": os.path.getsize(output), "seconds": round(time.time() - t0, 3),
-            "skipped_existing": False}
+            "skipped_existing": skipped}
 
 
 def _is_this_merge(output: str, infos: list[dict], n: int, copy: bool) -> bool:
