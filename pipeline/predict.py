@@ -60,7 +60,11 @@ class Predictor:
         return orig, flipped
 
     def predict_arrays(self, x: np.ndarray, widths=None) -> np.ndarray:
-        """Scores (classification) or targets (regression) for a uint8 batch at the input size."""
+        """Scores (classification) or targets (regression, in the head's frame) for a uint8 batch at the input size.
+
+        Keypoints come out in the training frame (``meta["target_frame"]``); :meth:`predict_files` moves
+        them into each file's pixels with :func:`pipeline.keypoint_frame.to_image_pixels`.
+        """
         task = self.meta["task"]
         orig, flipped = self._features(x)
         out = head_scores(self.head, orig, task)
