@@ -162,3 +162,27 @@ def test_incompatible_features_refused_by_cli(work, tmp_path):
         f["features"] = np.zeros((2, 4))
     r = bneck("train", foreign, "-o", tmp_path / "m")
     assert r.returncode == 1 and "foreign.h5" in r.stderr
+
+
+def test_predict_keypoints_in_the_photos_own_pixels(tmp_path):
+    """A keypoint model trained on 96x96 faces, asked about the same face as a 192x192 photo."""
+    from PIL import Image
+
+    from features.demo import make_demo
+
+    paths = make_demo(tmp_path / "demo", n_faces=16)
+    ok("extract", paths["keypoints_training"], "-o", tmp_path / "k.h5", *EXTRACT, "--pooling", "avg")
+    ok("train", tmp_path / "k.h5", "-o", tmp_path / "m", "--head", "specialists")
+    with open(paths["keypoints_validation"]) as f:
+        f.readline()
+        pixels = np.array(f.readline().rsplit(",", 1)[1].split(), np.uint8).reshape(96, 96)
+    Image.fromarray(pixels).save(tmp_path / "small.png")
+    Image.fromarray(pixels).resize((192, 192), Image.NEAREST).save(tmp_path / "big.png")
+    small, big = (json.loads(line) for line in ok("predict", tmp_path / "m", tmp_path / "small.png",
+                                                   tmp_path / "big.png", "--json").splitlines())
+    assert small["image_size"] == [96, 96] and big["image_size"] == [192, 192]
+    s = np.array(list(small["targets"].values()))
+    b = np.array(list(big["targets"].values()))
+    assert len(s) == 30 and s.min() > 5  # face coordinates, all away from the corner
+    # Twice the photo, twice the coordinates (pixel centres), up to how the two resizes to 32x32 differ.
+    np.testing.assert_allclose(b, (s + 0.5) * 2 - 0.5, atol=2.0)
