@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.featurefile import COMPAT_KEYS, FeatureFile, check_compatible
+from pipeline.keypoint_frame import into_frame, training_frame
 from pipeline.views import ConcatView, FeatureFileError, FeatureView, batch_indices, total_nbytes
 
 __all__ = [
@@ -116,7 +117,9 @@ class TrainingData:
     ``used_flipped`` the training side holds each image twice (original, then mirrored rows).
     ``n_invalid_skipped`` counts unreadable rows skipped (training plus any ``val`` file),
     ``n_missing_targets_skipped`` regression rows whose targets were all NaN.
-    ``attrs`` is the provenance (root attrs) of the training feature file.
+    ``attrs`` is the provenance (root attrs) of the training feature file. ``target_frame``
+    ([height, width]) is the pixel frame regression targets are in (see
+    :func:`pipeline.keypoint_frame.training_frame`), None for classification.
     """
 
     X: object = field(repr=False)
@@ -135,6 +138,7 @@ class TrainingData:
     n_missing_targets_skipped: int = 0
     pooling: str = "none"
     path: str = ""
+    target_frame: list[int] | None = None
 
     def close(self) -> None:
         """Close the HDF5 handles of lazy views (no-op for in-memory data)."""
@@ -170,13 +174,18 @@ def _check_val_file(train: FeatureFile, val: FeatureFile) -> None:
                 f"expected {want!r} (from {train.path})")
 
 
-def _y(f: FeatureFile, *, flipped: bool = False) -> np.ndarray:
+def _y(f: FeatureFile, *, flipped: bool = False, frame=None) -> np.ndarray:
     if f.task == "classification":
         return f.labels  # mirroring an image does not change its class
     y = f.targets_flipped if flipped else f.targets
     if y is None:
         raise FeatureFileError(f"{f.path}: flipped features but no 'targets_flipped' dataset")
-    return y
+    return into_frame(y, f.target_names, f.image_size, frame)  # a mirror commutes with the rescale
+
+
+def _frame(f: FeatureFile, keep) -> list[int] | None:
+    return None if f.task == "classification" else \
+        training_frame(f.image_size[keep], f.attrs["input_size"], f.target_names, path=f.path)
 
 
 def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None = None,
@@ -212,7 +221,8 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
         elif use_flipped and not f.has_flipped:
             raise FeatureFileError(f"{f.path}: --use-flipped requested but the file has no "
                                    "flipped features (extracted with --no-flip)")
-        y_all, src = _y(f), np.flatnonzero(keep)
+        frame = _frame(f, keep)
+        y_all, src = _y(f, frame=frame), np.flatnonzero(keep)
         if len(src) == 0:
             raise FeatureFileError(f"{f.path}: no usable rows ({n_invalid} invalid, "
                                    f"{n_missing} without targets)")
@@ -225,7 +235,7 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
                 n_invalid, n_missing = n_invalid + v_invalid, n_missing + v_missing
                 val_rows = np.flatnonzero(vkeep)
                 if len(val_rows):
-                    X_val, y_val = vf.view(val_rows, pooling=pooling), _y(vf)[val_rows]
+                    X_val, y_val = vf.view(val_rows, pooling=pooling), _y(vf, frame=frame)[val_rows]
         else:
             tr, va = train_val_split(y_all[src] if cls else len(src), val_split,
                                      stratify=cls, seed=seed)
@@ -235,7 +245,7 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
         X, y = f.view(train_rows, pooling=pooling), y_all[train_rows]
         if use_flipped:
             X = ConcatView([X, f.view(train_rows, flipped=True, pooling=pooling)])
-            y = np.concatenate([y, _y(f, flipped=True)[train_rows]])
+            y = np.concatenate([y, _y(f, flipped=True, frame=frame)[train_rows]])
         nbytes = total_nbytes(X, X_val)
         in_memory = nbytes <= budget
         log.info("%s: %d training rows%s, %d validation rows, %.1f MiB of float32 features: %s",
@@ -254,7 +264,7 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
             target_names=None if cls else f.target_names, attrs=f.attrs,
             n_invalid_skipped=n_invalid, n_train_rows=len(train_rows), n_val_rows=len(val_rows),
             used_flipped=bool(use_flipped), in_memory=in_memory,
-            n_missing_targets_skipped=n_missing, pooling=pooling, path=os.fspath(path))
+            n_missing_targets_skipped=n_missing, pooling=pooling, path=os.fspath(path), target_frame=frame)
 
 
 def make_tf_dataset(path, *, rows=None, flipped: bool = False, pooling: str = "none",

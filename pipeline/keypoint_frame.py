@@ -1,24 +1,29 @@
 """The frame a keypoint head predicts in, and the moves between it and each image's own pixels.
 
-Keypoint targets are stored in each image's own pixels.  A head trained on images of one size
-(``target_frame`` in ``model.json``, Kaggle faces: 96x96) sees only the resized input, so it predicts
-in that frame whatever the new image's size: predictions are mirrored about the frame's width and
-then scaled into the image's pixels.
+Keypoint targets are stored in each image's own pixels.  A head sees only the resized input, so it
+predicts in one frame whatever the new image's size (``target_frame`` in ``model.json``): the
+training images' size when they all have one (Kaggle faces: 96x96), else the backbone's input size,
+into which training moves the targets of mixed-size images (:func:`training_frame`).  Predictions are
+mirrored about the frame's width and then scaled into each image's pixels.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from features import keypoints
 
+log = logging.getLogger("bneck")
+
 
 def unmirror_widths(meta: dict, widths, n: int, input_size) -> np.ndarray:
     """Widths to un-mirror predicted keypoints with: the frame the head predicts in.
 
-    A head trained on images of one size (Kaggle faces: 96x96) predicts in that frame whatever the
-    new image's size, so its mirror is taken about the training width (``meta["target_frame"]``).
-    A head trained on images of mixed sizes predicts in each image's own pixels.
+    A keypoint head predicts in its frame whatever the new image's size, so its mirror is taken
+    about the frame's width (``meta["target_frame"]``); without a frame (models from before frames
+    were recorded), about each image's own width.
     """
     frame = meta.get("target_frame")
     if frame:
@@ -29,10 +34,10 @@ def unmirror_widths(meta: dict, widths, n: int, input_size) -> np.ndarray:
 def to_image_pixels(meta: dict, preds, sizes) -> np.ndarray:
     """Keypoints predicted in the training frame, moved into each image's own pixels.
 
-    A head trained on images of one size (``meta["target_frame"]``, Kaggle faces: 96x96) predicts
-    in that frame whatever the new image's size; a 192x192 photo's eye is then at twice the
-    predicted x and y.  ``sizes`` is ``(N, 2)`` (height, width); rows of size 0 (unknown) stay in the
-    frame.  Classifiers, and heads trained on mixed sizes (no frame), are returned unchanged.
+    A head predicts in ``meta["target_frame"]`` (Kaggle faces: 96x96) whatever the new image's size;
+    a 192x192 photo's eye is then at twice the predicted x and y.  ``sizes`` is ``(N, 2)`` (height,
+    width); rows of size 0 (unknown) stay in the frame.  Classifiers and heads without a frame are
+    returned unchanged.
     """
     frame = meta.get("target_frame")
     if meta.get("task") != "regression" or not frame or sizes is None:
@@ -60,3 +65,34 @@ def frame_widths(meta: dict, sizes) -> np.ndarray:
     sizes = np.asarray(sizes, np.float32).reshape(-1, 2)
     frame = meta.get("target_frame")
     return np.full(len(sizes), float(frame[1]), np.float32) if frame else sizes[:, 1].copy()
+
+
+def training_frame(sizes, input_size, names, *, path="") -> list[int] | None:
+    """The frame a head learns keypoints in: the training images' one size, else the backbone's input size.
+
+    Images of one size keep their own pixels (Kaggle faces: 96x96).  Images of mixed sizes are all
+    seen resized to ``input_size``, so their targets are moved into that frame: the same face at two
+    sizes then gets one answer.  Regression without ``*_x``/``*_y`` columns has no frame when mixed.
+    """
+    sizes = np.unique(np.asarray(sizes).reshape(-1, 2), axis=0)
+    if len(sizes) == 1 and sizes[0].all():
+        return [int(v) for v in sizes[0]]
+    if len(sizes) < 2 or not (keypoints.x_columns(names) | keypoints.y_columns(names)).any():
+        return None
+    frame = [int(v) for v in input_size]
+    log.info("%s: keypoint targets of images of %d sizes (e.g. %s) are learnt in the %dx%d input frame the "
+             "backbone sees; predict and evaluate scale them back to each image", path, len(sizes),
+             ", ".join(f"{h}x{w}" for h, w in sizes[:3]), *frame)
+    return frame
+
+
+def into_frame(targets, names, sizes, frame) -> np.ndarray:
+    """Targets in the pixels of images of ``sizes`` (N, 2), moved into ``frame`` (float32; unchanged without one)."""
+    if not frame:
+        return targets
+    frame = np.asarray(frame)
+    sizes = np.asarray(sizes).reshape(-1, 2)
+    sizes = np.where((sizes > 0).all(axis=1, keepdims=True), sizes, frame)  # invalid rows: size unknown, no targets
+    if (sizes == frame).all():
+        return targets
+    return keypoints.rescale_targets(targets, names, sizes, frame).astype(np.float32)

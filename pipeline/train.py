@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 
-from features import keypoints
 from pipeline.data import load_training_data
 from pipeline.evaluate import MODEL_COMPAT_KEYS, metrics_for
 from pipeline.modeldir import check_writable, save_model_dir
@@ -106,7 +105,6 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
              head, len(data.X), data.n_train_rows, " + mirrored" if data.used_flipped else "",
              data.n_val_rows, data.n_invalid_skipped,
              "" if data.in_memory else " (streaming from HDF5: larger than the memory budget)")
-    frame = target_frame(features) if data.task == "regression" else None
     est = build_head(head, data.task, data.target_names, params=params, groups=groups,
                      specialist_base=specialist_base, jobs=jobs, seed=seed)
     extra: dict = {}
@@ -125,7 +123,7 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
         est.fit(data.X, data.y)
     fit_seconds = time.time() - t0
     meta_core = {"task": data.task, "class_names": data.class_names, "target_names": data.target_names,
-                 "target_frame": frame, "pooling": pooling}
+                 "target_frame": data.target_frame, "pooling": pooling}
     metrics = metrics_for(est, data.X_val, data.y_val, meta_core) if data.X_val is not None else {}
     if hasattr(est, "history_"):
         extra["history.csv"] = _history_csv(est.history_)
@@ -153,28 +151,6 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
     saved = save_model_dir(output, est, meta, extra_files=extra, overwrite=overwrite)
     data.close() if hasattr(data, "close") else None
     return saved
-
-
-def target_frame(features) -> list[int] | None:
-    """``[height, width]`` of the training images when they all have one size, else None.
-
-    Keypoint targets are in each image's own pixels, so a head trained on one size predicts in
-    that frame; ``predict --tta-flip`` un-mirrors about it (:func:`pipeline.predict.unmirror_widths`).
-    """
-    from pipeline.featurefile import FeatureFile
-
-    with FeatureFile(features) as ff:
-        sizes, names = np.unique(ff.image_size[ff.valid], axis=0), ff.target_names or []
-    if len(sizes) == 1 and sizes[0].all():
-        return [int(v) for v in sizes[0]]
-    if len(sizes) > 1 and any(keypoints.x_columns(names)):
-        # The head sees every image resized to the input size but is taught targets in each image's own
-        # pixels, so the same face at two sizes gets two answers: the user should know before minutes of fitting.
-        log.warning("%s: keypoint targets come from images of %d different sizes (e.g. %s); the head cannot see "
-                    "an image's size, so resize the images to one size before extraction for keypoints that "
-                    "predict and evaluate in each image's own pixels", features, len(sizes),
-                    ", ".join(f"{h}x{w}" for h, w in sizes[:3]))
-    return None
 
 
 def _history_csv(history: dict) -> str:

@@ -320,3 +320,27 @@ def test_make_tf_dataset_regression_flipped(tmp_path):
     x, y = next(iter(make_tf_dataset(p, flipped=True, batch_size=6)))
     np.testing.assert_array_equal(x.numpy(), ref["features_flipped"])
     np.testing.assert_array_equal(y.numpy(), ref["targets_flipped"])
+
+
+def test_keypoints_of_mixed_image_sizes_are_learnt_in_the_input_frame(tmp_path, caplog):
+    p = tmp_path / "mixed.h5"
+    t = np.array([[15.5, 23.5, 1.0]] * 4, np.float32)
+    ref = write_feature_file(p, n=4, shape=(3,), task="regression", targets=t, target_names=["a_x", "a_y", "z"])
+    with h5py.File(p, "r+") as f:
+        f["image_size"][2:] = [96, 128]  # rows 0, 1: 48x64; rows 2, 3: twice that
+    with caplog.at_level("INFO", logger="bneck"):
+        data = load_training_data(p, val_split=0.0, use_flipped=True)
+    assert data.target_frame == [32, 32] and "learnt in the 32x32 input frame" in caplog.text
+    # x: 64 -> 32 and 128 -> 32 wide; y: 48 -> 32 and 96 -> 32 high; "z" is no coordinate.
+    np.testing.assert_allclose(data.y[:4], [[7.5, 15.5, 1.0]] * 2 + [[3.5, 7.5, 1.0]] * 2)
+    fx = ref["targets_flipped"][0, 0]
+    np.testing.assert_allclose(data.y[4:, 0], [(fx + 0.5) / 2 - 0.5] * 2 + [(fx + 0.5) / 4 - 0.5] * 2, rtol=1e-6)
+
+
+def test_keypoints_of_one_image_size_stay_in_its_pixels(ffile, tmp_path):
+    p = tmp_path / "one.h5"
+    ref = write_feature_file(p, n=6, shape=(3,), task="regression", target_names=["a_x", "a_y"])
+    data = load_training_data(p, val_split=0.0, use_flipped=False)
+    assert data.target_frame == [48, 64]
+    np.testing.assert_array_equal(data.y, ref["targets"])
+    assert load_training_data(ffile[0], val_split=0.0).target_frame is None  # classification

@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from features.keypoints import rescale_targets
 from pipeline.evaluate import evaluate
 from pipeline.train import train
 from tests.feature_files import write_feature_file
@@ -130,11 +131,27 @@ def test_grid_search_folds_group_each_image_with_its_mirror(cls_file, tmp_path, 
     assert seen["n"] == 2 * m and list(seen["groups"]) == list(range(m)) * 2
 
 
-def test_training_on_keypoints_of_mixed_image_sizes_warns_and_records_no_frame(tmp_path, caplog):
-    write_feature_file(tmp_path / "f.h5", n=30, shape=(8,), task="regression", target_names=["nose_x", "nose_y"])
+def test_keypoints_of_mixed_image_sizes_train_in_the_input_frame_and_score_in_each_images_pixels(tmp_path):
+    """The same face at two sizes is one answer in the input frame, and each size is scored in its own pixels."""
+    rng = np.random.default_rng(0)
+    targets = rng.uniform(5, 40, (20, 2)).astype(np.float32)
+    feats = rng.normal(size=(20, 8)).astype(np.float32)
+    pairs = np.concatenate([feats, feats])  # rows 20..39: the same images at twice the size
+    big_targets = rescale_targets(targets, ["nose_x", "nose_y"], (48, 64), (96, 128))
+    write_feature_file(tmp_path / "f.h5", n=40, shape=(8,), task="regression", target_names=["nose_x", "nose_y"],
+                       targets=np.concatenate([targets, big_targets]), store_dtype="float32")
     with h5py.File(tmp_path / "f.h5", "r+") as f:
-        f["image_size"][::2] = [96, 96]
-    with caplog.at_level("WARNING", logger="bneck"):
-        meta = train(tmp_path / "f.h5", tmp_path / "m", head="specialists")
-    assert meta["target_frame"] is None
-    assert "images of 2 different sizes (e.g. 48x64, 96x96)" in caplog.text
+        f["features"][...] = pairs
+        f["image_size"][20:] = [96, 128]
+    meta = train(tmp_path / "f.h5", tmp_path / "m", head="specialists", val_split=0.0)
+    assert meta["target_frame"] == [32, 32]
+    for rows, name in ((slice(0, 20), "small"), (slice(20, 40), "big")):
+        sub = tmp_path / f"{name}.h5"
+        write_feature_file(sub, n=20, shape=(8,), task="regression", target_names=["nose_x", "nose_y"],
+                           targets=np.concatenate([targets, big_targets])[rows], store_dtype="float32")
+        with h5py.File(sub, "r+") as f:
+            f["features"][...] = pairs[rows]
+            f["image_size"][...] = [48, 64] if name == "small" else [96, 128]
+    small, big = evaluate(tmp_path / "m", tmp_path / "small.h5"), evaluate(tmp_path / "m", tmp_path / "big.h5")
+    assert small["rmse_px"] > 0.5  # a ridge on 8 random features does not fit 20 rows exactly
+    assert big["rmse_px"] == pytest.approx(2 * small["rmse_px"], rel=1e-4)
