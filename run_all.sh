@@ -32,7 +32,9 @@ demo() {
   "$VENV/bin/python" -m features.demo "$data"
   # Offline machines have no ImageNet weights: --weights auto falls back to seeded random
   # weights and says so loudly. Batch jobs should use --weights imagenet or a file.
-  local common=(--weights auto --backbone "${BNECK_DEMO_BACKBONE:-vgg16}")
+  # The runtime is pinned: `./run_all.sh test` installs [openvino], and with --runtime auto a rerun of
+  # the demo would then find its earlier features made by another runtime and (rightly) refuse them.
+  local common=(--weights auto --backbone "${BNECK_DEMO_BACKBONE:-vgg16}" --runtime "${BNECK_DEMO_RUNTIME:-tensorflow}")
   bneck extract "$data/digits/train" -o "$out/digits_train.h5" "${common[@]}" --input-size 64 --layer block4_pool
   bneck extract "$data/digits/test" -o "$out/digits_test.h5" "${common[@]}" --input-size 64 --layer block4_pool
   bneck extract "$data/keypoints/training.csv" -o "$out/faces_train.h5" "${common[@]}" --input-size 96 --layer block4_pool
