@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.finetune_data import AUGMENT, _dataset, decode_rows, flip_keypoint_batch, make_augment, targets_for  # noqa: F401
 from pipeline.finetuned import (MODEL_FILE, FinetunedPredictor, _Identity, evaluate_on_images, export_finetuned,  # noqa: F401
                                 is_finetuned, load_finetuned, predictor_for)
-from pipeline.keypoint_frame import frame_widths, to_frame
+from pipeline.keypoint_frame import to_frame, unmirror_widths
 
 log = logging.getLogger("bneck")
 
@@ -176,7 +176,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
         x, hw, y, xv, hwv, yv = x[tr], hw[tr], y[tr], x[va], hw[va], y[va]
     # The head predicts in its training frame: targets of other-sized images are moved into it.
     yv_pixels, y, yv = yv, to_frame(meta, y, hw), to_frame(meta, yv, hwv)
-    w, wv = frame_widths(meta, hw), frame_widths(meta, hwv)
+    w, wv = (unmirror_widths(meta, sizes[:, 1], len(sizes), size).astype(np.float32) for sizes in (hw, hwv))
     if not len(x):
         raise ValueError(f"{data}: no decodable training images")
     log.info("fine-tuning %s: %d training / %d validation images, %d backbone layers unfrozen (%s)",

@@ -42,9 +42,7 @@ def to_image_pixels(meta: dict, preds, sizes) -> np.ndarray:
     frame = meta.get("target_frame")
     if meta.get("task") != "regression" or not frame or sizes is None:
         return np.asarray(preds)
-    sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
-    sizes = np.where((sizes > 0).all(axis=1, keepdims=True), sizes, np.asarray(frame, np.float64))
-    return keypoints.rescale_targets(preds, meta["target_names"], frame, sizes)
+    return keypoints.rescale_targets(preds, meta["target_names"], frame, _known(sizes, frame))
 
 
 def to_frame(meta: dict, targets, sizes) -> np.ndarray:
@@ -53,18 +51,15 @@ def to_frame(meta: dict, targets, sizes) -> np.ndarray:
     Fine-tuning starts from a head that predicts in ``meta["target_frame"]``, so images of another
     size must have their targets in that frame too; without a frame they are returned unchanged.
     """
-    frame = meta.get("target_frame")
-    if meta.get("task") != "regression" or not frame:
+    if meta.get("task") != "regression":
         return np.asarray(targets)
-    sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
-    return keypoints.rescale_targets(targets, meta["target_names"], sizes, frame).astype(np.float32)
+    return into_frame(np.asarray(targets), meta["target_names"], sizes, meta.get("target_frame"))
 
 
-def frame_widths(meta: dict, sizes) -> np.ndarray:
-    """Widths to mirror targets about: the frame's width when the head has one, else each image's (float32)."""
-    sizes = np.asarray(sizes, np.float32).reshape(-1, 2)
-    frame = meta.get("target_frame")
-    return np.full(len(sizes), float(frame[1]), np.float32) if frame else sizes[:, 1].copy()
+def _known(sizes, frame) -> np.ndarray:
+    """``sizes`` as (N, 2), with rows of size 0 (invalid: size unknown, no targets) taken as the frame."""
+    sizes = np.asarray(sizes).reshape(-1, 2)
+    return np.where((sizes > 0).all(axis=1, keepdims=True), sizes, np.asarray(frame))
 
 
 def training_frame(sizes, input_size, names, *, path="") -> list[int] | None:
@@ -90,9 +85,7 @@ def into_frame(targets, names, sizes, frame) -> np.ndarray:
     """Targets in the pixels of images of ``sizes`` (N, 2), moved into ``frame`` (float32; unchanged without one)."""
     if not frame:
         return targets
-    frame = np.asarray(frame)
-    sizes = np.asarray(sizes).reshape(-1, 2)
-    sizes = np.where((sizes > 0).all(axis=1, keepdims=True), sizes, frame)  # invalid rows: size unknown, no targets
-    if (sizes == frame).all():
+    sizes = _known(sizes, frame)
+    if (sizes == np.asarray(frame)).all():
         return targets
     return keypoints.rescale_targets(targets, names, sizes, frame).astype(np.float32)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.keypoint_frame import frame_widths, to_frame, to_image_pixels, unmirror_widths
+from pipeline.keypoint_frame import to_frame, to_image_pixels, unmirror_widths
 
 NAMES = ["nose_x", "nose_y", "score"]
 META = {"task": "regression", "target_names": NAMES, "target_frame": [96, 96]}
@@ -25,9 +25,6 @@ def test_no_frame_unknown_sizes_and_classifiers_are_left_alone():
 
 
 def test_mirrors_are_taken_about_the_frame_width_when_there_is_one():
-    sizes = [[48, 64], [80, 80]]
-    assert frame_widths(META, sizes).tolist() == [96, 96]
-    assert frame_widths({"target_frame": None}, sizes).tolist() == [64, 80]
     assert unmirror_widths({"target_frame": None}, [64, 80], 2, (32, 32)).tolist() == [64, 80]
     assert unmirror_widths({}, None, 2, (32, 40)).tolist() == [40, 40]
     assert unmirror_widths(META, [64, 80], 2, (32, 32)).tolist() == [96, 96]
