@@ -29,7 +29,7 @@ bneck() { "$VENV/bin/bneck" "$@"; }
 demo() {
   local data=${BNECK_DEMO_DATA:-$ROOT/demo_data} out=${BNECK_DEMO_OUT:-$ROOT/demo_out}
   mkdir -p "$out"
-  "$VENV/bin/python" -m features.demo "$data"
+  "$VENV/bin/python" -m pipeline.tools.demo "$data"
   # Offline machines have no ImageNet weights: --weights auto falls back to seeded random
   # weights and says so loudly. Batch jobs should use --weights imagenet or a file.
   # The runtime is pinned: `./run_all.sh test` installs [openvino], and with --runtime auto a rerun of
@@ -52,7 +52,7 @@ demo() {
   three=$(find "$data/digits/test/3" -name '*.png' | sort | sed -n 1p)
   seven=$(find "$data/digits/test/7" -name '*.png' | sort | sed -n 1p)
   bneck predict "$out/m_svm" "$three" "$seven" --top-k 3
-  "$VENV/bin/python" -m pipeline.report "$out" --data "$data"
+  "$VENV/bin/python" -m pipeline.tools.report "$out" --data "$data"
 }
 
 case "${1:-demo}" in

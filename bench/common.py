@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from features.mapper import device
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -73,9 +75,8 @@ def cpu_model() -> str:
 
 def env_info() -> dict:
     """Where the numbers came from: cores, CPU, bf16 support and library versions actually imported."""
-    from features import mapper
 
-    info = {"cores": os.cpu_count(), "cpu": cpu_model(), "cpu_bf16": mapper.cpu_has_bf16(),
+    info = {"cores": os.cpu_count(), "cpu": cpu_model(), "cpu_bf16": device.cpu_has_bf16(),
             "python": platform.python_version()}
     for mod in ("tensorflow", "keras", "openvino", "PIL", "numpy"):
         m = sys.modules.get(mod)
@@ -155,9 +156,7 @@ def _natural_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
         low += blob[..., None] * rng.uniform(-80, 80, 3).astype(np.float32)
-    from PIL import Image
-
-    from PIL import ImageDraw
+    from PIL import Image, ImageDraw
 
     big = Image.fromarray(np.clip(low, 0, 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(big)
@@ -267,34 +266,35 @@ def build_extractor(backbone: str, *, input_size="224", batch: int = 32, precisi
     """
     import logging
 
-    from features import backbones, mapper, weights
+    from features import backbones, weights
+    from features.mapper import tf_runtime
 
     logging.getLogger("bneck").setLevel(logging.ERROR)  # silence the --weights none warning
     spec = backbones.get(backbone)
     size = backbones.parse_input_size(input_size, spec)
-    precision = mapper.resolve_precision(precision)
+    precision = device.resolve_precision(precision)
     info = {"backbone": spec.name, "input_size": list(size), "batch": batch, "precision": precision,
             "runtime": runtime, "pooling": pooling, "flip": flip, "weights": f"none(seed={seed})",
             "xla": bool(xla and runtime != "openvino")}
     with Timer() as t:
         if runtime == "openvino":
-            from features import openvino_runtime
+            from features.mapper import ov_runtime
 
-            if not openvino_runtime.available():
+            if not device.openvino_available():
                 raise SystemExit("--runtime openvino: the openvino package is not installed "
                                  "(pip install 'bneck[openvino]')")
-            if precision not in openvino_runtime.PRECISIONS:
+            if precision not in ov_runtime.PRECISIONS:
                 raise SystemExit(f"--runtime openvino supports --precision bf16, fp32 or int8, not {precision}")
             model, _ = weights.build_backbone(spec, input_size=size, layer=layer, weights="none", seed=seed)
-            ex = openvino_runtime.OpenVINOExtractor(
+            ex = ov_runtime.OpenVINOExtractor(
                 model, spec.preprocess_function, pooling=pooling, flip=flip, batch_size=batch, precision=precision,
                 cache_dir=cache_dir or os.path.join(DEFAULT_ROOT, "openvino-cache"),
                 **({"calibration": RandomCalibration(size, seed)} if precision == "int8" else {}))
             info["openvino"] = ex.describe()
         else:
             model, _ = weights.build_backbone(spec, input_size=size, layer=layer, weights="none", seed=seed,
-                                              dtype_policy=mapper.dtype_policy(precision))
-            ex = mapper.Extractor(model, spec.preprocess_function, pooling=pooling, flip=flip, batch_size=batch,
+                                              dtype_policy=device.dtype_policy(precision))
+            ex = tf_runtime.Extractor(model, spec.preprocess_function, pooling=pooling, flip=flip, batch_size=batch,
                                   xla=xla)
     info["build_seconds"] = round(t.seconds, 2)
     info["feature_shape"] = list(ex.feature_shape)
@@ -311,7 +311,7 @@ def pipelined_step(ex, x):
     """
     import collections
 
-    from features.mapper import mirror_batch
+    from features.mapper.batches import mirror_batch
 
     inflight = collections.deque()
     args = (x, mirror_batch(x)) if getattr(ex, "takes_mirrored", False) and ex.flip else (x,)
@@ -332,7 +332,7 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 _BNECK_CHILD = """
 import json, resource, sys
-from pipeline.cli import main
+from pipeline.cli.main import main
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
       file=sys.stderr)

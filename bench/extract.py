@@ -17,9 +17,12 @@ import os
 import sys
 import tempfile
 
+from features.mapper import device
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+
 
 def run_extract(data: str, out: str, backbone: str, runtime: str, precision: str, batch: int) -> dict:
     """`bneck extract` in a child process; its --json summary plus its own peak RSS."""
@@ -81,12 +84,11 @@ def main(argv=None) -> dict:
     common.add_output_args(p)
     args = p.parse_args(argv)
 
-    from features import mapper, openvino_runtime
 
-    runtimes = [r for r in args.runtimes.split(",") if r and (r != "openvino" or openvino_runtime.available())]
+    runtimes = [r for r in args.runtimes.split(",") if r and (r != "openvino" or device.openvino_available())]
     # OpenVINO runs a bf16 request in fp32 on a CPU without native bf16 (bneck extract then records
     # fp32), so its row is labelled with what it actually computes.
-    ov_float = "bf16" if mapper.cpu_has_bf16() else "fp32"
+    ov_float = "bf16" if device.cpu_has_bf16() else "fp32"
     directory, paths = common.jpeg_folder(args.n, 4, size=(256, 256), root=args.fixture_root)
     common.warm_page_cache(paths)
     workers = os.cpu_count() or 2

@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
 
     data, w = os.path.join(args.workdir, "data"), args.workdir
     if not os.path.isdir(os.path.join(data, "digits")):
-        subprocess.run([sys.executable, "-m", "features.demo", data], check=True, cwd=common.REPO,
+        subprocess.run([sys.executable, "-m", "pipeline.tools.demo", data], check=True, cwd=common.REPO,
                        stdout=subprocess.DEVNULL)
     train, test = os.path.join(data, "digits", "train"), os.path.join(data, "digits", "test")
     files = {}

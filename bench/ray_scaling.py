@@ -27,7 +27,8 @@ import common  # noqa: E402
 
 def _one(args) -> dict:
     """Child process: one configuration; returns its measurements."""
-    from features.runner import ExtractConfig, extract
+    from features.config import ExtractConfig
+    from features.runner import extract
 
     cfg = ExtractConfig(data=args.data, output=args.output, backbone=args.backbone, input_size=args.input_size,
                         weights="none", precision=args.precision, store_dtype="float16", batch_size=args.batch,

@@ -20,9 +20,13 @@ import os
 import sys
 import tempfile
 
+from features.mapper import device
+from features.mapper.runtimes import resolve_runtime
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+
 
 def model_throughput(args, batch: int) -> dict:
     """Model-only images/s at one batch size (fresh extractor, so the runtime compiles for it)."""
@@ -67,11 +71,10 @@ def main(argv=None) -> dict:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if skip - {"a", "b"}:
         p.error(f"--skip takes a, b; got {args.skip!r}")
-    from features import mapper, runner
 
     # Resolve once, so (a) and every extract child of (b) use the same runtime and precision.
-    args.runtime = runner.resolve_runtime(args.runtime)
-    args.precision = mapper.resolve_precision(args.precision)
+    args.runtime = resolve_runtime(args.runtime)
+    args.precision = device.resolve_precision(args.precision)
 
     result = {"bench": "scaling", "backbone": args.backbone, "runtime": args.runtime, "precision": args.precision,
               "input_size": args.input_size, "pooling": args.pooling, "views": 2}

@@ -52,7 +52,7 @@ def _timed(*a, **k):
     timing["load_seconds"] = round(time.perf_counter() - t0, 3)
     return d
 T.load_training_data = _timed
-from pipeline.cli import main
+from pipeline.cli.main import main
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **timing}),
       file=sys.stderr)
@@ -215,7 +215,7 @@ def bench_svm(args) -> dict:
 
 
 def bench_stream(args) -> dict:
-    from pipeline.data import parse_bytes
+    from pipeline.data.training import parse_bytes
 
     budget = parse_bytes(args.budget)
     row_f32 = int(np.prod(MAP_SHAPE)) * 4

@@ -24,6 +24,8 @@ import tempfile
 import threading
 import time
 
+from features.config import ExtractConfig
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
@@ -127,7 +129,7 @@ def main(argv=None) -> dict:
 
     runner._run_chunks, runner._finish = timed("loop", real_run), timed("assemble", real_finish)
     with tempfile.TemporaryDirectory() as tmp, Sampler() as sampler:
-        cfg = runner.ExtractConfig(data=directory, output=os.path.join(tmp, "f.h5"), backbone=args.backbone,
+        cfg = ExtractConfig(data=directory, output=os.path.join(tmp, "f.h5"), backbone=args.backbone,
                                    weights="none", batch_size=args.batch, pooling=args.pooling,
                                    precision=args.precision, progress=False, overwrite=True,
                                    **({} if args.runtime == "auto" else {"runtime": args.runtime}))

@@ -2,5 +2,5 @@
 
 __version__ = "0.1.0"
 
-#: Version of the HDF5 feature-file layout written by :mod:`features.store`.
+#: Version of the HDF5 feature-file layout written by :mod:`features.writer.partial`.
 FORMAT_VERSION = 1

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from features import int8
-from features.manifest import parse_shard
-from features.runtimes import default_runtime
+from features.mapper import int8
+from features.mapper.runtimes import default_runtime
+from features.reader.manifest import parse_shard
 
 
 class TooManyBadImages(RuntimeError):

@@ -1,7 +1,13 @@
-"""Fault injection for the reliability tests: ``BNECK_TEST_KILL_AT``, never set in normal use."""
+"""Fault injection for the reliability tests: ``BNECK_TEST_KILL_AT`` and :func:`raising_at`, never used in normal runs.
+
+Named points are the only test seams in the code: a test kills the process at a point (another
+process, through the environment) or makes a point raise (this process, :func:`raising_at`),
+instead of patching module globals.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -24,10 +30,11 @@ def _parse_kill_at(text: str):
 # in features/runner.py; never set in normal use. BNECK_TEST_KILL_AT="POINT:N[:SIGNAL]" sends
 # SIGKILL (or SIGNAL, e.g. TERM) to this process the N-th time the named point is reached.
 # Points: start, model_built (runner.extract); partial_opened, chunk_tmp_written (rows written
-# and synced, temp marker fsynced, before its rename), chunk_committed in features.store;
+# and synced, temp marker fsynced, before its rename), chunk_committed in features.writer.partial;
 # finalize_rows (the N-th row dataset written in the end session, before it closes),
 # finalize_tmp_written (final file complete and synced, before its rename), finalize_renamed
-# (after the rename, before the partial dir is removed) in features.assemble;
+# (after the rename, before the partial dir is removed) in features.writer.assemble;
+# atomic_write (features.fsutil, before the temp file is written);
 # decode (an image decoded, in a worker thread) and batch (a batch computed, before its chunk is
 # queued) in runner._run_chunks; model_tmp_written, model_moved_aside in pipeline.modeldir.
 # Unset, fault_point() is one comparison.
@@ -36,8 +43,34 @@ _KILL_SEEN: dict[str, int] = {}
 _KILL_LOCK = threading.Lock()
 
 
+# In-process faults, armed by raising_at(): point name -> [exception, hits left before it raises].
+_RAISE: dict[str, list] = {}
+
+
+@contextlib.contextmanager
+def raising_at(name: str, exc: BaseException, *, nth: int = 1):
+    """Within the block, the ``nth`` time point ``name`` is reached it raises ``exc`` (then disarms)."""
+    if nth < 1:
+        raise ValueError("nth counts from 1")
+    _RAISE[name] = [exc, nth]
+    try:
+        yield
+    finally:
+        _RAISE.pop(name, None)
+
+
 def fault_point(name: str) -> None:
-    """Testing hook: act on BNECK_TEST_KILL_AT when ``name`` is reached (no-op when unset)."""
+    """Testing hook: act on BNECK_TEST_KILL_AT or :func:`raising_at` when ``name`` is reached (no-op when unset)."""
+    if _RAISE and name in _RAISE:
+        with _KILL_LOCK:
+            armed = _RAISE.get(name)
+            if armed is not None:
+                armed[1] -= 1
+                fire = armed[1] == 0
+                if fire:
+                    del _RAISE[name]
+        if armed is not None and fire:
+            raise armed[0]
     if _KILL_AT is None or _KILL_AT[0] != name:
         return
     with _KILL_LOCK:

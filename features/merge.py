@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from features.manifest import parse_shard, shard_bounds
-from features.finished import PRODUCER, partial_dir, plain
-from features.target import fsync_dir
+from features.fsutil import fsync_dir
+from features.reader.manifest import parse_shard, shard_bounds
+from features.writer.finished import PRODUCER, partial_dir, plain
 
 DATASETS = ("features", "features_flipped", "labels", "targets", "targets_flipped", "paths", "valid",
             "reason", "image_size")

@@ -11,17 +11,18 @@ import collections
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from features import FORMAT_VERSION, backbones, batches, finished, images, int8, keypoints, store
-from features.manifest import Manifest, parse_shard
-from features.commit import (ChunkWriter, Terminated, check_signal, install_signal_handlers,  # noqa: F401
-                             restore_signal_handlers)
-from features.runtimes import RUNTIMES, default_runtime, make_extractor, resolve_runtime, resolve_xla  # noqa: F401
-from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, shard_output  # noqa: F401
-from features.sources import read_source
+from features import FORMAT_VERSION, backbones, images, keypoints
+from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, shard_output
+from features.faults import fault_point
+from features.mapper import batches, int8
+from features.mapper.runtimes import make_extractor, resolve_runtime, resolve_xla
+from features.reader.manifest import Manifest, parse_shard
+from features.reader.sources import read_source
+from features.writer import assemble, finished, partial
+from features.writer.commit import ChunkWriter, check_signal, install_signal_handlers, restore_signal_handlers
 
 log = logging.getLogger("bneck")
 
@@ -30,8 +31,7 @@ log = logging.getLogger("bneck")
 _FAULT_DELAY = float(os.environ.get("BNECK_TEST_BATCH_DELAY", "0") or 0)
 # Second testing hook, BNECK_TEST_KILL_AT="POINT:N[:SIGNAL]": SIGKILL (or SIGNAL) this process
 # the N-th time a named point is reached, so tests/reliability/ can kill at exact places (before
-# the first batch, mid-batch, mid-flush, mid-finalize). Points and details: store.fault_point.
-_fault_point = store.fault_point
+# the first batch, mid-batch, mid-flush, mid-finalize). Points and details: features.faults.
 
 
 # Batches submitted to the model before the oldest is collected: the next batch is staged (on
@@ -41,19 +41,12 @@ IN_FLIGHT = 2
 
 
 # Module-level name so tests can intercept collected batches (tests/test_runner.py).
-_store_rows = batches.store_rows
-
-
-def _default_workers() -> int:
-    # Decoding shares the cores with the model; one thread per core keeps decode ahead of
-    # inference without starving oneDNN (measured in bench/).
-    return max(1, min(8, (os.cpu_count() or 2)))
 
 
 def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Run stage one as configured; returns the summary. Raises on fatal errors (nothing finished is lost)."""
     t0 = time.time()
-    _fault_point("start")
+    fault_point("start")
     spec = backbones.get(cfg.backbone)
     input_size = backbones.parse_input_size(cfg.input_size, spec)
     layer = cfg.layer or spec.default_layer
@@ -62,15 +55,16 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
     out = shard_output(cfg.output, cfg.shard)
     runtime = resolve_runtime(cfg.runtime)
-    from features import mapper, weights as W
+    from features import weights as W
+    from features.mapper import device
 
-    precision = mapper.resolve_precision(cfg.precision)
-    if runtime == "openvino" and precision == "bf16" and not mapper.cpu_has_bf16():
+    precision = device.resolve_precision(cfg.precision)
+    if runtime == "openvino" and precision == "bf16" and not device.cpu_has_bf16():
         # OpenVINO would run the bf16 request in f32 and the attrs would say bf16: record the truth.
         log.warning("this CPU has no native bf16 (AMX or AVX512_BF16): OpenVINO runs --precision bf16 in fp32, "
                     "so the file records precision fp32")
         precision = "fp32"
-    if precision == "int8" and not mapper.cpu_has_int8_dot():
+    if precision == "int8" and not device.cpu_has_int8_dot():
         log.warning("this CPU has no int8 dot-product instructions (VNNI or AMX): --precision int8 runs, but is "
                     "no faster than fp32 here (bench/extract.py on an AVX2-only CPU: ResNet50 5.6 vs 6.0 img/s) "
                     "and changes the features; --precision fp32 is the better choice")
@@ -115,10 +109,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             return already_done()
     # Weights are resolved before the settings so their hash is part of them.
     # OpenVINO takes a float32 graph and applies bf16 itself; TensorFlow needs the Keras policy.
-    policy = None if runtime == "openvino" else mapper.dtype_policy(precision)
+    policy = None if runtime == "openvino" else device.dtype_policy(precision)
     model, winfo = W.build_backbone(spec, input_size=input_size, layer=layer, weights=cfg.weights,
                                     seed=cfg.seed, dtype_policy=policy)
-    _fault_point("model_built")
+    fault_point("model_built")
     settings = settings_for(winfo)
     # --overwrite deletes the old output and chunks only under the partial dir's lock (in
     # PartialStore.open), so it cannot pull them away from a writer that is still running.
@@ -127,7 +121,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
     extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla, calibration=calibration)
     startup = time.time() - t0
-    pstore = store.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows,
+    pstore = partial.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows,
                                 feature_shape=extractor.feature_shape, store_dtype=cfg.store_dtype,
                                 views=["features"] + (["features_flipped"] if cfg.flip else [])
                                 ).open(overwrite=cfg.overwrite)
@@ -156,13 +150,13 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
     # The decode threads mirror each image too (in C) for extractors that take the mirrored
     # batch, instead of the main thread copying a whole batch while the model waits for it.
     mirror = cfg.flip and getattr(extractor, "takes_mirrored", False)
-    with ThreadPoolExecutor(cfg.workers or _default_workers(), thread_name_prefix="decode") as pool:
+    with images.decode_pool(cfg.workers) as pool:
         def decode(i):
             g = start + i
             if g in manifest.row_errors:
                 return (None, (0, 0), manifest.row_errors[g]) + ((None,) if mirror else ())
             result = images.decode(manifest.source(g), input_size)
-            _fault_point("decode")
+            fault_point("decode")
             if mirror:
                 result += (None if result[0] is None else images.mirror(result[0]),)
             return result
@@ -193,8 +187,9 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
                 if not inflight:
                     break
                 results, pending = inflight.popleft()
-                _store_rows(results, pending.result(), buf, pstore.chunk_range, buffers)
-                _fault_point("batch")
+                out = pending.result()
+                fault_point("batch")
+                batches.store_rows(results, out, buf, pstore.chunk_range, buffers)
                 if _FAULT_DELAY:
                     time.sleep(_FAULT_DELAY)
                 computed += len(results)
@@ -241,7 +236,7 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
             f"{bad} of {n} images ({bad / n:.1%}) could not be decoded ({dict(reasons)}), more than "
             f"--max-bad-fraction {cfg.max_bad_fraction}: {named}. All chunks are kept in {pstore.dir}; "
             "rerun with a higher --max-bad-fraction to finish without recomputing, or fix the inputs")
-    row_data = {"paths": store.string_array(manifest.paths[start:stop])}
+    row_data = {"paths": partial.string_array(manifest.paths[start:stop])}
     if manifest.labels is not None:
         row_data["labels"] = (np.asarray(manifest.labels[start:stop], dtype=np.int64),
                               {"class_names": list(manifest.class_names)})
@@ -260,7 +255,7 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
         attrs["class_names"] = list(manifest.class_names)
     if manifest.target_names is not None:
         attrs["target_names"] = list(manifest.target_names)
-    pstore.finalize(marks, row_data, attrs)
+    assemble.finalize(pstore, marks, row_data, attrs)
     # The feature rows were counted as they were written; the end session adds the rest.
     summary.bytes_written += max(0, os.path.getsize(out) - pstore.target.feature_bytes)
     summary.seconds = time.time() - t0

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data import FeatureFile, check_compatible
-from pipeline.keypoint_frame import to_image_pixels
+from pipeline.data.keypoint_frame import to_image_pixels
+from pipeline.data.training import FeatureFile, check_compatible
 from pipeline.modeldir import load_model_dir
 
 #: Feature attrs that must agree between a model and the features it is applied to.
@@ -146,3 +146,13 @@ def format_report(result: dict) -> str:
         for name, m in result.get("per_keypoint", {}).items():
             lines.append(f"  {name:28s} mean distance {m['mean_distance_px']:.3f} px  (n={m['n']})")
     return "\n".join(lines)
+
+
+class PassThrough:
+    """A 'head' whose inputs already are its scores (a whole network's outputs), for :func:`metrics_for`."""
+
+    def predict_proba(self, s):
+        return s
+
+    def predict(self, s):
+        return s

@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from features.store import fault_point  # testing hook (BNECK_TEST_KILL_AT), no-op when unset
-from features.target import fsync_dir
+from features.faults import fault_point  # testing hook (BNECK_TEST_KILL_AT), no-op when unset
+from features.fsutil import fsync_dir, walk_files
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelDirError", "load_model_dir", "save_model_dir",
            "sha256_file"]
@@ -75,13 +75,8 @@ def _safe_relpath(name: str, where) -> PurePosixPath:
 
 def _list_files(root: Path) -> list[str]:
     """All regular files under root as sorted posix relative names, except model.json."""
-    names = []
-    for dirpath, _dirs, files in os.walk(root):
-        for fn in files:
-            rel = (Path(dirpath) / fn).relative_to(root).as_posix()
-            if rel != MODEL_JSON:
-                names.append(rel)
-    return sorted(names)
+    names = (Path(f).relative_to(root).as_posix() for f in walk_files(root, hidden=True))
+    return sorted(n for n in names if n != MODEL_JSON)
 
 
 def _is_replaceable(path: Path) -> bool:

@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from pipeline.data import load_training_data
+from pipeline.curves import history_csv, learning_curve_png
+from pipeline.data.training import load_training_data
 from pipeline.evaluate import MODEL_COMPAT_KEYS, metrics_for
 from pipeline.modeldir import check_writable, save_model_dir
 
@@ -126,8 +127,8 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
                  "target_frame": data.target_frame, "pooling": pooling}
     metrics = metrics_for(est, data.X_val, data.y_val, meta_core) if data.X_val is not None else {}
     if hasattr(est, "history_"):
-        extra["history.csv"] = _history_csv(est.history_)
-        png = _learning_curve_png(est.history_)
+        extra["history.csv"] = history_csv(est.history_)
+        png = learning_curve_png(est.history_)
         if png:
             extra["learning_curve.png"] = png
     meta = {
@@ -153,17 +154,6 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
     return saved
 
 
-def _history_csv(history: dict) -> str:
-    keys = list(history)
-    n = max((len(v) for v in history.values()), default=0)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["epoch", *keys])
-    for i in range(n):
-        w.writerow([i + 1, *[history[k][i] if i < len(history[k]) else "" for k in keys]])
-    return buf.getvalue().encode()
-
-
 def _grid_csv(search) -> str:
     res = search.cv_results_
     buf = io.StringIO()
@@ -173,26 +163,3 @@ def _grid_csv(search) -> str:
         w.writerow([json.dumps(_jsonable(p)), res["mean_test_score"][i], res["std_test_score"][i],
                     res["rank_test_score"][i], res["mean_fit_time"][i]])
     return buf.getvalue().encode()
-
-
-def _learning_curve_png(history: dict) -> bytes | None:
-    """A loss/metric plot when the [plots] extra (matplotlib) is installed, else None."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "val_loss"):
-        if key in history:
-            ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=key)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.set_title("learning curve")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()

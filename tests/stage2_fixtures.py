@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from features.runner import ExtractConfig, extract
+from features.config import ExtractConfig
+from features.runner import extract
 
 FAST = dict(backbone="mobilenet", weights="none", seed=1, batch_size=16, progress=False,
             precision="fp32", store_dtype="float32", max_bad_fraction=0.5)
@@ -20,7 +21,7 @@ def extract_fast(data, out, **kw) -> str:
 
 def faces(tmp_path, n_faces=240) -> dict:
     """The demo's synthetic Kaggle-format faces, extracted with VGG16 block4_pool at 96x96."""
-    from features.demo import make_demo
+    from pipeline.tools.demo import make_demo
 
     paths = make_demo(os.path.join(tmp_path, "demo"), n_faces=n_faces)
     kw = dict(backbone="vgg16", layer="block4_pool", input_size="96", precision="bf16", store_dtype="float16")

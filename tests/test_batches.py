@@ -1,8 +1,8 @@
-"""features.batches: rows stay with their features through batches and recycled chunk buffers."""
+"""features.mapper.batches: rows stay with their features through batches and recycled chunk buffers."""
 
 import numpy as np
 
-from features import batches
+from features.mapper import batches
 
 
 def _results(k, first, n, bad=()):

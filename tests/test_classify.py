@@ -10,7 +10,7 @@ from PIL import Image
 
 from features import backbones
 from features.weights import WeightsError
-from pipeline import classify as cl
+from pipeline.tools import classify as cl
 
 SPEC = backbones.get("mobilenet")
 
@@ -101,7 +101,7 @@ def test_classify_with_cached_files(monkeypatch, tmp_path, full_weights, capsys)
     again = list(cl.classify([str(tmp_path / "img0.png")], backbone="mobilenet", top_k=3, weights=path))
     assert again[0]["predictions"] == out[1]["predictions"]
     # As a user runs it: every good image is printed, and the broken one makes the exit code 1.
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     capsys.readouterr()
     assert main(["classify", str(tmp_path), "--backbone", "mobilenet", "--top-k", "2", "--json"]) == 1

@@ -1,4 +1,4 @@
-"""pipeline.cli.main as a batch job sees it: exit codes and the one-line message that goes with each."""
+"""pipeline.cli.main.main as a batch job sees it: exit codes and the one-line message that goes with each."""
 
 import os
 
@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from features import runner
-from pipeline.cli import EXIT_INTERRUPTED, main
+from features import faults
+from pipeline.cli.main import EXIT_INTERRUPTED, main
 from tests.imagefolders import make_class_folder
 
 EXTRACT = ["--backbone", "mobilenet", "--input-size", "32", "--layer", "conv_pw_1_relu", "--weights", "none",
@@ -18,19 +18,10 @@ EXTRACT = ["--backbone", "mobilenet", "--input-size", "32", "--layer", "conv_pw_
 def test_ctrl_c_exits_130_keeps_finished_chunks_and_the_rerun_resumes(tmp_path, monkeypatch, caplog):
     make_class_folder(tmp_path / "d", per_class=6)  # 12 images: 3 chunks of 4
     out = tmp_path / "f.h5"
-    real, calls = runner._store_rows, {"n": 0}
-
-    def interrupted_on_third_batch(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(runner, "_store_rows", interrupted_on_third_batch)
-    assert main(["extract", str(tmp_path / "d"), "-o", str(out), *EXTRACT]) == EXIT_INTERRUPTED == 130
+    with faults.raising_at("batch", KeyboardInterrupt(), nth=3):
+        assert main(["extract", str(tmp_path / "d"), "-o", str(out), *EXTRACT]) == EXIT_INTERRUPTED == 130
     assert "interrupted; finished chunks are kept, rerun the same command to resume" in caplog.text
     assert not out.exists() and any(n.startswith("chunk-") for n in os.listdir(f"{out}.partial"))
-    monkeypatch.setattr(runner, "_store_rows", real)
     assert main(["extract", str(tmp_path / "d"), "-o", str(out), *EXTRACT, "--json"]) == 0
     with h5py.File(out) as f:
         assert f["valid"][()].all() and np.isfinite(f["features"][()]).all() and len(f["paths"]) == 12

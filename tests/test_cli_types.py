@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from pipeline import cli_types as t
-from pipeline.cli import build_parser
-from pipeline.cli_json import json_text
+from pipeline.cli import types as t
+from pipeline.cli.jsonout import json_text
+from pipeline.cli.main import build_parser
 
 
 @pytest.mark.parametrize("check, good, bad", [

@@ -1,16 +1,24 @@
-"""Tests for pipeline.data: feature-file validation, lazy views, splits, memory budget, tf.data."""
+"""Tests for pipeline.data.training: feature-file validation, lazy views, splits, memory budget, tf.data."""
 
 import pickle
 
 import h5py
 import numpy as np
 import pytest
-
-import pipeline.views
-from pipeline.data import (ConcatView, FeatureFile, FeatureFileError, FeatureView,
-                           check_compatible, load_training_data, make_tf_dataset, parse_bytes,
-                           train_val_split)
 from feature_files import write_feature_file
+
+import pipeline.data.views
+from pipeline.data.training import (
+    ConcatView,
+    FeatureFile,
+    FeatureFileError,
+    FeatureView,
+    check_compatible,
+    load_training_data,
+    make_tf_dataset,
+    parse_bytes,
+    train_val_split,
+)
 
 
 @pytest.fixture
@@ -244,13 +252,13 @@ def test_memory_budget_switch(ffile):
 def test_lazy_mode_reads_nothing_up_front(tmp_path, monkeypatch):
     p = tmp_path / "big.h5"
     write_feature_file(p, n=64, shape=(4, 4, 8))
-    real, rows_read = pipeline.views._read_sorted, []
+    real, rows_read = pipeline.data.views._read_sorted, []
 
     def counting(ds, idx):
         rows_read.append(len(idx))
         return real(ds, idx)
 
-    monkeypatch.setattr(pipeline.views, "_read_sorted", counting)
+    monkeypatch.setattr(pipeline.data.views, "_read_sorted", counting)
     full = 64 * 4 * 4 * 8 * 4  # float32 bytes of the whole file
     data = load_training_data(p, val_split=0.0, use_flipped=False, memory_budget=full // 4)
     assert not data.in_memory and isinstance(data.X, FeatureView) and data.X.nbytes == full

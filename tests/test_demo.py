@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features import demo
 from features.keypoints import KAGGLE_KEYPOINTS, flip_targets
-from features.sources import read_source
+from features.reader.sources import read_source
+from pipeline.tools import demo
 
 
 def _tree_bytes(root):

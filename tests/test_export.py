@@ -1,4 +1,4 @@
-"""pipeline.export: one stitched model (pixels -> scores/targets) that matches Predictor.
+"""pipeline.serve.export: one stitched model (pixels -> scores/targets) that matches Predictor.
 
 Tolerances asserted against ``Predictor(model_dir).predict_arrays`` on the same uint8 images
 (features stored as float32, so predict has no storage rounding to differ by):
@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 
 from features import backbones
-from features.runner import ExtractConfig, extract
-from pipeline import export as ex
-from pipeline.predict import Predictor
+from features.config import ExtractConfig
+from features.runner import extract
+from pipeline.serve import export as ex
+from pipeline.serve.predict import Predictor
 from pipeline.train import train
 from tests.imagefolders import make_class_folder
 
@@ -130,9 +131,9 @@ def test_tflite_int8_runs_on_images_found_under_source_root(models, tmp_path):
 
 
 def test_int8_without_images_is_a_clear_error(models, tmp_path, monkeypatch):
-    from pipeline import export_artefact
+    from pipeline.serve import artefact
 
-    monkeypatch.setattr(export_artefact, "find_images", lambda root, n: [])  # where calibration looks it up
+    monkeypatch.setattr(artefact, "find_images", lambda root, n: [])  # where calibration looks it up
     with pytest.raises(ValueError, match="representative images"):
         ex.export(models["dir"] / "logreg", tmp_path / "q.tflite", format="tflite", quantize="int8")
     assert not os.listdir(tmp_path)
@@ -155,7 +156,7 @@ def test_savedmodel_serves_the_same_scores_and_replaces_only_a_savedmodel(models
 
 
 def test_representative_images_take_directories_and_bad_ones_are_named(models, tmp_path):
-    from pipeline.export_artefact import calibration_images
+    from pipeline.serve.artefact import calibration_images
 
     root = tmp_path / "imgs"
     make_class_folder(root, classes=("a",), per_class=3, size=(40, 40))

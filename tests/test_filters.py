@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import filters
+from pipeline.tools import filters
 
 
 def test_parse_filters():

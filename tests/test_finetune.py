@@ -10,7 +10,10 @@ from PIL import Image
 
 from features import backbones, keypoints
 from features.weights import build_backbone
-from pipeline import finetune as ft
+from pipeline.finetune import data as ftdata
+from pipeline.finetune import epochs
+from pipeline.finetune import train as ft
+from pipeline.serve import evaluate_images, finetuned
 from pipeline.train import train
 from tests.imagefolders import make_class_folder
 from tests.stage2_fixtures import extract_fast
@@ -61,7 +64,7 @@ def test_unfreeze_prefix():
 
 def test_best_epoch_keeps_and_restores_the_best_weights():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    cb = ft.BestEpoch("val_accuracy", "max", 3)
+    cb = epochs.BestEpoch("val_accuracy", "max", 3)
     cb.set_model(model)
     for epoch, (acc, value) in enumerate([(0.5, 1.0), (0.9, 2.0), (0.7, 3.0)]):
         model.set_weights([np.full((2, 1), value, np.float32), np.zeros(1, np.float32)])
@@ -83,7 +86,7 @@ def test_flip_keypoint_batch_matches_flip_targets():
     widths = np.array([96, 96, 40, 64], np.float32)
     x = rng.integers(0, 256, (4, 8, 8, 3)).astype(np.float32)
     flip = np.array([True, False, True, True])
-    xo, to = ft.flip_keypoint_batch(x, t, widths, NAMES, flip)
+    xo, to = ftdata.flip_keypoint_batch(x, t, widths, NAMES, flip)
     want = np.where(flip[:, None], keypoints.flip_targets(t, NAMES, widths), t)
     np.testing.assert_allclose(np.asarray(to), want, rtol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(np.asarray(xo)[flip], x[flip][:, :, ::-1])
@@ -96,7 +99,7 @@ def test_keypoint_augmentation_flips_images_and_targets_together():
     x[:, :, :8] = 200  # bright left half: its side tells whether the image was mirrored
     t = np.tile(np.array([[10.0, 5.0, 3.0, 5.0, 7.0, 9.0]], np.float32), (n, 1))
     w = np.full(n, 16, np.float32)
-    xa, ta = ft.make_augment("regression", target_names=NAMES, seed=3)(x, t, w)
+    xa, ta = ftdata.make_augment("regression", target_names=NAMES, seed=3)(x, t, w)
     xa, ta = np.asarray(xa), np.asarray(ta)
     mirrored = xa[:, :, 8:].mean(axis=(1, 2, 3)) > xa[:, :, :8].mean(axis=(1, 2, 3))
     assert 0 < mirrored.sum() < n  # both outcomes happen
@@ -108,7 +111,7 @@ def test_keypoint_augmentation_flips_images_and_targets_together():
 def test_classification_augmentation_changes_pixels_not_labels():
     x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), np.uint8)
     y = np.arange(4)
-    xa, ya = ft.make_augment("classification", seed=0)(x, y, np.full(4, 32, np.float32))
+    xa, ya = ftdata.make_augment("classification", seed=0)(x, y, np.full(4, 32, np.float32))
     assert np.asarray(xa).shape == x.shape and np.abs(np.asarray(xa) - x).mean() > 1
     np.testing.assert_array_equal(np.asarray(ya), y)
 
@@ -144,7 +147,7 @@ def test_finetune_end_to_end(stage2, tmp_path):
     assert meta["metrics"]["accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
     assert meta["metrics"]["val_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-4)
 
-    model, _ = ft.load_finetuned(out)
+    model, _ = finetuned.load_finetuned(out)
     start = _backbone()
     # Frozen BN (the default): moving statistics untouched, also inside the unfrozen block.
     for name in ("conv_pw_2_bn", "conv_dw_2_bn", "conv1_bn"):
@@ -155,13 +158,13 @@ def test_finetune_end_to_end(stage2, tmp_path):
     np.testing.assert_array_equal(_layer(model, "conv_pw_1").get_weights()[0],
                                   start.get_layer("conv_pw_1").get_weights()[0])
 
-    pred = ft.FinetunedPredictor(out)
+    pred = finetuned.FinetunedPredictor(out)
     files = [os.path.join(stage2["data"], "a", "img000.png"), os.path.join(stage2["data"], "c", "img001.png")]
     res = list(pred.predict_files(files, top_k=2))
     assert [r["path"] for r in res] == files and all(r["label"] in "abc" and len(r["scores"]) == 2 for r in res)
-    ev = ft.evaluate_on_images(out, stage2["data"])
+    ev = evaluate_images.evaluate_on_images(out, stage2["data"])
     assert ev["n"] == 24 and ev["head"] == "finetuned" and 0 <= ev["accuracy"] <= 1
-    report = ft.export_finetuned(out, str(tmp_path / "exp.keras"))
+    report = finetuned.export_finetuned(out, str(tmp_path / "exp.keras"))
     assert report["max_abs_diff"] < 1e-5 and report["output_names"] == ["scores"]
 
 
@@ -169,7 +172,7 @@ def test_train_bn_updates_moving_statistics(stage2, tmp_path):
     meta = ft.finetune(stage2["model"], stage2["data"], str(tmp_path / "bn"), unfreeze_last=3, train_bn=True,
                        epochs=1, batch_size=8, augment=False)
     assert meta["finetune"]["trainable_backbone_layers"] == ["conv_dw_2_bn", "conv_pw_2", "conv_pw_2_bn"]
-    model, _ = ft.load_finetuned(str(tmp_path / "bn"))
+    model, _ = finetuned.load_finetuned(str(tmp_path / "bn"))
     start = _backbone()
     moving = lambda m, n: m.get_layer(n).moving_mean.numpy()  # noqa: E731
     assert not np.allclose(moving(model.get_layer(BACKBONE), "conv_pw_2_bn"), moving(start, "conv_pw_2_bn"))
@@ -188,7 +191,7 @@ def test_finetune_refuses_bad_requests(stage2, tmp_path):
 
 
 def test_keypoint_finetune(tmp_path):
-    from features.demo import make_demo
+    from pipeline.tools.demo import make_demo
 
     paths = make_demo(tmp_path / "demo", n_faces=24)
     feats = extract_fast(paths["keypoints_training"], tmp_path / "k.h5", input_size="32")
@@ -197,7 +200,7 @@ def test_keypoint_finetune(tmp_path):
                        epochs=1, batch_size=8, val=paths["keypoints_validation"])
     assert meta["task"] == "regression" and meta["finetune"]["monitor"] == "val_loss"
     assert np.isfinite(meta["metrics"]["rmse_px"]) and meta["finetune"]["n_val"] == 6
-    ev = ft.evaluate_on_images(str(tmp_path / "kft"), paths["keypoints_validation"])
+    ev = evaluate_images.evaluate_on_images(str(tmp_path / "kft"), paths["keypoints_validation"])
     assert ev["rmse_px"] == pytest.approx(meta["metrics"]["rmse_px"], rel=1e-4)
 
 
@@ -221,21 +224,21 @@ def _upscaled_faces(kaggle_csv, folder, factor):
 
 
 def test_keypoints_of_larger_photos_are_scored_in_their_own_pixels(tmp_path):
-    from features.demo import make_demo
+    from pipeline.tools.demo import make_demo
 
     paths = make_demo(tmp_path / "demo", n_faces=24)
     feats = extract_fast(paths["keypoints_training"], tmp_path / "k.h5", input_size="32")
     meta = train(feats, tmp_path / "km", head="dense", params={"epochs": 1, "units": 8})
     assert meta["target_frame"] == [96, 96]
     big = _upscaled_faces(paths["keypoints_validation"], tmp_path / "big", 2)
-    small = ft.evaluate_on_images(str(tmp_path / "km"), paths["keypoints_validation"])
-    large = ft.evaluate_on_images(str(tmp_path / "km"), big)
+    small = evaluate_images.evaluate_on_images(str(tmp_path / "km"), paths["keypoints_validation"])
+    large = evaluate_images.evaluate_on_images(str(tmp_path / "km"), big)
     # The same faces at twice the size: errors in pixels double (up to the resampling of the pictures).
     assert large["rmse_px"] == pytest.approx(2 * small["rmse_px"], rel=0.05)
     # Fine-tuning on the large photos keeps the head's 96x96 frame: its targets are moved into it first.
     out = ft.finetune(str(tmp_path / "km"), big, str(tmp_path / "kft"), unfreeze_last=1, epochs=1, batch_size=8,
                       val=big, augment=False)
     assert out["target_frame"] == [96, 96]
-    ev = ft.evaluate_on_images(str(tmp_path / "kft"), big)
+    ev = evaluate_images.evaluate_on_images(str(tmp_path / "kft"), big)
     assert ev["rmse_px"] == pytest.approx(out["metrics"]["rmse_px"], rel=1e-4)
     assert ev["rmse_px"] < 1.5 * large["rmse_px"]  # one epoch at a small LR: near where it started, not lost

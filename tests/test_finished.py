@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from features import finished
+from features.writer import finished
 
 
 def _complete(path, settings, *, producer="bneck", complete=True, reasons=("", "empty", "", "empty", "truncated")):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import frames
+from pipeline.tools import frames
 
 COLOURS = {"red": (250, 10, 10), "blue": (10, 10, 250)}
 
@@ -34,7 +34,7 @@ def test_every_nth_frame_into_class_folders(videos, tmp_path):
         img = np.asarray(Image.open(out / name / files[1]))
         assert img.shape == (32, 32, 3) and np.abs(img.mean(axis=(0, 1)) - colour).max() < 12
     # The result is a dataset stage one reads as it is.
-    from features.sources import read_folder
+    from features.reader.sources import read_folder
 
     man = read_folder(out)
     assert man.class_names == ["blue", "red"] and len(man) == 8 and not man.row_errors

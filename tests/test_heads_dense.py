@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 
-from pipeline.heads.dense import DenseHead, _Batches, infer_task, masked_mse  # noqa: E402
+from pipeline.heads.dense import DenseHead  # noqa: E402
+from pipeline.heads.dense_fit import Batches, infer_task, masked_mse  # noqa: E402
 
 
 class FakeView:
@@ -166,7 +167,7 @@ def test_lazy_view_is_streamed_in_sorted_batches(rng):
 
 def test_lazy_batches_cover_every_row_once_per_epoch():
     y = np.arange(1000)
-    batches = _Batches(FakeView(np.zeros((1000, 1), np.float32)), y, 64, shuffle=True, seed=3)
+    batches = Batches(FakeView(np.zeros((1000, 1), np.float32)), y, 64, shuffle=True, seed=3)
     orders = []
     for _ in range(4):
         assert len(batches) == 16  # constant: Keras fixes steps per epoch on the first

@@ -18,7 +18,6 @@ from PIL import Image, JpegImagePlugin
 from features import images
 from features.images import DEFAULT_MAX_PIXELS, REASONS, BadImage, decode, load_rgb
 
-
 # ---------------------------------------------------------------- helpers
 
 

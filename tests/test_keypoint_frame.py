@@ -1,8 +1,8 @@
-"""pipeline.keypoint_frame: a keypoint head predicts in its training frame; moves to and from each image's pixels."""
+"""pipeline.data.keypoint_frame: a keypoint head predicts in its training frame; moves to and from each image's pixels."""
 
 import numpy as np
 
-from pipeline.keypoint_frame import to_frame, to_image_pixels, unmirror_widths
+from pipeline.data.keypoint_frame import to_frame, to_image_pixels, unmirror_widths
 
 NAMES = ["nose_x", "nose_y", "score"]
 META = {"task": "regression", "target_names": NAMES, "target_frame": [96, 96]}

@@ -5,8 +5,16 @@ import json
 import numpy as np
 import pytest
 
-from features.keypoints import (KAGGLE_KEYPOINTS, SPECIALIST_GROUPS, flip_pairs, flip_targets,
-                                load_groups, rescale_targets, x_columns, y_columns)
+from features.keypoints import (
+    KAGGLE_KEYPOINTS,
+    SPECIALIST_GROUPS,
+    flip_pairs,
+    flip_targets,
+    load_groups,
+    rescale_targets,
+    x_columns,
+    y_columns,
+)
 
 
 def test_kaggle_names():

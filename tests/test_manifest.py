@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from features.manifest import Manifest, parse_shard, shard_bounds
+from features.reader.manifest import Manifest, parse_shard, shard_bounds
 
 
 def _files(tmp_path, n=3):

@@ -9,9 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
+from features.config import ExtractConfig
 from features.merge import DATASETS, MergeError, check_sources, merge
-from features.runner import ExtractConfig, extract
-from pipeline.featurefile import FeatureFile, FeatureFileError
+from features.runner import extract
+from pipeline.data.featurefile import FeatureFile, FeatureFileError
 from tests.imagefolders import make_class_folder
 
 KW = dict(backbone="mobilenet", input_size="32", weights="none", seed=5, batch_size=4, progress=False,

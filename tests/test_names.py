@@ -5,8 +5,8 @@ import json
 import os
 
 from features import names
-from features.store import string_array
-from pipeline.cli_json import json_text
+from features.writer.partial import string_array
+from pipeline.cli.jsonout import json_text
 
 
 def test_printable_escapes_only_what_utf8_cannot_hold():

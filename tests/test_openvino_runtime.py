@@ -7,9 +7,12 @@ when it is not installed. Backbones use seeded random weights (``weights="none"`
 import numpy as np
 import pytest
 
+from features.mapper import device
+
 ov = pytest.importorskip("openvino")
 
-from features import backbones, mapper, openvino_runtime, weights  # noqa: E402
+from features import backbones, weights  # noqa: E402
+from features.mapper import ov_runtime, tf_runtime
 
 SIZE = (64, 64)
 BATCH = 4
@@ -50,14 +53,14 @@ def _cosine(a, b):
 
 def _both(models, name, pooling, precision, cache, flip=True):
     spec = backbones.get(name)
-    tf_ex = mapper.Extractor(models[name], spec.preprocess_input, pooling=pooling, flip=flip, batch_size=BATCH)
-    ov_ex = openvino_runtime.OpenVINOExtractor(models[name], spec.preprocess_input, pooling=pooling, flip=flip,
+    tf_ex = tf_runtime.Extractor(models[name], spec.preprocess_input, pooling=pooling, flip=flip, batch_size=BATCH)
+    ov_ex = ov_runtime.OpenVINOExtractor(models[name], spec.preprocess_input, pooling=pooling, flip=flip,
                                                batch_size=BATCH, precision=precision, cache_dir=cache)
     return tf_ex, ov_ex
 
 
 def test_available():
-    assert openvino_runtime.available()
+    assert device.openvino_available()
 
 
 @pytest.mark.parametrize("name", ["mobilenet", "vgg16"])
@@ -78,7 +81,7 @@ def test_fp32_matches_tensorflow(models, cache, name, pooling):
 
 @pytest.mark.parametrize("name,pooling", [("mobilenet", "avg"), ("vgg16", "none")])
 def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
-    from features.mapper import cpu_has_bf16
+    from features.mapper.device import cpu_has_bf16
 
     if not cpu_has_bf16():
         pytest.skip("this CPU has no bf16 (AMX or AVX512_BF16): OpenVINO runs f32 instead, see test_runner")
@@ -94,8 +97,8 @@ def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
 def test_flip_is_the_mirror_image_and_no_flip_splits_requests(models, cache):
     spec = backbones.get("mobilenet")
     kw = dict(pooling="avg", batch_size=BATCH, precision="fp32", cache_dir=cache)
-    with_flip = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, flip=True, **kw)
-    no_flip = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, flip=False, **kw)
+    with_flip = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, flip=True, **kw)
+    no_flip = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, flip=False, **kw)
     x = _images(BATCH, 4)
     orig, flipped = with_flip(x)
     mirrored, none = no_flip(x[:, :, ::-1])
@@ -111,7 +114,7 @@ def test_flip_is_the_mirror_image_and_no_flip_splits_requests(models, cache):
 
 def test_a_mirrored_batch_from_the_caller_gives_the_same_features(models, cache):
     spec = backbones.get("mobilenet")
-    ex = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+    ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
                                             batch_size=BATCH, precision="fp32", cache_dir=cache)
     assert ex.takes_mirrored
     x = _images(BATCH - 1, 5)  # short: both views are padded the same way
@@ -125,19 +128,19 @@ def test_a_mirrored_batch_from_the_caller_gives_the_same_features(models, cache)
 
 def test_compiled_model_cache_is_written(models, tmp_path):
     spec = backbones.get("mobilenet")
-    openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+    ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
                                        batch_size=2, precision="fp32", cache_dir=str(tmp_path / "c"))
     assert any(p.suffix == ".blob" for p in (tmp_path / "c").iterdir())
     # An unusable cache directory (here: a file) only disables the cache.
     (tmp_path / "f").write_text("")
-    ex = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+    ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
                                             batch_size=2, precision="fp32", cache_dir=str(tmp_path / "f"))
     assert ex.cache_dir is None and ex(np.zeros((1, *SIZE, 3), np.uint8))[0].shape == (1, 1024)
 
 
 def test_rejects_bad_inputs(models, cache):
     spec = backbones.get("mobilenet")
-    ex = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+    ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
                                             batch_size=2, precision="fp32", cache_dir=cache)
     with pytest.raises(ValueError, match="exceeds"):
         ex(_images(3))
@@ -146,47 +149,47 @@ def test_rejects_bad_inputs(models, cache):
     with pytest.raises(ValueError, match="expects"):
         ex(np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="precision"):
-        openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, precision="fp16")
+        ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, precision="fp16")
 
 
 def test_rejects_mixed_precision_keras_model():
     spec = backbones.get("mobilenet")
     model, _ = weights.build_backbone(spec, input_size=SIZE, weights="none", dtype_policy="mixed_bfloat16")
     with pytest.raises(ValueError, match="float32 backbone"):
-        openvino_runtime.OpenVINOExtractor(model, spec.preprocess_input, cache_dir=None)
+        ov_runtime.OpenVINOExtractor(model, spec.preprocess_input, cache_dir=None)
 
 
 def test_converted_model_cache_is_reused_and_keyed(models, tmp_path, caplog):
     spec = backbones.get("mobilenet")
     kw = dict(pooling="avg", batch_size=2, precision="fp32", cache_dir=str(tmp_path / "c"))
     x = _images(2, 5)
-    first = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
-    again = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
+    first = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
+    again = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
     assert not first.converted_from_cache and again.converted_from_cache
     for a, b in zip(first(x), again(x)):
         np.testing.assert_array_equal(a, b)
     # Another key (other weights or layer), or other pooling: converted afresh, never the cached graph.
-    other = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k2", **kw)
-    maps = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1",
+    other = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k2", **kw)
+    maps = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1",
                                               **{**kw, "pooling": "none"})
     assert not other.converted_from_cache and not maps.converted_from_cache and maps(x)[0].ndim == 4
     # No key: nothing cached, converted each time.
-    plain = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, **kw)
+    plain = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, **kw)
     assert not plain.converted_from_cache
     converted = tmp_path / "c" / "converted"
     assert len(list(converted.iterdir())) == 3 and not [p for p in converted.iterdir() if ".tmp-" in p.name]
     # A damaged entry is converted again (with a warning) and replaced.
-    digest = openvino_runtime.model_key_digest("k1", "avg", "float32", SIZE)
+    digest = ov_runtime.model_key_digest("k1", "avg", "float32", SIZE)
     (converted / digest / "model.xml").write_text("<not xml")
     with caplog.at_level("WARNING", logger="bneck"):
-        healed = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
+        healed = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
     assert "unreadable" in caplog.text and not healed.converted_from_cache
     np.testing.assert_array_equal(healed(x)[0], first(x)[0])
 
 
 def test_submitted_batches_complete_in_order(models, cache):
     spec = backbones.get("mobilenet")
-    ex = openvino_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
+    ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
                                             batch_size=BATCH, precision="fp32", cache_dir=cache)
     a, b = _images(BATCH, 8), _images(BATCH - 1, 9)
     pa, pb = ex.submit(a), ex.submit(b)

@@ -1,4 +1,4 @@
-"""pipeline.predict: --tta-flip averages the original and the mirror, and un-mirrors keypoints in the
+"""pipeline.serve.predict: --tta-flip averages the original and the mirror, and un-mirrors keypoints in the
 frame the head predicts in (the training images' size); keypoints come back in the new image's pixels."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from features import images
+from features.config import ExtractConfig
 from features.keypoints import flip_targets, rescale_targets
-from features.runner import ExtractConfig, extract
-from pipeline.predict import Predictor
+from features.runner import extract
+from pipeline.serve.predict import Predictor
 from pipeline.train import train
 from tests.imagefolders import make_class_folder
 
@@ -85,7 +86,7 @@ def test_other_weights_than_the_features_were_made_with_are_refused(models, tmp_
     import shutil
 
     from features.weights import WeightsError
-    from pipeline.export import export
+    from pipeline.serve.export import export
 
     m = tmp_path / "m"
     shutil.copytree(models["dir"] / "logreg", m)

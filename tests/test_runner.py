@@ -6,8 +6,13 @@ import h5py
 import numpy as np
 import pytest
 
-from features import backbones, mapper, runner, store, weights
-from features.runner import ExtractConfig, extract
+from features import backbones, faults, weights
+from features.config import ExtractConfig, TooManyBadImages
+from features.mapper import device
+from features.mapper.runtimes import resolve_runtime
+from features.runner import extract
+from features.writer import partial
+from features.writer.finished import StoreError, partial_dir
 from tests.imagefolders import make_class_folder
 
 SPEC = backbones.get("mobilenet")
@@ -21,10 +26,9 @@ def _cfg(data, out, **kw):
 
 
 def _reference(pictures, rels, precision="fp32"):
-    from features import mapper
 
     model, _ = weights.build_backbone(SPEC, input_size=(32, 32), weights="none", seed=7,
-                                      dtype_policy=mapper.dtype_policy(precision))
+                                      dtype_policy=device.dtype_policy(precision))
     x = np.stack([pictures[r] for r in rels]).astype("float32")
     orig = np.asarray(model(SPEC.preprocess_input(x.copy()), training=False), dtype="float32")
     flip = np.asarray(model(SPEC.preprocess_input(x[:, :, ::-1].copy()), training=False), dtype="float32")
@@ -77,7 +81,7 @@ def test_bf16_features_within_tolerance(dataset, tmp_path):
             assert _rel_err(feats[i], orig[j]) <= 3e-2
         # OpenVINO on a CPU without bf16 runs fp32, and the attrs say so (TensorFlow emulates bf16).
         runtime = f.attrs["runtime"]
-        honest = "bf16" if runtime == "tensorflow" or mapper.cpu_has_bf16() else "fp32"
+        honest = "bf16" if runtime == "tensorflow" or device.cpu_has_bf16() else "fp32"
         assert f.attrs["precision"] == honest and f["features"].dtype == np.float16
 
 
@@ -88,7 +92,7 @@ def test_rerun_is_noop_and_changed_settings_are_refused(dataset, tmp_path):
     mtime = os.path.getmtime(out)
     again = extract(_cfg(data, out))
     assert again.skipped_existing and os.path.getmtime(out) == mtime
-    with pytest.raises(store.StoreError, match="seed"):
+    with pytest.raises(StoreError, match="seed"):
         extract(_cfg(data, out, seed=8))
     redo = extract(_cfg(data, out, seed=8, overwrite=True))
     assert redo.computed == 12
@@ -99,45 +103,33 @@ def test_resume_after_interrupt_equals_uninterrupted_run(dataset, tmp_path, monk
     full = tmp_path / "full.h5"
     extract(_cfg(data, full, chunk_rows=4))
     out = tmp_path / "resumed.h5"
-    calls = {"n": 0}
-    real = runner._store_rows
-
-    def dies_on_third_batch(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(runner, "_store_rows", dies_on_third_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with faults.raising_at("batch", KeyboardInterrupt(), nth=3), pytest.raises(KeyboardInterrupt):
         extract(_cfg(data, out, chunk_rows=4))
     assert not out.exists()
-    committed = sorted(n for n in os.listdir(store.partial_dir(str(out))) if n.startswith("chunk-"))
+    committed = sorted(n for n in os.listdir(partial_dir(str(out))) if n.startswith("chunk-"))
     assert committed == ["chunk-0000000.npz", "chunk-0000001.npz"]  # the two finished chunks are kept
-    monkeypatch.setattr(runner, "_store_rows", real)
     s = extract(_cfg(data, out, chunk_rows=4))
     assert s.computed == 4  # only the missing chunk was recomputed
     with h5py.File(full) as a, h5py.File(out) as b:
         for name in a:
             np.testing.assert_array_equal(a[name][()], b[name][()])
-    assert not os.path.exists(store.partial_dir(str(out)))
+    assert not os.path.exists(partial_dir(str(out)))
 
 
 def test_partial_run_with_other_settings_is_refused(dataset, tmp_path, monkeypatch):
     data, _ = dataset
     out = tmp_path / "f.h5"
-    monkeypatch.setattr(runner, "_store_rows", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
+    with faults.raising_at("batch", KeyboardInterrupt()), pytest.raises(KeyboardInterrupt):
         extract(_cfg(data, out))
     monkeypatch.undo()
-    with pytest.raises(store.StoreError, match=r"other settings: .*pooling"):
+    with pytest.raises(StoreError, match=r"other settings: .*pooling"):
         extract(_cfg(data, out, pooling="avg"))
 
 
 def test_too_many_bad_images_keeps_chunks(dataset, tmp_path):
     data, _ = dataset
     out = tmp_path / "f.h5"
-    with pytest.raises(runner.TooManyBadImages, match="2 of 12") as err:
+    with pytest.raises(TooManyBadImages, match="2 of 12") as err:
         extract(_cfg(data, out, max_bad_fraction=0.1))
     assert "zz_html.jpg (not_image)" in str(err.value) and "aa_empty.png (empty)" in str(err.value)
     assert not out.exists()
@@ -169,10 +161,10 @@ def test_pooling_and_no_flip(dataset, tmp_path):
 
 
 def test_second_writer_is_refused(tmp_path):
-    s1 = store.PartialStore(str(tmp_path / "x.h5"), {"a": 1}, n_rows=4, chunk_rows=2).open()
+    s1 = partial.PartialStore(str(tmp_path / "x.h5"), {"a": 1}, n_rows=4, chunk_rows=2).open()
     try:
-        with pytest.raises(store.StoreError, match="another bneck process"):
-            store.PartialStore(str(tmp_path / "x.h5"), {"a": 1}, n_rows=4, chunk_rows=2).open()
+        with pytest.raises(StoreError, match="another bneck process"):
+            partial.PartialStore(str(tmp_path / "x.h5"), {"a": 1}, n_rows=4, chunk_rows=2).open()
     finally:
         s1.close()
 
@@ -181,7 +173,7 @@ def test_openvino_runtime_end_to_end(dataset, tmp_path, monkeypatch):
     pytest.importorskip("openvino")  # the [openvino] extra
     data, pics = dataset
     monkeypatch.setenv("BNECK_RUNTIME", "auto")
-    assert runner.resolve_runtime("auto") == "openvino"
+    assert resolve_runtime("auto") == "openvino"
     extract(_cfg(data, tmp_path / "tf.h5", runtime="tensorflow"))
     extract(_cfg(data, tmp_path / "ov.h5", runtime="auto"))
     with h5py.File(tmp_path / "tf.h5") as a, h5py.File(tmp_path / "ov.h5") as b:
@@ -194,7 +186,7 @@ def test_openvino_runtime_end_to_end(dataset, tmp_path, monkeypatch):
 
 def test_runtime_choice_errors():
     with pytest.raises(ValueError, match="--runtime must be one of"):
-        runner.resolve_runtime("onnx")
+        resolve_runtime("onnx")
 
 
 def test_extract_gives_the_caller_its_sigterm_handler_back(tmp_path):
@@ -230,5 +222,5 @@ def test_rerun_of_a_finished_extract_does_not_build_the_backbone(dataset, tmp_pa
         s = extract(_cfg(data, tmp_path / name, **kw))
         assert s.skipped_existing and s.computed == 0 and s.bad == 2
     # Other settings still fail before any build, with the usual message.
-    with pytest.raises(store.StoreError, match="different settings"):
+    with pytest.raises(StoreError, match="different settings"):
         extract(_cfg(data, out, seed=8))

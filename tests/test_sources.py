@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.keypoints import KAGGLE_KEYPOINTS
-from features.sources import SOURCES, SourceError, read_source
+from features.reader.sources import SOURCES, SourceError, read_source
 
 
 def _touch(path, data=b"img"):

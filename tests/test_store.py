@@ -7,14 +7,16 @@ import h5py
 import numpy as np
 import pytest
 
-from features import store
+from features import faults
+from features.writer import assemble, partial
+from features.writer.finished import StoreError, partial_dir
 
 SHAPE = (2, 2, 8)
 
 
 def _store(out, n=20, chunk_rows=8, flip=True, settings=None):
     views = ["features"] + (["features_flipped"] if flip else [])
-    return store.PartialStore(str(out), settings or {"seed": 1}, n_rows=n, chunk_rows=chunk_rows,
+    return partial.PartialStore(str(out), settings or {"seed": 1}, n_rows=n, chunk_rows=chunk_rows,
                               feature_shape=SHAPE, store_dtype="float16", views=views)
 
 
@@ -35,8 +37,8 @@ def test_chunks_go_into_the_target_and_markers_hold_only_row_data(tmp_path):
         ps.write_chunk(k, arrays)
     assert ps.done_chunks() == {0, 1, 2}
     assert set(ps.read_chunk(0)) == {"valid", "reason", "image_size"}
-    ps.finalize(ps.markers(), {"paths": np.array([f"p{i}" for i in range(20)], dtype=object)}, {"task": "classify"})
-    assert not os.path.exists(store.partial_dir(str(out)))
+    assemble.finalize(ps, ps.markers(), {"paths": np.array([f"p{i}" for i in range(20)], dtype=object)}, {"task": "classify"})
+    assert not os.path.exists(partial_dir(str(out)))
     with h5py.File(out, "r") as f:
         for v in ("features", "features_flipped"):
             want = np.concatenate([written[k][v] for k in range(3)])
@@ -59,7 +61,7 @@ def test_resume_keeps_committed_rows_after_a_killed_end_session(tmp_path):
     again = _store(out, flip=False).open()
     assert again.done_chunks() == {0, 1}
     again.write_chunk(2, chunks[2])
-    again.finalize(again.markers(), {}, {})
+    assemble.finalize(again, again.markers(), {}, {})
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["features"][()], np.concatenate([chunks[k]["features"] for k in range(3)]))
 
@@ -79,8 +81,8 @@ def test_markers_without_a_target_are_recomputed_not_trusted(tmp_path, caplog):
 def test_too_little_disk_is_refused_before_computing(tmp_path, monkeypatch):
     out = tmp_path / "o.h5"
     Stat = collections.namedtuple("Stat", "f_bavail f_frsize")
-    monkeypatch.setattr(store.os, "statvfs", lambda path: Stat(10, 4096))
-    with pytest.raises(store.StoreError) as exc:
+    monkeypatch.setattr(partial.os, "statvfs", lambda path: Stat(10, 4096))
+    with pytest.raises(StoreError) as exc:
         _store(out).open()
     msg = str(exc.value)
     assert str(out) in msg and "No space left on device" in msg and "Nothing was computed" in msg
@@ -98,34 +100,30 @@ def test_space_check_counts_only_rows_still_to_compute(tmp_path, monkeypatch):
     Stat = collections.namedtuple("Stat", "f_bavail f_frsize")
     row = int(np.prod(SHAPE)) * 2 * 2
     # Room for the last chunk's rows (plus row data) but not for all 4000 rows.
-    monkeypatch.setattr(store.os, "statvfs", lambda path: Stat((1000 * row + 4000 * 256) // 4096 + 200, 4096))
+    monkeypatch.setattr(partial.os, "statvfs", lambda path: Stat((1000 * row + 4000 * 256) // 4096 + 200, 4096))
     _store(out, n=4000, chunk_rows=1000).open().close()
-    monkeypatch.setattr(store.os, "statvfs", lambda path: Stat(10, 4096))
-    with pytest.raises(store.StoreError, match="All 3 finished chunks are kept"):
+    monkeypatch.setattr(partial.os, "statvfs", lambda path: Stat(10, 4096))
+    with pytest.raises(StoreError, match="All 3 finished chunks are kept"):
         _store(out, n=4000, chunk_rows=1000).open()
 
 
 def test_space_already_reserved_by_a_non_sparse_file_system_is_not_asked_for_twice(tmp_path, monkeypatch):
     out = tmp_path / "o.h5"
     _store(out, n=4000, chunk_rows=1000).open().close()
-    target = store.partial_dir(str(out)) + "/target.h5"
+    target = partial_dir(str(out)) + "/target.h5"
     with open(target, "r+b") as fh:  # what FAT or HFS+ do at creation: every byte gets its blocks
         os.posix_fallocate(fh.fileno(), 0, os.path.getsize(target))
     Stat = collections.namedtuple("Stat", "f_bavail f_frsize")
     # Room for the row data only: the feature bytes are already on the disk.
-    monkeypatch.setattr(store.os, "statvfs", lambda path: Stat(1_400_000 // 4096, 4096))
+    monkeypatch.setattr(partial.os, "statvfs", lambda path: Stat(1_400_000 // 4096, 4096))
     _store(out, n=4000, chunk_rows=1000).open().close()
 
 
 def test_a_failed_open_releases_the_lock(tmp_path, monkeypatch):
     out = tmp_path / "o.h5"
 
-    def full(*a, **k):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(store, "_atomic_write_bytes", full)
-    with pytest.raises(OSError):
+    with faults.raising_at("atomic_write", OSError(28, "No space left on device")), pytest.raises(OSError):
         _store(out).open()
-    monkeypatch.undo()
     # The same process (a notebook, a Ray actor) retries once space is free: no stale lock refuses it.
     _store(out).open().close()
 
@@ -143,12 +141,12 @@ def test_overwrite_killed_part_way_never_resumes_the_old_rows(tmp_path, monkeypa
             raise KeyboardInterrupt  # stands in for SIGKILL part-way through the deletion
         removed.append(os.path.basename(path))
         real_remove(path)
-    monkeypatch.setattr(store.os, "remove", killed_after_two)
+    monkeypatch.setattr(partial.os, "remove", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         _store(out, settings={"seed": 1}).open(overwrite=True)
     monkeypatch.undo()
     assert "settings.json" not in removed  # it goes last, so it still names what is left
-    with pytest.raises(store.StoreError, match="other settings"):
+    with pytest.raises(StoreError, match="other settings"):
         _store(out, settings={"seed": 1}).open()
     again = _store(out, settings={"seed": 1}).open(overwrite=True)
     assert again.done_chunks() == set()
@@ -184,12 +182,12 @@ def test_a_target_that_cannot_be_read_now_keeps_every_chunk(tmp_path, monkeypatc
     for k in (0, 1):
         ps.write_chunk(k, _chunk(ps, k))
     ps.close()
-    from features import target as target_mod
+    from features.writer import target as target_mod
 
     def busy(*a, **k):
         raise OSError(5, "Input/output error")  # EIO, a lock, EMFILE: the system's, not damage
     monkeypatch.setattr(target_mod, "_layout", busy)
-    with pytest.raises(store.StoreError, match="Nothing was discarded: all 2 finished chunks are kept"):
+    with pytest.raises(StoreError, match="Nothing was discarded: all 2 finished chunks are kept"):
         _store(out).open()
     monkeypatch.undo()
     again = _store(out).open()

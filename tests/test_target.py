@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from features.target import Target, TargetError, _outside
+from features.writer.target import Target, TargetError, _outside
 
 
 def _target(tmp_path, n=10, shape=(3, 4), dtype="float16", views=("features", "features_flipped")):
@@ -92,17 +92,17 @@ def test_rows_are_synced_with_f_fullfsync_where_the_os_has_it(monkeypatch):
     # macOS: fsync() leaves the rows in the drive's cache, so a marker could reach the disk first.
     import fcntl as fcntl_mod
 
-    from features import target as target_mod
+    from features import fsutil as target_mod
     calls = []
     monkeypatch.setattr(fcntl_mod, "F_FULLFSYNC", 51, raising=False)
     monkeypatch.setattr(fcntl_mod, "fcntl", lambda fd, cmd, *a: calls.append(cmd))
     monkeypatch.setattr(target_mod, "_fdatasync", lambda fd: calls.append("fdatasync"))
-    target_mod._datasync(3)
+    target_mod.datasync(3)
     assert calls == [51]
 
     def unsupported(fd, cmd, *a):
         raise OSError(45, "Operation not supported")
     calls.clear()
     monkeypatch.setattr(fcntl_mod, "fcntl", unsupported)
-    target_mod._datasync(3)
+    target_mod.datasync(3)
     assert calls == ["fdatasync"]

@@ -30,8 +30,9 @@ import signal
 import threading
 import time
 
-from features import store
-from features.runner import ExtractConfig, ExtractSummary, TooManyBadImages, extract, shard_output
+from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, shard_output
+from features.runner import extract
+from features.writer import partial
 
 log = logging.getLogger("bneck")
 
@@ -103,7 +104,7 @@ def _drive(cfg: ExtractConfig, num_workers, num_gpus_per_worker, shards_per_work
     from tqdm.auto import tqdm
 
     from features.merge import merge
-    from features.sources import read_source
+    from features.reader.sources import read_source
 
     t0 = time.time()
     if os.path.exists(cfg.output) and not cfg.overwrite:
@@ -199,7 +200,7 @@ def _plan_shards(work: str, n_rows: int, wanted: int, batch_size: int) -> int:
             return int(json.load(f)["n_shards"])
     # Every shard at least one batch long, so tiny datasets do not spawn empty shards.
     n_shards = max(1, min(wanted, n_rows // max(1, batch_size)))
-    store._atomic_write_bytes(plan_path, json.dumps({"n_shards": n_shards, "n_rows": n_rows}).encode())
+    partial._atomic_write_bytes(plan_path, json.dumps({"n_shards": n_shards, "n_rows": n_rows}).encode())
     return n_shards
 
 
@@ -247,13 +248,14 @@ class _ShardWorker:
 @contextlib.contextmanager
 def _reuse_model(cache: dict):
     """Build the backbone and trace (or compile) its graph once per actor, not once per shard."""
-    from features import mapper, weights
+    from features import weights
+    from features.mapper import tf_runtime
 
     try:
-        from features import openvino_runtime as ov
+        from features.mapper import ov_runtime as ov
     except ImportError:  # pragma: no cover - a build without the OpenVINO runtime module
         ov = None
-    build, make_extractor = weights.build_backbone, mapper.Extractor
+    build, make_extractor = weights.build_backbone, tf_runtime.Extractor
     make_ov = getattr(ov, "OpenVINOExtractor", None)
 
     def cached_build(spec, **kw):
@@ -270,12 +272,12 @@ def _reuse_model(cache: dict):
             return cache[key]
         return make
 
-    weights.build_backbone, mapper.Extractor = cached_build, cached("tf", make_extractor)
+    weights.build_backbone, tf_runtime.Extractor = cached_build, cached("tf", make_extractor)
     if make_ov is not None:
         ov.OpenVINOExtractor = cached("openvino", make_ov)
     try:
         yield
     finally:
-        weights.build_backbone, mapper.Extractor = build, make_extractor
+        weights.build_backbone, tf_runtime.Extractor = build, make_extractor
         if make_ov is not None:
             ov.OpenVINOExtractor = make_ov

@@ -16,10 +16,18 @@ from sklearn.base import BaseEstimator
 from sklearn.metrics import accuracy_score
 from sklearn.utils.validation import check_is_fitted
 
-# The training machinery lives in dense_fit; infer_task, output_spec, the masked losses and
-# _Batches stay importable from here for callers and tests.
-from .dense_fit import (_CLASSIFICATION, TASKS, _as_input, _Batches, _EpochControl,  # noqa: F401
-                        channel_stats, infer_task, make_optimizer, masked_mae, masked_mse, output_spec)
+from .dense_fit import (
+    CLASSIFICATION,
+    Batches,
+    EpochControl,
+    as_input,
+    channel_stats,
+    infer_task,
+    make_optimizer,
+    masked_mae,
+    masked_mse,
+    output_spec,
+)
 from .specialists import neg_rmse
 
 __all__ = ["DenseHead", "infer_task", "output_spec", "masked_mse", "masked_mae"]
@@ -82,7 +90,7 @@ class DenseHead(BaseEstimator):
         # The estimator type depends on `task`; with "auto" it is unknown until fit.
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
-        if self.task in _CLASSIFICATION:
+        if self.task in CLASSIFICATION:
             tags.estimator_type, tags.regressor_tags = "classifier", None
             tags.classifier_tags = ClassifierTags(multi_label=self.task == "multilabel")
         elif self.task == "regression":
@@ -130,7 +138,7 @@ class DenseHead(BaseEstimator):
 
     def fit(self, X, y, validation_data=None):
         """Train on `X` (ndarray or lazy view) and `y`; `validation_data=(X_val, y_val)` drives early stopping."""
-        X, y = _as_input(X), np.asarray(y)
+        X, y = as_input(X), np.asarray(y)
         if len(X) != len(y):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
         self.task_ = infer_task(y) if self.task == "auto" else self.task
@@ -158,21 +166,21 @@ class DenseHead(BaseEstimator):
         y_enc, val = self._encode(y), None
         if validation_data is not None:
             Xv, yv = validation_data
-            Xv, yv = _as_input(Xv), self._encode(yv)
-            val = (Xv, yv) if isinstance(Xv, np.ndarray) else _Batches(Xv, yv, self.batch_size, False)
-        control = _EpochControl(lr_at, "val_loss" if val is not None else "loss", self.patience)
+            Xv, yv = as_input(Xv), self._encode(yv)
+            val = (Xv, yv) if isinstance(Xv, np.ndarray) else Batches(Xv, yv, self.batch_size, False)
+        control = EpochControl(lr_at, "val_loss" if val is not None else "loss", self.patience)
         kw = dict(epochs=int(self.epochs), validation_data=val, callbacks=[control], verbose=self.verbose)
         if isinstance(X, np.ndarray):  # fast path: Keras slices and shuffles in memory
             self.model_.fit(X, y_enc, batch_size=self.batch_size, shuffle=True, **kw)
         else:  # our PyDataset does its own (file-friendly) shuffling
-            self.model_.fit(_Batches(X, y_enc, self.batch_size, True, self.seed), shuffle=False, **kw)
+            self.model_.fit(Batches(X, y_enc, self.batch_size, True, self.seed), shuffle=False, **kw)
         self.history_, self.best_epoch_ = control.history, int(control.best_epoch)
         return self
 
     def _forward(self, X, batch_size=None):
         """Raw model outputs, computed in contiguous chunks (lazy views are read chunk by chunk)."""
         check_is_fitted(self, "model_")
-        X = _as_input(X)
+        X = as_input(X)
         n, bs = len(X), int(batch_size or max(self.batch_size, 256))
         # Eager calls: no tf.function to trace per model and per odd-sized last chunk.
         rows = (lambda s: X[s:s + bs]) if isinstance(X, np.ndarray) else \

@@ -2,7 +2,7 @@
 
 Task inference and the fixed task -> (activation, loss, metric) pairing, NaN-masked regression
 losses, feature normalisation statistics streamed from lazy views, the optimizer and its LR
-schedule, file-friendly shuffled batches (:class:`_Batches`) and the per-epoch control callback
+schedule, file-friendly shuffled batches (:class:`Batches`) and the per-epoch control callback
 (LR, history, early stopping, best-epoch restore).
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 from keras import ops
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
-_CLASSIFICATION = ("multiclass", "binary", "multilabel")
+CLASSIFICATION = ("multiclass", "binary", "multilabel")
 
 
 def _masked_mean(y_true, y_pred, err):
@@ -68,7 +68,7 @@ def output_spec(task):
     raise ValueError(f"task must be 'auto' or one of {TASKS}, got {task!r}")
 
 
-def _as_input(X):
+def as_input(X):
     """Keep lazy views (shape + __getitem__) as they are; anything else becomes float32 ndarray."""
     if isinstance(X, np.ndarray) or not (hasattr(X, "shape") and hasattr(X, "__getitem__")):
         return np.asarray(X, dtype=np.float32)
@@ -105,7 +105,7 @@ def make_optimizer(optimizer, learning_rate, momentum, nesterov, lr_decay, epoch
     return opt, (lambda e: lr0 * (1.0 - 0.99 * min(e, span) / span)) if decay == "linear" else None
 
 
-class _Batches(keras.utils.PyDataset):
+class Batches(keras.utils.PyDataset):
     """Batches of a lazy X by sorted row index, reshuffled every epoch without random access to the whole file."""
 
     def __init__(self, X, y, batch_size, shuffle, seed=0, window_batches=8):
@@ -141,7 +141,7 @@ class _Batches(keras.utils.PyDataset):
             self._plan()
 
 
-class _EpochControl(keras.callbacks.Callback):
+class EpochControl(keras.callbacks.Callback):
     """LR schedule, per-epoch history (with lr), early stopping and explicit best-weights restore."""
 
     def __init__(self, lr_at, monitor, patience):

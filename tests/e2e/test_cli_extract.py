@@ -120,7 +120,7 @@ def test_backbones_json():
 
 
 def test_every_flag_has_help():
-    from pipeline.cli import build_parser
+    from pipeline.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -141,7 +141,7 @@ def test_json_stdout_stays_json_when_keras_prints_while_downloading(data, tmp_pa
     """Keras prints "Downloading data from ..." to stdout; with --json only the JSON object may be there."""
     import keras
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     module = keras.applications.mobilenet
     real = module.MobileNet

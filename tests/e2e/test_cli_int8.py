@@ -34,7 +34,7 @@ def test_shards_share_one_calibration_and_match_an_unsharded_run(run):
     r = cli("extract", root / "data", "-o", root / "all.h5", *INT8, "--json")
     assert r.returncode == 0, r.stderr
     assert "int8: calibrating on 6 images" in r.stderr
-    from features.mapper import cpu_has_int8_dot
+    from features.mapper.device import cpu_has_int8_dot
 
     # Where int8 cannot be faster (no VNNI/AMX), the user is told so, and the run still completes.
     assert ("no int8 dot-product instructions" in r.stderr) == (not cpu_has_int8_dot())

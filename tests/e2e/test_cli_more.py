@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import build_parser, main
+from pipeline.cli.main import build_parser, main
 from tests.e2e.test_cli_extract import bneck
 from tests.imagefolders import make_class_folder
 
@@ -92,7 +92,7 @@ def test_backbones_summary_and_plot(monkeypatch, tmp_path, capsys, caplog):
         pytest.importorskip("pydot")
         assert main(["backbones", "--plot", "mobilenet", "--input-size", "32", "-o", str(tmp_path / "m.png")]) == 0
         assert Image.open(tmp_path / "m.png").size[1] > 100
-    monkeypatch.setattr("pipeline.filters.shutil.which", lambda name: None)
+    monkeypatch.setattr("pipeline.tools.filters.shutil.which", lambda name: None)
     with caplog.at_level("ERROR", logger="bneck"):
         assert main(["backbones", "--plot", "mobilenet", "-o", str(tmp_path / "x.png")]) == 1
     assert "graphviz" in caplog.text.lower() and not os.path.exists(tmp_path / "x.png")

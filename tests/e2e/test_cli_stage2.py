@@ -168,7 +168,7 @@ def test_predict_keypoints_in_the_photos_own_pixels(tmp_path):
     """A keypoint model trained on 96x96 faces, asked about the same face as a 192x192 photo."""
     from PIL import Image
 
-    from features.demo import make_demo
+    from pipeline.tools.demo import make_demo
 
     paths = make_demo(tmp_path / "demo", n_faces=16)
     ok("extract", paths["keypoints_training"], "-o", tmp_path / "k.h5", *EXTRACT, "--pooling", "avg")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pipeline.cli import build_parser
+from pipeline.cli.main import build_parser
 from tests.feature_files import write_feature_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # `python -m pipeline train ...` (same main()), then report which heavy modules got imported.
 _TRAIN_AND_REPORT = """
 import json, sys
-from pipeline.cli import main
+from pipeline.cli.main import main
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "imported": sorted(m for m in ("tensorflow", "keras") if m in sys.modules)}))
 """

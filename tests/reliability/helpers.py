@@ -108,7 +108,7 @@ def read_everything(path) -> dict:
             arr = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
             assert len(arr) == f["features"].shape[0], f"{path}:{name} has {len(arr)} rows"
             out[name] = arr
-    from pipeline.featurefile import FeatureFile
+    from pipeline.data.featurefile import FeatureFile
 
     with FeatureFile(path) as ff:  # what stage two does first
         assert ff.n_rows == len(out["features"])

@@ -18,7 +18,11 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from tests.reliability import (  # noqa: E402
-    test_bad_inputs, test_csv_errors, test_kill_resume, test_signals_and_disk, test_stage2_faults,
+    test_bad_inputs,
+    test_csv_errors,
+    test_kill_resume,
+    test_signals_and_disk,
+    test_stage2_faults,
 )
 
 

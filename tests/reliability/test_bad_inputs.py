@@ -117,13 +117,14 @@ def test_every_file_one_row_with_its_reason(extracted, corpus):
 
 def test_valid_rows_equal_each_image_extracted_alone(extracted, corpus):
     """Path <-> features: every valid row is the features of its own file, nothing shifted."""
-    from features import backbones, images, mapper, weights
+    from features import backbones, images, weights
+    from features.mapper import tf_runtime
 
     out, _, _ = extracted
     root, expected = corpus
     spec = backbones.get("mobilenet")
     model, _ = weights.build_backbone(spec, input_size=(32, 32), layer=spec.default_layer, weights="none", seed=3)
-    ex = mapper.Extractor(model, spec.preprocess_function, pooling="none", flip=True, batch_size=4)
+    ex = tf_runtime.Extractor(model, spec.preprocess_function, pooling="none", flip=True, batch_size=4)
     with h5py.File(out) as f:
         paths = list(f["paths"].asstr()[()])
         valid = f["valid"][()]

@@ -108,7 +108,7 @@ def warm_cli():
 
 @pytest.mark.parametrize("case", list(STRUCTURAL))
 def test_structural_error_before_backbone(case, tmp_path, tripwire, warm_cli, caplog):
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     files, data, extra, needles = STRUCTURAL[case]
     _write(tmp_path, files)
@@ -140,7 +140,7 @@ def test_structural_error_through_the_real_cli(tmp_path):
 
 
 def _cfg(data, out, **kw):
-    from features.runner import ExtractConfig
+    from features.config import ExtractConfig
 
     return ExtractConfig(data=str(data), output=str(out), backbone="mobilenet", input_size="32", weights="none",
                          seed=3, precision="fp32", store_dtype="float32", batch_size=4, max_bad_fraction=0.9,

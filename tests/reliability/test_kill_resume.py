@@ -1,7 +1,7 @@
 """SIGKILL ``bneck extract`` at exact points; the rerun finishes and equals an uninterrupted run.
 
 Each scenario: run ``python -m pipeline extract`` with ``BNECK_TEST_KILL_AT=POINT:N`` (the
-process SIGKILLs itself the N-th time it reaches POINT, see ``features.store.fault_point``),
+process SIGKILLs itself the N-th time it reaches POINT, see ``features.writer.partial.fault_point``),
 check the final path right after the kill (absent, or a complete file that reads in full),
 then rerun the very same command: exit 0, every dataset byte-identical to an uninterrupted
 run (fp32), nothing left beside the output, and only uncommitted chunks recomputed.
@@ -21,8 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.reliability.helpers import (
-    ARGS, CHUNK_ROWS, N_ROWS, assert_final_path_ok, assert_same_file, bneck, committed_chunks, json_line,
-    leftovers, start,
+    ARGS,
+    CHUNK_ROWS,
+    N_ROWS,
+    assert_final_path_ok,
+    assert_same_file,
+    bneck,
+    committed_chunks,
+    json_line,
+    leftovers,
+    start,
 )
 
 # Minutes of subprocess runs: CI's slow stage runs these (./run_all.sh test-slow); the default suite stays short.

@@ -21,10 +21,23 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from features.config import TooManyBadImages
+from features.writer.finished import StoreError
 from tests.feature_files import assert_rows_close
 from tests.reliability.helpers import (
-    ARGS, CHUNK_ROWS, N_CHUNKS, N_ROWS, assert_final_path_ok, assert_same_file, bneck, committed_chunks,
-    json_line, leftovers, read_everything, start, wait_for,
+    ARGS,
+    CHUNK_ROWS,
+    N_CHUNKS,
+    N_ROWS,
+    assert_final_path_ok,
+    assert_same_file,
+    bneck,
+    committed_chunks,
+    json_line,
+    leftovers,
+    read_everything,
+    start,
+    wait_for,
 )
 
 # Minutes of subprocess runs: CI's slow stage runs these (./run_all.sh test-slow); the default suite stays short.
@@ -156,7 +169,7 @@ def test_disk_full_real_tmpfs(data, reference, tmpfs):
 
 
 def _cfg(data, out, **kw):
-    from features.runner import ExtractConfig
+    from features.config import ExtractConfig
 
     base = dict(backbone="mobilenet", input_size="32", weights="none", seed=3, precision="fp32",
                 store_dtype="float32", batch_size=4, chunk_rows=CHUNK_ROWS, max_bad_fraction=0.5, progress=False,
@@ -168,10 +181,11 @@ def _cfg(data, out, **kw):
 @pytest.mark.parametrize("where", ["rows", "marker"])
 def test_disk_full_simulated_in_process(data, reference, tmp_path, monkeypatch, where):
     """ENOSPC after one chunk (no mount needed), writing the second chunk's rows or its marker."""
-    from features import runner, store, target
+    from features import runner
+    from features.writer import partial, target
 
     out = tmp_path / "sim.h5"
-    owner, name = (target.Target, "write_rows") if where == "rows" else (store.np, "savez")
+    owner, name = (target.Target, "write_rows") if where == "rows" else (partial.np, "savez")
     real, calls = getattr(owner, name), []
 
     def failing(*args, **kwargs):
@@ -183,7 +197,7 @@ def test_disk_full_simulated_in_process(data, reference, tmp_path, monkeypatch, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, failing)
-    with pytest.raises(store.StoreError) as exc:
+    with pytest.raises(StoreError) as exc:
         runner.extract(_cfg(data, out))
     assert "No space left on device" in str(exc.value) and str(out) in str(exc.value)
     assert committed_chunks(out) == ["chunk-0000000.npz"] and not out.exists()
@@ -241,20 +255,20 @@ def partial_run(data, tmp_path):
     src = tmp_path / "data"
     shutil.copytree(data, src)
     out = tmp_path / "mix.h5"
-    with pytest.raises(runner.TooManyBadImages):
+    with pytest.raises(TooManyBadImages):
         runner.extract(_cfg(src, out, max_bad_fraction=0.0))
     assert len(committed_chunks(out)) == N_CHUNKS and not out.exists()
     return src, out
 
 
 def test_rerun_with_other_settings_is_refused(partial_run):
-    from features import runner, store
+    from features import runner
 
     src, out = partial_run
     cases = [("backbone", dict(backbone="mobilenetv2")), ("seed", dict(seed=4)),
              ("input_size", dict(input_size="48"))]
     for key, change in cases:
-        with pytest.raises(store.StoreError) as exc:
+        with pytest.raises(StoreError) as exc:
             runner.extract(_cfg(src, out, **change))
         msg = str(exc.value)
         assert f"{key}:" in msg and "partial run with other settings" in msg, msg
@@ -262,11 +276,11 @@ def test_rerun_with_other_settings_is_refused(partial_run):
     img = src / "a" / "img000.png"
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    with pytest.raises(store.StoreError, match="source_fingerprint"):
+    with pytest.raises(StoreError, match="source_fingerprint"):
         runner.extract(_cfg(src, out))
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
     (src / "c" / "zz_new.png").write_bytes((src / "c" / "img000.png").read_bytes())
-    with pytest.raises(store.StoreError, match="source_fingerprint"):
+    with pytest.raises(StoreError, match="source_fingerprint"):
         runner.extract(_cfg(src, out))
     (src / "c" / "zz_new.png").unlink()
     # Refusals left the partial run intact: the original settings resume it without computing.
@@ -274,14 +288,14 @@ def test_rerun_with_other_settings_is_refused(partial_run):
     s = runner.extract(_cfg(src, out))
     assert s.computed == 0 and s.rows == N_ROWS and not s.skipped_existing
     # And a complete file is not silently reused with other settings either.
-    with pytest.raises(store.StoreError, match="seed"):
+    with pytest.raises(StoreError, match="seed"):
         runner.extract(_cfg(src, out, seed=4))
 
 
 def test_rerun_with_other_settings_refused_by_cli(partial_run, caplog):
     import logging
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     src, out = partial_run
     args = [a for a in ARGS if a != "--json"]

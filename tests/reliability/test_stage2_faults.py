@@ -229,7 +229,7 @@ def test_lambda_layer_refused_by_safe_mode(dense_model, feats, tmp_path, caplog)
     """An attacker who rewrites model.json to match still cannot get a Lambda layer loaded."""
     import keras
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
     from pipeline.modeldir import load_model_dir
 
     m = _copy(dense_model, tmp_path / "lambda")
@@ -284,7 +284,7 @@ def _foreign_files(tmp_path):
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_foreign_hdf5_refused_by_train_and_evaluate(command, logreg_model, tmp_path, caplog):
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     caplog.set_level(logging.ERROR, logger="bneck")
     for kind, (path, needle) in _foreign_files(tmp_path).items():

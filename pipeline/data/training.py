@@ -1,0 +1,316 @@
+"""Training data from bneck HDF5 feature files: opening, splitting, memory budget, tf.data.
+
+The public API for notebooks and the CLI::
+
+    from pipeline.data.training import load_training_data
+    data = load_training_data("features.h5", pooling="avg", memory_budget="4GiB")
+    data.X, data.y, data.X_val, data.y_val   # numpy arrays, or lazy views if too big
+
+Feature files are validated on open (:class:`FeatureFile`); rows are read lazily through
+:class:`FeatureView` / :class:`ConcatView`, so nothing ever requires the whole file in RAM
+unless it fits in the memory budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.data.featurefile import COMPAT_KEYS, FeatureFile, check_compatible
+from pipeline.data.keypoint_frame import into_frame, training_frame
+from pipeline.data.views import ConcatView, FeatureFileError, FeatureView, batch_indices, total_nbytes
+
+__all__ = [
+    "ConcatView", "FeatureFile", "FeatureFileError", "FeatureView", "TrainingData",
+    "check_compatible", "load_training_data", "make_tf_dataset", "parse_bytes",
+    "train_val_split",
+]
+
+log = logging.getLogger(__name__)
+
+# Bare K/M/G/T are binary, like GNU tools and Docker; "KB"/"MB"/"GB" are explicit SI units.
+_UNITS = {"": 1, "b": 1,
+          "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
+          "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
+
+
+def parse_bytes(text) -> int:
+    """Parse a byte size: an int, or a string like "512MiB", "2GiB", "1.5G", "100MB", "4096".
+
+    KiB/MiB/GiB/TiB and bare K/M/G/T are powers of 1024; KB/MB/GB/TB are powers of 1000.
+    """
+    if isinstance(text, bool):
+        raise TypeError("byte size must be a number or a string, not a bool")
+    if isinstance(text, (int, np.integer, float)):
+        value, unit = float(text), ""
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([a-zA-Z]*)\s*", str(text))
+        if not m or m.group(3).lower() not in _UNITS:
+            raise ValueError(f"cannot parse byte size {text!r} (examples: 512MiB, 2GiB, 1.5G)")
+        value = float(m.group(1)) * 10 ** int(m.group(2) or 0)
+        unit = m.group(3).lower()
+    if value < 0 or not np.isfinite(value):
+        raise ValueError(f"byte size must be a non-negative number, got {text!r}")
+    return int(value * _UNITS[unit])
+
+
+def train_val_split(n_or_labels, val_split: float, *, stratify: bool, seed=0):
+    """Deterministically split source rows into sorted (train_rows, val_rows) position arrays.
+
+    ``n_or_labels`` is a row count or an array of class labels (one per source row); returned
+    positions index it. ``val_split`` is the validation fraction in [0, 1). With ``stratify``
+    (labels required) every class keeps its proportion on both sides (largest-remainder
+    allocation, so the total matches ``val_split`` even with many small classes); classes with
+    a single member always go to training. The split is by source row: flipped copies are
+    appended later, so an image and its mirror can never land on different sides.
+    """
+    if isinstance(n_or_labels, (int, np.integer)):
+        n, labels = int(n_or_labels), None
+    else:
+        labels = np.asarray(n_or_labels)
+        n = len(labels)
+    if not 0 <= val_split < 1:
+        raise ValueError(f"val_split must be in [0, 1), got {val_split!r}")
+    if stratify and labels is None:
+        raise ValueError("stratify=True needs labels, not a row count")
+    empty = np.zeros(0, np.int64)
+    if n < 2 or val_split == 0:
+        return np.arange(n, dtype=np.int64), empty
+    rng = np.random.default_rng(seed)
+    n_val = min(max(int(round(val_split * n)), 1), n - 1)
+    if not stratify:
+        val = rng.permutation(n)[:n_val]
+    else:
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        cap = np.where(counts >= 2, counts - 1, 0)  # keep >= 1 member of each class in training
+        n_val = min(n_val, int(cap.sum()))
+        ideal = val_split * counts
+        alloc = np.minimum(np.floor(ideal), cap).astype(np.int64)
+        # Hand out the rows lost to flooring by largest remainder; random tie-break by seed.
+        order = np.lexsort((rng.random(len(classes)), -(ideal - alloc)))
+        remaining = n_val - int(alloc.sum())
+        while remaining > 0:
+            for c in order:
+                if remaining > 0 and alloc[c] < cap[c]:
+                    alloc[c] += 1
+                    remaining -= 1
+        val = np.concatenate([rng.permutation(np.flatnonzero(inverse == c))[:alloc[c]]
+                              for c in range(len(classes))])
+    val = np.sort(val.astype(np.int64))
+    return np.setdiff1d(np.arange(n, dtype=np.int64), val), val
+
+
+@dataclass
+class TrainingData:
+    """Training/validation features and targets, as returned by :func:`load_training_data`.
+
+    ``X``/``X_val`` are float32 numpy arrays when ``in_memory`` is True, otherwise lazy
+    :class:`FeatureView`/:class:`ConcatView` objects to be read batch by batch
+    (``X[idx]``, ``X.iter_batches(...)``). ``X_val``/``y_val`` are None without validation.
+    ``y`` holds int64 class indices (classification) or float32 (N, K) targets with NaN for
+    missing values (regression). ``n_train_rows``/``n_val_rows`` count source images; with
+    ``used_flipped`` the training side holds each image twice (original, then mirrored rows).
+    ``n_invalid_skipped`` counts unreadable rows skipped (training plus any ``val`` file),
+    ``n_missing_targets_skipped`` regression rows whose targets were all NaN.
+    ``attrs`` is the provenance (root attrs) of the training feature file. ``target_frame``
+    ([height, width]) is the pixel frame regression targets are in (see
+    :func:`pipeline.data.keypoint_frame.training_frame`), None for classification.
+    """
+
+    X: object = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    X_val: object = field(repr=False)
+    y_val: np.ndarray | None = field(repr=False)
+    task: str
+    class_names: list[str] | None
+    target_names: list[str] | None
+    attrs: dict = field(repr=False)
+    n_invalid_skipped: int
+    n_train_rows: int
+    n_val_rows: int
+    used_flipped: bool
+    in_memory: bool
+    n_missing_targets_skipped: int = 0
+    pooling: str = "none"
+    path: str = ""
+    target_frame: list[int] | None = None
+
+    def close(self) -> None:
+        """Close the HDF5 handles of lazy views (no-op for in-memory data)."""
+        for x in (self.X, self.X_val):
+            if hasattr(x, "close"):
+                x.close()
+
+
+def _usable_rows(f: FeatureFile) -> tuple[np.ndarray, int, int]:
+    """Mask of rows to use, plus counts of invalid rows and all-NaN-target rows skipped."""
+    keep = f.valid
+    n_invalid = int((~keep).sum())
+    n_missing = 0
+    if f.task == "regression":
+        all_nan = np.isnan(f.targets).all(axis=1) & keep
+        n_missing = int(all_nan.sum())
+        keep &= ~all_nan
+    if n_invalid or n_missing:
+        log.info("%s: skipping %d invalid rows and %d rows with no targets", f.path, n_invalid,
+                 n_missing)
+    return keep, n_invalid, n_missing
+
+
+def _check_val_file(train: FeatureFile, val: FeatureFile) -> None:
+    """Refuse a validation file whose features or classes differ from the training file."""
+    check_compatible(train.attrs, val.attrs, path=val.path, keys=COMPAT_KEYS + ("task",))
+    for name, want, found in (("feature shape", train.feature_shape, val.feature_shape),
+                              ("class_names", train.class_names, val.class_names),
+                              ("target_names", train.target_names, val.target_names)):
+        if want != found:
+            raise FeatureFileError(
+                f"{val.path}: incompatible validation file: {name} is {found!r}, "
+                f"expected {want!r} (from {train.path})")
+
+
+def _y(f: FeatureFile, *, flipped: bool = False, frame=None) -> np.ndarray:
+    if f.task == "classification":
+        return f.labels  # mirroring an image does not change its class
+    y = f.targets_flipped if flipped else f.targets
+    if y is None:
+        raise FeatureFileError(f"{f.path}: flipped features but no 'targets_flipped' dataset")
+    return into_frame(y, f.target_names, f.image_size, frame)  # a mirror commutes with the rescale
+
+
+def _frame(f: FeatureFile, keep) -> list[int] | None:
+    return None if f.task == "classification" else \
+        training_frame(f.image_size[keep], f.attrs["input_size"], f.target_names, path=f.path)
+
+
+def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None = None,
+                       val=None, val_split: float = 0.2, seed=0,
+                       memory_budget="2GiB") -> TrainingData:
+    """Load a feature file as training (and validation) data for a head.
+
+    Args:
+        path: HDF5 feature file written by bneck stage one.
+        pooling: "none", "avg" or "max", applied to each row on load (see FeatureView).
+        use_flipped: append the mirrored views of the *training* rows (labels unchanged,
+            regression targets from ``targets_flipped``). None = when the file has them.
+        val: optional separate validation feature file. It must match the training file's
+            backbone, layer, input_size, preprocessing, pooling, weights, feature shape and
+            class/target names (else FeatureFileError naming the attr); ``val_split`` is then
+            ignored.
+        val_split: validation fraction of the source rows when ``val`` is None (0 = none);
+            stratified by class for classification. Validation uses original views only.
+        seed: seed of the split.
+        memory_budget: if X and X_val together fit in this many float32 bytes (after pooling)
+            they are read into numpy arrays; otherwise they stay lazy views. An int or a
+            string like "512MiB", "2GiB".
+
+    Rows with ``valid`` false, and regression rows whose targets are all NaN, are skipped and
+    counted. Returns a :class:`TrainingData`.
+    """
+    budget = parse_bytes(memory_budget)
+    with FeatureFile(path) as f:
+        keep, n_invalid, n_missing = _usable_rows(f)
+        cls = f.task == "classification"
+        if use_flipped is None:
+            use_flipped = f.has_flipped
+        elif use_flipped and not f.has_flipped:
+            raise FeatureFileError(f"{f.path}: --use-flipped requested but the file has no "
+                                   "flipped features (extracted with --no-flip)")
+        frame = _frame(f, keep)
+        y_all, src = _y(f, frame=frame), np.flatnonzero(keep)
+        if len(src) == 0:
+            raise FeatureFileError(f"{f.path}: no usable rows ({n_invalid} invalid, "
+                                   f"{n_missing} without targets)")
+        X_val = y_val = None
+        if val is not None:
+            train_rows = src
+            with FeatureFile(val) as vf:
+                _check_val_file(f, vf)
+                vkeep, v_invalid, v_missing = _usable_rows(vf)
+                n_invalid, n_missing = n_invalid + v_invalid, n_missing + v_missing
+                val_rows = np.flatnonzero(vkeep)
+                if len(val_rows):
+                    X_val, y_val = vf.view(val_rows, pooling=pooling), _y(vf, frame=frame)[val_rows]
+        else:
+            tr, va = train_val_split(y_all[src] if cls else len(src), val_split,
+                                     stratify=cls, seed=seed)
+            train_rows, val_rows = src[tr], src[va]
+            if len(val_rows):
+                X_val, y_val = f.view(val_rows, pooling=pooling), y_all[val_rows]
+        X, y = f.view(train_rows, pooling=pooling), y_all[train_rows]
+        if use_flipped:
+            X = ConcatView([X, f.view(train_rows, flipped=True, pooling=pooling)])
+            y = np.concatenate([y, _y(f, flipped=True, frame=frame)[train_rows]])
+        nbytes = total_nbytes(X, X_val)
+        in_memory = nbytes <= budget
+        log.info("%s: %d training rows%s, %d validation rows, %.1f MiB of float32 features: %s",
+                 f.path, len(X), " (with flips)" if use_flipped else "", len(val_rows),
+                 nbytes / 2**20, "loading into memory" if in_memory else
+                 f"over the {budget / 2**20:.0f} MiB budget, streaming from disk")
+        if in_memory:
+            lazy = [v for v in (X, X_val) if v is not None]
+            X = X.to_numpy(desc="loading training features")
+            X_val = None if X_val is None else X_val.to_numpy(desc="loading validation features")
+            for v in lazy:
+                v.close()
+        return TrainingData(
+            X=X, y=y, X_val=X_val, y_val=y_val, task=f.task,
+            class_names=f.class_names if cls else None,
+            target_names=None if cls else f.target_names, attrs=f.attrs,
+            n_invalid_skipped=n_invalid, n_train_rows=len(train_rows), n_val_rows=len(val_rows),
+            used_flipped=bool(use_flipped), in_memory=in_memory,
+            n_missing_targets_skipped=n_missing, pooling=pooling, path=os.fspath(path), target_frame=frame)
+
+
+def make_tf_dataset(path, *, rows=None, flipped: bool = False, pooling: str = "none",
+                    batch_size: int = 64, shuffle: bool = False, seed=0,
+                    with_targets: bool = True):
+    """Stream a feature file as a ``tf.data.Dataset`` of (x, y) batches, for your own model.fit.
+
+    Args:
+        path: HDF5 feature file.
+        rows: file rows to use (default: all valid rows). Without ``shuffle`` batches follow
+            this order.
+        flipped: read the mirrored features (and ``targets_flipped`` for regression).
+        pooling: "none", "avg" or "max", applied on load.
+        batch_size: rows per batch (the last batch may be smaller).
+        shuffle: reshuffle every epoch (deterministic given ``seed``). Rows are shuffled within
+            windows of 16 batches of sorted rows, and window order is shuffled, so reads stay
+            mostly contiguous.
+        seed: shuffling seed.
+        with_targets: yield (x, y) pairs; False yields x only (for predict).
+
+    x is float32 (batch, *shape); y is int64 class indices or float32 (batch, K) targets.
+    Rows are read from disk one batch at a time; the file is never loaded whole.
+    """
+    import tensorflow as tf  # heavy import: only for users who ask for a tf.data pipeline
+
+    with FeatureFile(path) as f:
+        if rows is None:
+            rows = np.flatnonzero(f.valid)
+        elif shuffle:
+            rows = np.sort(np.asarray(rows))  # order is random anyway: keep reads contiguous
+        view = f.view(rows, flipped=flipped, pooling=pooling)
+        y = _y(f, flipped=flipped)[view.rows] if with_targets else None
+    x_spec = tf.TensorSpec((None, *view.shape[1:]), tf.float32)
+    if with_targets:
+        y_spec = tf.TensorSpec((None, *y.shape[1:]), tf.int64 if y.dtype.kind == "i"
+                               else tf.float32)
+    epochs = itertools.count()  # each iteration of the dataset calls gen() again: new order
+
+    def gen():
+        order = batch_indices(len(view), batch_size, shuffle=shuffle, seed=(seed, next(epochs)))
+        for pos in order:
+            yield (view[pos], y[pos]) if with_targets else view[pos]
+
+    spec = (x_spec, y_spec) if with_targets else x_spec
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+    # A generator's length is unknown to tf.data; declaring it gives Keras a known epoch
+    # length (progress bars, no "ran out of data" warning at the end of every epoch).
+    n_batches = -(-len(view) // batch_size)
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)

@@ -1,0 +1,200 @@
+"""Write an exported model to disk and check it: the formats, int8 calibration images, reload and compare.
+
+:mod:`pipeline.serve.export` builds the stitched Keras model; this module turns any such model (also a
+fine-tuned one, :func:`pipeline.serve.finetuned.export_finetuned`) into a ``.keras`` file, a TF
+SavedModel directory or a ``.tflite`` file, atomically, then reopens the artefact from disk so
+the check runs what a user would deploy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+
+import numpy as np
+
+from features.fsutil import expand_paths, walk_files
+
+FORMATS = ("keras", "savedmodel", "tflite")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def check_target(output, format: str, quantize, *, overwrite: bool = False) -> str:
+    """Validate format/quantize/output before any work; returns the output path as a string."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if quantize not in (None, "float16", "int8"):
+        raise ValueError(f"quantize must be None, 'float16' or 'int8', got {quantize!r}")
+    if quantize and format != "tflite":
+        raise ValueError("quantize applies to format='tflite' only")
+    output = os.fspath(output)
+    if format == "keras" and not output.endswith(".keras"):
+        raise ValueError(f"{output}: a Keras model file must end in .keras")
+    if os.path.isdir(output) and not (format == "savedmodel" and _is_savedmodel(output)):
+        raise FileExistsError(f"{output}: is a directory and not a SavedModel export; not replacing it")
+    if os.path.lexists(output) and not overwrite:
+        raise FileExistsError(f"{output}: already exists (use --overwrite, or overwrite=True in Python, to replace it)")
+    return output
+
+
+def calibration_images(paths, size, n: int, quantize, source_root: str):
+    """Representative uint8 images: the given files/directories, else (for int8) images under the training root."""
+    calib = None
+    if paths:
+        found = expand_paths(paths)  # directories expand like `bneck predict`'s inputs; a missing path fails here
+        if not found:
+            raise ValueError(f"representative images: no files under {', '.join(map(str, paths))}")
+        calib = _load_images(found, size, n, skip_bad=False)
+    if quantize == "int8" and calib is None:
+        if os.path.isdir(source_root):
+            calib = _load_images(find_images(source_root, n), size, n, skip_bad=True)
+        if calib is None:
+            raise ValueError(f"int8 quantization needs representative images and none were found under the "
+                             f"features' source_root {source_root!r}; pass --representative IMAGES "
+                             "(representative_images= in Python)")
+    return calib
+
+
+def find_images(root, n: int) -> list[str]:
+    """About ``2 * n`` image file paths under ``root``, spread evenly over the sorted tree."""
+    found = walk_files(root, suffixes=IMAGE_SUFFIXES)
+    # Evenly spaced, not the first n, so every class folder is represented; twice as many as
+    # needed because some may not decode.
+    return [found[i] for i in np.unique(np.linspace(0, len(found) - 1, min(len(found), 2 * n)).astype(int))]
+
+
+def _load_images(paths, size, n, *, skip_bad):
+    """Up to ``n`` decoded uint8 images; undecodable ones are skipped (discovered) or raise (given)."""
+    from features import images
+
+    arrays = []
+    for p in paths[:2 * n]:
+        arr, _, reason = images.decode(p, size)
+        if arr is None and not skip_bad:  # the user chose this file: say which one and why
+            raise ValueError(f"representative image {p}: {reason} ({images.REASONS.get(reason, '')})")
+        if arr is not None:
+            arrays.append(arr)
+        if len(arrays) == n:
+            break
+    return np.stack(arrays) if arrays else None
+
+
+def write_artefact(model, output: str, format: str, quantize, calib, size, target_frame=None):
+    """Write ``model`` atomically in ``format``; returns (report dict, callable running the artefact).
+
+    A keypoint model's report names its ``target_frame``: the exported network outputs coordinates in
+    those training pixels, and an app scales them to its photo as ``bneck predict`` does.
+    """
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    # Same directory => same filesystem, so the final rename is atomic.
+    tmp = os.path.join(parent, f".{os.path.basename(output)}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        if format == "keras":
+            tmp += ".keras"  # Keras insists on the suffix
+            model.save(tmp)
+            os.replace(tmp, output)
+        elif format == "savedmodel":
+            model.export(tmp, format="tf_saved_model", verbose=False)
+            _replace_dir(tmp, output)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(_tflite_bytes(model, quantize, calib))
+            os.replace(tmp, output)
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    run, names = open_artefact(output, format)
+    n_bytes = os.path.getsize(output) if os.path.isfile(output) else \
+        sum(os.path.getsize(f) for f in walk_files(output))
+    report = {"path": output, "format": format, "quantize": quantize, "bytes": n_bytes,
+              "input_shape": [None, *size, 3], "output_names": names}
+    if target_frame:
+        report["target_frame"] = [int(v) for v in target_frame]
+    return report, run
+
+
+def _tflite_bytes(model, quantize, calib) -> bytes:
+    """Convert via a temporary SavedModel: the converter's best-supported input for Keras 3 models."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as d:
+        model.export(d, format="tf_saved_model", verbose=False)
+        conv = tf.lite.TFLiteConverter.from_saved_model(d)
+        if quantize:
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            conv.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            # No inference_input_type: input/output stay float32, so callers feed the same pixels.
+            conv.representative_dataset = lambda: ([im[None].astype(np.float32)] for im in calib)
+        return conv.convert()
+
+
+def _is_savedmodel(path) -> bool:
+    """True for a real (not symlinked) directory holding a saved_model.pb."""
+    return os.path.isdir(path) and not os.path.islink(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def _replace_dir(tmp, output):
+    """Move the finished directory ``tmp`` to ``output``; only an old SavedModel is ever replaced."""
+    if not os.path.lexists(output):
+        os.replace(tmp, output)
+        return
+    if not _is_savedmodel(output):
+        raise FileExistsError(f"{output}: exists and is not a SavedModel directory; not replacing it")
+    old = f"{tmp}.old"  # a non-empty directory cannot be replaced atomically: old aside, new in
+    os.replace(output, old)
+    os.replace(tmp, output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def open_artefact(path, format):
+    """(callable uint8 batch -> outputs, output names) of the written artefact, reloaded from disk."""
+    import tensorflow as tf
+
+    if format == "keras":
+        import keras
+
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        return (lambda x: np.asarray(model(x.astype(np.float32), training=False))), list(model.output_names)
+    if format == "savedmodel":
+        loaded = tf.saved_model.load(path)  # the closure keeps it alive: its variables die with it
+        names = list(loaded.signatures["serving_default"].structured_outputs)
+        return (lambda x: np.asarray(loaded.serve(tf.constant(x.astype(np.float32))))), names
+    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice (-> ai_edge_litert)
+        warnings.simplefilter("ignore")
+        it = tf.lite.Interpreter(model_path=path)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+    def run(x):  # one image at a time on the converted (1, H, W, 3) input: valid for every quantization
+        rows = []
+        for im in x.astype(np.float32):
+            it.set_tensor(inp, im[None])
+            it.invoke()
+            rows.append(it.get_tensor(out)[0].copy())
+        return np.stack(rows)
+
+    sig = it.get_signature_list()
+    return run, list(next(iter(sig.values()))["outputs"]) if sig else []
+
+
+def compare(got: np.ndarray, ref: np.ndarray, task: str) -> dict:
+    """Check numbers for the report: max abs diff, and top-1 agreement or the diff relative to ``ref``."""
+    got, ref = got.reshape(len(got), -1).astype(np.float64), ref.reshape(len(ref), -1).astype(np.float64)
+    present = np.isfinite(ref)  # ungrouped specialist columns are NaN in both
+    d = np.abs(got - ref)[present]
+    diff = float(np.where(np.isfinite(d), d, np.inf).max()) if d.size else 0.0
+    out = {"n_checked": len(got), "max_abs_diff": diff}
+    if task == "classification":
+        out["top1_agreement"] = float((got.argmax(1) == ref.argmax(1)).mean())
+    else:
+        out["max_rel_diff"] = diff / max(float(np.abs(ref[present]).max()) if d.size else 0.0, 1e-12)
+    return out

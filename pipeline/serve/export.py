@@ -1,0 +1,92 @@
+"""Export a trained model directory as ONE stitched model (:mod:`pipeline.serve.stitch`): pixels in, scores out.
+
+The Keras model is ``Input((H, W, 3), float32 pixel values 0..255, RGB)`` -> the backbone's
+``preprocess_input`` as a frozen 1x1 ``Conv2D`` named ``preprocess`` -> the truncated backbone ->
+extraction pooling -> on-load pooling -> the head -> ``scores`` (what ``predict_proba`` gives) or
+``targets`` (regression, in training-image pixels). Only built-in layers are used, so the
+``.keras`` file loads with ``safe_mode=True`` and no custom objects, and the same graph converts
+to a TF SavedModel and to TFLite. Decoding/resizing (:func:`features.images.load_rgb`) stays
+outside: callers feed pixels. Versus ``bneck predict``: the backbone runs in float32 even when
+the features were extracted in bf16/fp16 (TFLite ``quantize=`` is the deployment precision knob);
+features are not rounded to ``store_dtype`` as the HDF5 store did (~1e-3 relative for float16;
+heads do not depend on it); no ``--tta-flip``.
+
+Heads: ``dense`` is the head's own Keras network; ``svm``/``logreg`` (linear) become one ``Dense``
+from ``linear_weights()`` plus their ``predict_proba`` transform; ``specialists`` made of
+``StandardScaler -> linear regressor`` pipelines fold into one ``Dense`` over all K targets.
+Other heads (rbf SVM, dense-based specialists) raise ``ValueError``.
+
+Writing the artefact (atomic, per format), int8 calibration images and the reload-and-compare
+check are in :mod:`pipeline.serve.artefact`.
+
+Core ML is an optional route, not a dependency: ``coremltools.convert(keras.saving.load_model(
+"model.keras"))``, or ``coremltools.convert("saved_model_dir")`` on the SavedModel export.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from pipeline.serve.artefact import calibration_images, check_target, compare, write_artefact
+from pipeline.serve.finetuned import export_finetuned, is_finetuned
+from pipeline.serve.stitch import stitch
+
+log = logging.getLogger("bneck")
+
+
+def export(model_dir, output, *, format: str = "keras", quantize: str | None = None, representative_images=None,
+           n_representative: int = 100, check: bool = True, overwrite: bool = False) -> dict:
+    """Export ``model_dir`` as one stitched model (pixels -> scores/targets) and check it against predict.
+
+    Args:
+        model_dir: a ``bneck train`` model directory; the backbone is rebuilt from model.json.
+        output: a ``.keras`` file, a SavedModel directory or a ``.tflite`` file, written atomically
+            (temporary name beside it, then a rename). Only an old SavedModel directory is replaced.
+        format: "keras" (``model.save``), "savedmodel" (``model.export``: TF SavedModel, signature
+            ``serving_default``) or "tflite".
+        quantize: tflite only: None (float32), "float16" (float16 weights) or "int8" (int8 weights
+            and activations, float32 input/output, calibrated on representative images).
+        representative_images: image paths for int8 calibration and the check; for int8 the default
+            is up to ``n_representative`` images found under the features' ``source_root``.
+        overwrite: replace an existing ``output`` (without it, an existing one is an error).
+        check: reload the artefact, run it on up to 8 images (the representative ones, else seeded
+            random pixels) and compare with fp32 backbone + head (``Predictor.predict_arrays``).
+
+    The model maps float32 (N, H, W, 3) RGB pixels 0..255 at the training size to (N, C) class
+    scores as ``bneck predict`` gives them, or to (N, K) regression targets. Returns {path, format,
+    quantize, bytes, input_shape, output_names} and, with ``check``, n_checked, max_abs_diff and
+    top1_agreement (classification) or max_rel_diff (regression).
+    """
+    if is_finetuned(model_dir):
+        return export_finetuned(model_dir, output, format=format, quantize=quantize,
+                                representative_images=representative_images,
+                                n_representative=n_representative, check=check, overwrite=overwrite)
+    output = check_target(output, format, quantize, overwrite=overwrite)
+    model, head, meta, spec, backbone = stitch(model_dir)
+    size = tuple(int(v) for v in meta["features"]["input_size"])
+    calib = calibration_images(representative_images, size, n_representative, quantize,
+                               meta["features"].get("source_root") or "")
+    if quantize == "float16" and max(float(np.abs(w).max()) for w in model.get_weights()) > 65504:
+        # A folded StandardScaler divides by feature stds: tiny stds give weights float16 cannot hold.
+        log.warning("some weights exceed the float16 range; expect inf or large errors (see max_abs_diff)")
+    report, run = write_artefact(model, output, format, quantize, calib, size, meta.get("target_frame"))
+    if check:
+        x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
+        report.update(compare(run(x), _reference(backbone, spec, head, meta, x), meta["task"]))
+    log.info("exported %s -> %s (%s, %d bytes)", model_dir, output, format, report["bytes"])
+    return report
+
+
+def _reference(backbone, spec, head, meta, x: np.ndarray) -> np.ndarray:
+    """What ``Predictor.predict_arrays`` gives for ``x`` with the fp32 backbone (no flip)."""
+    from pipeline.evaluate import head_scores
+    from pipeline.serve.backbone import as_stored, pool_on_load
+
+    prov = meta["features"]
+    # An independent path on purpose: the backbone's own preprocess_input, NumPy pooling and
+    # the sklearn/Keras head, rather than the layers being checked.
+    feats = np.asarray(backbone(spec.preprocess_input(x.astype(np.float32)), training=False), np.float32)
+    feats = pool_on_load(as_stored(pool_on_load(feats, prov.get("pooling", "none")), prov), meta["pooling"])
+    return head_scores(head, feats, meta["task"])

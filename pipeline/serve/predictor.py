@@ -1,0 +1,83 @@
+"""A head model directory stitched to its rebuilt backbone: uint8 batches or image files in, predictions out.
+
+``tta_flip`` averages the original and mirrored predictions; keypoints predicted on the
+mirror are un-mirrored first (same convention as :mod:`features.keypoints`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features import images, keypoints
+from pipeline.data.keypoint_frame import to_image_pixels, unmirror_widths
+from pipeline.evaluate import check_top_k, head_scores
+from pipeline.modeldir import load_model_dir
+from pipeline.serve.backbone import as_stored, make_extractor, pool_on_load
+
+
+class Predictor:
+    """A trained model directory stitched to its backbone, ready for images.
+
+    >>> p = Predictor("models/svm")
+    >>> p.predict_files(["cat.jpg"], top_k=3)   # list of result dicts
+    """
+
+    def __init__(self, model_dir, *, tta_flip: bool = False, batch_size: int = 32):
+        self.head, self.meta = load_model_dir(model_dir)
+        self.prov = self.meta["features"]
+        self.tta_flip, self.batch_size = tta_flip, batch_size
+        self.spec, self.extractor = make_extractor(self.prov, flip=tta_flip, batch_size=batch_size)
+        self.input_size = tuple(self.prov["input_size"])
+
+    def _features(self, x):
+        orig, flipped = self.extractor(x)
+        pool = self.meta["pooling"]
+        orig = pool_on_load(as_stored(orig, self.prov), pool)
+        flipped = pool_on_load(as_stored(flipped, self.prov), pool) if flipped is not None else None
+        return orig, flipped
+
+    def predict_arrays(self, x: np.ndarray, widths=None) -> np.ndarray:
+        """Scores (classification) or targets (regression, in the head's frame) for a uint8 batch at the input size.
+
+        Keypoints come out in the training frame (``meta["target_frame"]``); :meth:`predict_files` moves
+        them into each file's pixels with :func:`pipeline.data.keypoint_frame.to_image_pixels`.
+        """
+        task = self.meta["task"]
+        orig, flipped = self._features(x)
+        out = head_scores(self.head, orig, task)
+        if flipped is None:
+            return out
+        other = head_scores(self.head, flipped, task)
+        if task == "regression":
+            w = unmirror_widths(self.meta, widths, len(x), self.input_size)
+            other = keypoints.flip_targets(other, self.meta["target_names"], w)
+        return (out + other) / 2
+
+    def predict_files(self, paths, *, top_k: int = 5):
+        """Yield one result dict per path, in order; undecodable files give ``{"path", "error"}``."""
+        check_top_k(top_k)
+        paths = list(paths)
+        with images.decode_pool() as pool:
+            for start in range(0, len(paths), self.batch_size):
+                chunk = paths[start:start + self.batch_size]
+                decoded = images.decode_all(chunk, self.input_size, pool=pool)
+                ok = [i for i, (arr, _, _) in enumerate(decoded) if arr is not None]
+                results = {}
+                if ok:
+                    x = np.stack([decoded[i][0] for i in ok])
+                    sizes = np.array([decoded[i][1] for i in ok])
+                    preds = to_image_pixels(self.meta, self.predict_arrays(x, widths=sizes[:, 1]), sizes)
+                    results = {i: self._result(chunk[i], preds[j], sizes[j], top_k) for j, i in enumerate(ok)}
+                for i, path in enumerate(chunk):
+                    yield results.get(i) or {"path": path, "error": decoded[i][2],
+                                             "detail": images.REASONS.get(decoded[i][2], "")}
+
+    def _result(self, path, pred, size, top_k):
+        if self.meta["task"] == "classification":
+            names = self.meta["class_names"]
+            order = np.argsort(-pred)[:top_k]
+            return {"path": path, "label": str(names[order[0]]),
+                    "scores": {str(names[i]): round(float(pred[i]), 6) for i in order}}
+        # Keypoints are in this image's own pixels (to_image_pixels), whatever size the head was trained on.
+        return {"path": path, "image_size": [int(v) for v in size],
+                "targets": {str(n): round(float(v), 4) for n, v in zip(self.meta["target_names"], pred)}}
