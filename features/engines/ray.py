@@ -19,10 +19,7 @@ runs as a task on the cluster, so the machine you type on needs no access to the
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -30,9 +27,9 @@ import signal
 import threading
 import time
 
-from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, shard_output
+from features.config import ExtractConfig, ExtractSummary, shard_output
+from features.engines.shards import merge_shards, plan_shards, reuse_model
 from features.runner import extract
-from features.writer import partial
 
 log = logging.getLogger("bneck")
 
@@ -103,7 +100,6 @@ def _drive(cfg: ExtractConfig, num_workers, num_gpus_per_worker, shards_per_work
     from ray.util import ActorPool
     from tqdm.auto import tqdm
 
-    from features.merge import merge
     from features.reader.sources import read_source
 
     t0 = time.time()
@@ -115,7 +111,7 @@ def _drive(cfg: ExtractConfig, num_workers, num_gpus_per_worker, shards_per_work
         shutil.rmtree(work, ignore_errors=True)
     n = len(read_source(cfg.data, **{k: v for k, v in cfg.source.items() if v is not None}))
     workers, cpus, gpus = _plan_workers(num_workers, num_gpus_per_worker)
-    n_shards = _plan_shards(work, n, workers * shards_per_worker, cfg.batch_size)
+    n_shards = plan_shards(work, n, workers * shards_per_worker, cfg.batch_size)
     shard_cfg = dataclasses.replace(cfg, output=os.path.join(work, os.path.basename(cfg.output)), overwrite=False,
                                     progress=False, max_bad_fraction=1.0, workers=cfg.workers or cpus)
     shards = [f"{i}/{n_shards}" for i in range(n_shards)]
@@ -146,18 +142,10 @@ def _drive(cfg: ExtractConfig, num_workers, num_gpus_per_worker, shards_per_work
         for a in actors:
             ray.kill(a)
     files = [shard_output(shard_cfg.output, s) for s in shards]
-    bad, reasons = _count_bad(files)
-    if n and bad / n > cfg.max_bad_fraction:
-        raise TooManyBadImages(
-            f"{bad} of {n} images ({bad / n:.1%}) could not be decoded ({dict(reasons)}), more than "
-            f"--max-bad-fraction {cfg.max_bad_fraction}. The shard files are kept in {work}; rerun with a "
-            "higher --max-bad-fraction to finish without recomputing, or fix the inputs")
     t_merge = time.time()
-    merge(files, cfg.output, copy=True, overwrite=cfg.overwrite, progress=cfg.progress)
-    shutil.rmtree(work, ignore_errors=True)
+    summary = merge_shards(cfg, files, work, n, computed=computed, written=written, t0=t0)
     stats["merge_s"] = round(time.time() - t_merge, 3)
-    return ExtractSummary(cfg.output, n, computed, bad, time.time() - t0, written + os.path.getsize(cfg.output),
-                          bad_reasons=dict(reasons))
+    return summary
 
 
 def _absolute(cfg: ExtractConfig) -> ExtractConfig:
@@ -191,31 +179,6 @@ def _plan_workers(num_workers, gpus_per_worker) -> tuple[int, float, float]:
     return num_workers, cpus, gpus_per_worker
 
 
-def _plan_shards(work: str, n_rows: int, wanted: int, batch_size: int) -> int:
-    """The shard count of this run: fixed at the first attempt so reruns resume the same shard files."""
-    os.makedirs(work, exist_ok=True)
-    plan_path = os.path.join(work, "plan.json")
-    if os.path.exists(plan_path):
-        with open(plan_path, encoding="utf-8") as f:
-            return int(json.load(f)["n_shards"])
-    # Every shard at least one batch long, so tiny datasets do not spawn empty shards.
-    n_shards = max(1, min(wanted, n_rows // max(1, batch_size)))
-    partial._atomic_write_bytes(plan_path, json.dumps({"n_shards": n_shards, "n_rows": n_rows}).encode())
-    return n_shards
-
-
-def _count_bad(files: list[str]) -> tuple[int, collections.Counter]:
-    import h5py
-
-    bad, reasons = 0, collections.Counter()
-    for path in files:
-        with h5py.File(path, "r") as f:
-            valid = f["valid"][()]
-            bad += int((~valid).sum())
-            reasons.update(r.decode() if isinstance(r, bytes) else r for r in f["reason"][()][~valid])
-    return bad, reasons
-
-
 class _ShardWorker:
     """A Ray actor: one TensorFlow process that runs whole shards through the local runner."""
 
@@ -238,46 +201,8 @@ class _ShardWorker:
         main = threading.current_thread() is threading.main_thread()
         old = signal.getsignal(signal.SIGTERM) if main else None
         try:
-            with _reuse_model(self._cache):
+            with reuse_model(self._cache):
                 return {**extract(cfg).as_dict(), "pid": os.getpid()}
         finally:
             if main:  # the runner's SIGTERM handler is for a CLI process, not for a Ray worker
                 signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
-def _reuse_model(cache: dict):
-    """Build the backbone and trace (or compile) its graph once per actor, not once per shard."""
-    from features import weights
-    from features.mapper import tf_runtime
-
-    try:
-        from features.mapper import ov_runtime as ov
-    except ImportError:  # pragma: no cover - a build without the OpenVINO runtime module
-        ov = None
-    build, make_extractor = weights.build_backbone, tf_runtime.Extractor
-    make_ov = getattr(ov, "OpenVINOExtractor", None)
-
-    def cached_build(spec, **kw):
-        key = ("model", spec.name, repr(sorted(kw.items())))
-        if key not in cache:
-            cache[key] = build(spec, **kw)
-        return cache[key]
-
-    def cached(kind, factory):
-        def make(model, preprocess, **kw):
-            key = (kind, id(model), repr(sorted(kw.items())))
-            if key not in cache:
-                cache[key] = factory(model, preprocess, **kw)
-            return cache[key]
-        return make
-
-    weights.build_backbone, tf_runtime.Extractor = cached_build, cached("tf", make_extractor)
-    if make_ov is not None:
-        ov.OpenVINOExtractor = cached("openvino", make_ov)
-    try:
-        yield
-    finally:
-        weights.build_backbone, tf_runtime.Extractor = build, make_extractor
-        if make_ov is not None:
-            ov.OpenVINOExtractor = make_ov
