@@ -27,7 +27,7 @@ from features import backbones
 from features.config import ExtractConfig
 from features.runner import extract
 from pipeline.serve import export as ex
-from pipeline.serve.predict import Predictor
+from pipeline.serve.predictor import Predictor
 from pipeline.train import train
 from tests.imagefolders import make_class_folder
 

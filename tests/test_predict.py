@@ -14,7 +14,7 @@ from features import images
 from features.config import ExtractConfig
 from features.keypoints import flip_targets, rescale_targets
 from features.runner import extract
-from pipeline.serve.predict import Predictor
+from pipeline.serve.predictor import Predictor
 from pipeline.train import train
 from tests.imagefolders import make_class_folder
 

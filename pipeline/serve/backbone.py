@@ -16,28 +16,87 @@ from features.mapper import device
 log = logging.getLogger("bneck")
 
 
-def weights_argument(prov: dict) -> tuple[str, int]:
-    """The ``--weights`` value and seed that reproduce the features' backbone weights."""
+#: Where backbone weights files are looked for by content, besides ``weights_dirs`` and the model directory.
+WEIGHTS_PATH_ENV = "BNECK_WEIGHTS_PATH"
+_WEIGHT_SUFFIXES = (".h5", ".hdf5")  # what features.weights.load_weights_file reads (.weights.h5 included)
+
+
+def weights_search_dirs(model_dir=None, weights_dirs=()) -> list[str]:
+    """Where a weights file is looked for, in order: ``weights_dirs`` (``--weights DIR``), ``$BNECK_WEIGHTS_PATH``
+    (``os.pathsep``-separated), the Keras cache, then the model directory and the folder it sits in."""
+    from features.weights import cache_dirs
+
+    dirs = [os.fspath(d) for d in weights_dirs or ()]
+    dirs += [d for d in os.environ.get(WEIGHTS_PATH_ENV, "").split(os.pathsep) if d]
+    dirs += cache_dirs()
+    if model_dir is not None:
+        dirs += [os.fspath(model_dir), os.path.dirname(os.path.abspath(model_dir))]
+    return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+
+
+def find_weights(sha256: str, name: str, dirs) -> str | None:
+    """The first file in ``dirs`` whose sha256 is ``sha256``: the recorded file name first, then any weights file.
+
+    A model directory records its backbone weights by content, not by path, so a model copied to
+    another machine finds them wherever they were put there.
+    """
+    from features.weights import sha256_file
+
+    for d in dirs:
+        candidate = os.path.join(d, name) if name else ""
+        if candidate and os.path.isfile(candidate) and sha256_file(candidate) == sha256:
+            return candidate
+    for d in dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for n in names:
+            f = os.path.join(d, n)
+            if n.lower().endswith(_WEIGHT_SUFFIXES) and n != name and os.path.isfile(f) and sha256_file(f) == sha256:
+                return f
+    return None
+
+
+def weights_argument(prov: dict, *, model_dir=None, weights_dirs=()) -> tuple[str, int]:
+    """The ``--weights`` value and seed that reproduce the features' backbone weights.
+
+    A weights file is found by its recorded sha256 (:func:`find_weights` over
+    :func:`weights_search_dirs`); the recorded absolute path is only tried as one more place.
+    """
     ident = str(prov.get("weights", "imagenet"))
     seed = int(prov.get("seed", 0))
     if ident == "imagenet":
         return "imagenet", seed
     if ident.startswith("none"):
         return "none", seed
-    path = prov.get("weights_path") or ""
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"the features were extracted with weights {ident} from {path or 'an unknown path'}, "
-                                "which is not here; copy that file back to the same path to rebuild the backbone")
-    return path, seed
+    recorded = prov.get("weights_path") or ""
+    want = prov.get("weights_sha256") or ""
+    dirs = weights_search_dirs(model_dir, weights_dirs)
+    if recorded:
+        dirs.append(os.path.dirname(os.path.abspath(recorded)))
+    name = os.path.basename(recorded)
+    if not want:  # features made before sha256s were recorded: only the recorded path can be trusted
+        if recorded and os.path.isfile(recorded):
+            return recorded, seed
+        raise FileNotFoundError(f"the features were extracted with weights {ident} from {recorded or 'an unknown path'}"
+                                ", which is not here; copy that file back to the same path to rebuild the backbone")
+    found = find_weights(want, name, list(dict.fromkeys(dirs)))
+    if found is None:
+        raise FileNotFoundError(
+            f"the backbone weights this model needs ({name or ident}, sha256 {want}) were not found. Looked in: "
+            + ", ".join(dict.fromkeys(dirs)) + f". Put the file in one of them, name its folder with --weights DIR, "
+            f"or add the folder to ${WEIGHTS_PATH_ENV}")
+    return found, seed
 
 
-def build_backbone_from(prov: dict, *, precision: str | None = None):
+def build_backbone_from(prov: dict, *, precision: str | None = None, model_dir=None, weights_dirs=()):
     """The truncated Keras backbone described by ``prov`` (feature attrs), weights checked by sha256."""
     from features import backbones
     from features.weights import WeightsError, build_backbone
 
     spec = backbones.get(prov["backbone"])
-    weights, seed = weights_argument(prov)
+    weights, seed = weights_argument(prov, model_dir=model_dir, weights_dirs=weights_dirs)
     precision = precision or prov.get("precision", "fp32")
     if precision == "int8":  # an OpenVINO + NNCF model of the extraction run; Keras rebuilds the float one
         log.info("features were extracted with an int8 OpenVINO model; the backbone here runs in fp32")
@@ -54,11 +113,12 @@ def build_backbone_from(prov: dict, *, precision: str | None = None):
     return spec, model, precision
 
 
-def make_extractor(prov: dict, *, flip: bool, batch_size: int = 32, precision: str | None = None):
+def make_extractor(prov: dict, *, flip: bool, batch_size: int = 32, precision: str | None = None, model_dir=None,
+                   weights_dirs=()):
     """A stage-one :class:`features.mapper.tf_runtime.Extractor` matching ``prov``; returns (spec, extractor)."""
     from features.mapper.tf_runtime import Extractor
 
-    spec, model, _ = build_backbone_from(prov, precision=precision)
+    spec, model, _ = build_backbone_from(prov, precision=precision, model_dir=model_dir, weights_dirs=weights_dirs)
     return spec, Extractor(model, spec.preprocess_function, pooling=prov.get("pooling", "none"), flip=flip,
                            batch_size=batch_size)
 

@@ -37,12 +37,13 @@ def load_finetuned(model_dir):
 
 
 class FinetunedPredictor(Predictor):
-    """:class:`pipeline.serve.predictor.Predictor` for a fine-tuned model directory: same ``predict_files``/``predict_arrays``.
+    """A :class:`~pipeline.serve.predictor.Predictor` for a fine-tuned model directory (same methods).
 
     >>> FinetunedPredictor("models/finetuned").predict_files(["cat.jpg"], top_k=3)
     """
 
-    def __init__(self, model_dir, *, tta_flip: bool = False, batch_size: int = 32):
+    def __init__(self, model_dir, *, tta_flip: bool = False, batch_size: int = 32, weights_dirs=()):
+        # weights_dirs: accepted like Predictor's; the whole network, weights included, is in model.keras.
         self.model, self.meta = load_finetuned(model_dir)
         self.prov, self.tta_flip, self.batch_size = self.meta["features"], tta_flip, batch_size
         self.input_size = tuple(int(v) for v in self.prov["input_size"])
@@ -73,8 +74,9 @@ def export_finetuned(model_dir, output, *, format: str = "keras", quantize: str 
     pred = FinetunedPredictor(model_dir)
     size = pred.input_size
     calib = artefact.calibration_images(representative_images, size, n_representative, quantize,
-                                  pred.prov.get("source_root") or "")
-    report, run = artefact.write_artefact(pred.model, output, format, quantize, calib, size, pred.meta.get("target_frame"))
+                                        pred.prov.get("source_root") or "")
+    report, run = artefact.write_artefact(pred.model, output, format, quantize, calib, size,
+                                          pred.meta.get("target_frame"))
     if check:
         x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
         report.update(artefact.compare(run(x), pred.predict_arrays(x), pred.meta["task"]))

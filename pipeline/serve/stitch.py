@@ -114,7 +114,7 @@ def _head_output(head, meta, x):
     return _frozen_dense(W, b, "head", "softmax" if task == "classification" else None)(flat)
 
 
-def stitch(model_dir):
+def stitch(model_dir, *, weights_dirs=()):
     """(keras.Model pixels -> scores/targets, head, meta, spec, backbone) for a trained model directory."""
     import keras
     from keras import layers
@@ -127,7 +127,7 @@ def stitch(model_dir):
     if prov.get("precision", "fp32") != "fp32":
         log.info("features were extracted in %s; the exported backbone runs in fp32", prov["precision"])
     # fp32 whatever the features used: bf16/fp16 policies are a runtime choice of stage one.
-    spec, backbone, _ = build_backbone_from(prov, precision="fp32")
+    spec, backbone, _ = build_backbone_from(prov, precision="fp32", model_dir=model_dir, weights_dirs=weights_dirs)
     inp = keras.Input((*(int(v) for v in prov["input_size"]), 3), dtype="float32", name="image")
     x = backbone(preprocessing_layer(prov.get("preprocessing") or spec.preprocessing)(inp))
     pools = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
