@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from features.writer.finished import plain
+from features.attrs import plain
 
 
 def describe_file(path: str, *, max_bad: int = 20) -> dict:

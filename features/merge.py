@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
+from features.attrs import plain
 from features.fsutil import fsync_dir
 from features.reader.manifest import parse_shard, shard_bounds
-from features.writer.finished import PRODUCER, partial_dir, plain
+from features.writer.finished import PRODUCER, partial_dir
 
 DATASETS = ("features", "features_flipped", "labels", "targets", "targets_flipped", "paths", "valid",
             "reason", "image_size")

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 
-import numpy as np
+from features.attrs import plain
 
 PRODUCER = "bneck"
 
@@ -38,17 +38,6 @@ def read_attrs(path: str) -> dict:
 
     with h5py.File(path, "r") as f:
         return {k: plain(v) for k, v in f.attrs.items()}
-
-
-def plain(v):
-    """An HDF5 attribute value as plain Python (lists, numbers, str)."""
-    if isinstance(v, np.ndarray):
-        return [plain(x) for x in v.tolist()]
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return v
 
 
 def check_existing(out_path: str, settings: dict) -> bool:

@@ -12,7 +12,8 @@ import h5py
 import numpy as np
 
 from features import FORMAT_VERSION
-from pipeline.data.views import ConcatView, FeatureFileError, FeatureView, plain
+from features.attrs import plain
+from pipeline.data.views import ConcatView, FeatureFileError, FeatureView
 
 __all__ = ["ConcatView", "FeatureFile", "FeatureFileError", "FeatureView", "check_compatible"]
 

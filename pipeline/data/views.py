@@ -12,6 +12,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from features.attrs import plain
+
 __all__ = ["ConcatView", "FeatureFileError", "FeatureView", "batch_indices", "plain",
            "total_nbytes"]
 
@@ -24,19 +26,6 @@ _BLOCK_BYTES = 64 * 2**20
 
 class FeatureFileError(ValueError):
     """A feature file is unreadable, not a bneck file, incomplete or incompatible."""
-
-
-def plain(value):
-    """Convert numpy scalars/arrays and bytes (as read from HDF5 attrs) to plain Python types."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.ndarray):
-        return plain(value.item()) if value.ndim == 0 else [plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 def _normalize_index(idx, n: int) -> tuple[np.ndarray, bool]:
