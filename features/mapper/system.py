@@ -11,7 +11,8 @@ import os
 import platform
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module knows."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -53,7 +54,7 @@ def system_info() -> dict:
         "nncf": _version("nncf"), "keras_hub": _version("keras-hub"),
         "cuda_build": bool(build.get("is_cuda_build")), "cuda": build.get("cuda_version"),
         "cudnn": build.get("cudnn_version"), "gpus": gpus,
-        "cpu": _cpu_model(), "cores": os.cpu_count(),
+        "cpu": cpu_model(), "cores": os.cpu_count(),
         "cpu_bf16": device.cpu_has_bf16(), "cpu_int8_dot": device.cpu_has_int8_dot(),
         "cpu_amx": bool(flags & {"amx_bf16", "amx_int8", "amx_tile"}),
         "auto": {"runtime": runtime, "precision": device.resolve_precision("auto"),
