@@ -60,6 +60,12 @@ class ExtractSummary:
     skipped_existing: bool = False
     bad_reasons: dict = field(default_factory=dict)
     startup_seconds: float = 0.0  # manifest, weights, model build/conversion: before the first batch
+    # How the run ran (also in the file's attrs): where the model ran, its batch after any OOM
+    # back-off, XLA, and the decode threads. A cluster job's log then says why it was fast or slow.
+    device: str = ""
+    compute_batch: int = 0
+    xla: bool = False
+    decode_workers: int = 0
 
     @property
     def images_per_s(self) -> float:
@@ -72,7 +78,9 @@ class ExtractSummary:
         return (f"{self.rows} images ({self.computed} computed now), {self.bad} bad"
                 + (f" [{reasons}]" if reasons else "")
                 + f", {self.seconds:.1f} s, {self.images_per_s:.1f} img/s, "
-                f"{self.bytes_written / 1e6:.1f} MB written -> {self.output}")
+                f"{self.bytes_written / 1e6:.1f} MB written -> {self.output}"
+                + (f" [{self.device}, batch {self.compute_batch}, XLA {'on' if self.xla else 'off'}, "
+                   f"{self.decode_workers} decode threads]" if self.device else ""))
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -77,3 +77,13 @@ def fault_point(name: str) -> None:
         _KILL_SEEN[name] = n = _KILL_SEEN.get(name, 0) + 1
     if n == _KILL_AT[1]:
         os.kill(os.getpid(), _KILL_AT[2])
+
+
+# BNECK_TEST_OOM_ABOVE=N: the TensorFlow extractor raises the device's out-of-memory error for any
+# compute batch above N rows, so the batch back-off is tested on a CPU exactly as a GPU triggers it.
+_OOM_ABOVE = int(os.environ.get("BNECK_TEST_OOM_ABOVE", "0") or 0)
+
+
+def oom_above() -> float:
+    """The largest compute batch that 'fits' under BNECK_TEST_OOM_ABOVE (unset: no limit)."""
+    return _OOM_ABOVE if _OOM_ABOVE > 0 else float("inf")

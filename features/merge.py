@@ -28,6 +28,9 @@ from features.writer.finished import PRODUCER, partial_dir
 DATASETS = ("features", "features_flipped", "labels", "targets", "targets_flipped", "paths", "valid",
             "reason", "image_size")
 _PER_SHARD = {"shard", "row_start", "row_stop", "created", "settings_json", "complete"}
+# How each shard ran (its device, compute batch after OOM back-off, decode threads): per worker,
+# so shards may differ, and the merged file keeps none of them.
+_RUN_ATTRS = {"run_device", "run_compute_batch", "run_decode_workers"}
 # Paths on the machine that ran the shard: they may differ between cluster nodes; shard 0's is kept.
 _HOST_LOCAL = {"source_root", "weights_path"}
 _MERGE_ATTRS = {"merged_from", "virtual", "vds_sources", "note"}
@@ -194,7 +197,7 @@ def _compare(a: dict, b: dict) -> None:
     where = f"{b['path']} and {a['path']} come from different runs"
     if a["count"] != b["count"]:
         raise MergeError(f"{where}: shard counts differ ({a['attrs']['shard']} vs {b['attrs']['shard']})")
-    skip = _PER_SHARD | _HOST_LOCAL
+    skip = _PER_SHARD | _HOST_LOCAL | _RUN_ATTRS
     for key in sorted(set(a["attrs"]) | set(b["attrs"])):
         if key not in skip and a["attrs"].get(key) != b["attrs"].get(key):
             raise MergeError(f"{where}: {key} differs ({a['attrs'].get(key)!r} vs {b['attrs'].get(key)!r})")
@@ -218,7 +221,7 @@ def _full_run(settings: dict, n_rows: int) -> dict:
 
 
 def _merged_attrs(infos: list[dict], n: int, copy: bool) -> dict:
-    attrs = {k: v for k, v in infos[0]["attrs"].items() if k not in _MERGE_ATTRS}
+    attrs = {k: v for k, v in infos[0]["attrs"].items() if k not in _MERGE_ATTRS and k not in _RUN_ATTRS}
     attrs.update(shard="0/1", row_start=0, row_stop=n,
                  settings_json=json.dumps(_full_run(infos[0]["settings"], n), sort_keys=True),
                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

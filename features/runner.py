@@ -228,7 +228,10 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
     valid, sizes = marks["valid"], marks["image_size"]
     reasons = collections.Counter(r for r in marks["reason"].tolist() if r)
     n, bad = stop - start, int((~valid).sum())
-    summary = ExtractSummary(out, n, computed, bad, time.time() - t0, written, bad_reasons=dict(reasons))
+    run = {"device": getattr(extractor, "device", None) or f"{extractor.runtime} cpu",
+           "compute_batch": int(getattr(extractor, "compute_batch", cfg.batch_size)),
+           "xla": bool(getattr(extractor, "xla", False)), "decode_workers": cfg.workers or images.default_workers()}
+    summary = ExtractSummary(out, n, computed, bad, time.time() - t0, written, bad_reasons=dict(reasons), **run)
     if n and bad / n > cfg.max_bad_fraction:
         # The final file (and so `bneck info`'s list of bad rows) does not exist yet: name them here.
         named = images.name_bad((manifest.paths[start + i], marks["reason"][i]) for i in np.flatnonzero(~valid))
@@ -250,7 +253,7 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
     attrs = {k: v for k, v in settings.items() if k not in ("batch_size", "chunk_rows")}
     attrs.update(preprocessing=spec.preprocessing, task=manifest.task, n_rows=len(manifest),
                  feature_shape=list(extractor.feature_shape), source_root=os.path.abspath(manifest.root),
-                 weights_path=winfo.path or "")
+                 weights_path=winfo.path or "", **{f"run_{k}": v for k, v in run.items() if k != "xla"})
     if manifest.class_names is not None:
         attrs["class_names"] = list(manifest.class_names)
     if manifest.target_names is not None:

@@ -1,5 +1,6 @@
 """Stage one end to end through the Python API: correct features, alignment, resume, bad rows."""
 
+import json
 import os
 
 import h5py
@@ -224,3 +225,30 @@ def test_rerun_of_a_finished_extract_does_not_build_the_backbone(dataset, tmp_pa
     # Other settings still fail before any build, with the usual message.
     with pytest.raises(StoreError, match="different settings"):
         extract(_cfg(data, out, seed=8))
+
+
+@pytest.mark.slow
+def test_device_oom_backs_off_without_losing_or_repeating_a_row(dataset, tmp_path):
+    """A card too small for --batch-size: the compute batch halves until it fits; the file equals a plain run."""
+    import subprocess
+    import sys
+
+    data, _ = dataset
+    plain = extract(_cfg(data, tmp_path / "plain.h5", batch_size=8, runtime="tensorflow"))
+    assert plain.compute_batch == 8 and plain.device and plain.decode_workers >= 1
+    env = dict(os.environ, BNECK_TEST_OOM_ABOVE="2", TF_CPP_MIN_LOG_LEVEL="3")
+    out = tmp_path / "oom.h5"
+    r = subprocess.run([sys.executable, "-m", "pipeline", "extract", str(data), "-o", str(out), "--backbone",
+                        "mobilenet", "--input-size", "32", "--weights", "none", "--seed", "7", "--batch-size", "8",
+                        "--precision", "fp32", "--store-dtype", "float32", "--runtime", "tensorflow",
+                        "--max-bad-fraction", "0.5", "--no-progress", "--json"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["compute_batch"] == 2 and summary["computed"] == summary["rows"] == plain.rows
+    assert "backing off to batch 4" in r.stderr and "backing off to batch 2" in r.stderr
+    with h5py.File(plain.output) as a, h5py.File(out) as b:
+        assert b.attrs["run_compute_batch"] == 2 and a.attrs["run_compute_batch"] == 8
+        for name in ("features", "features_flipped", "valid", "paths"):
+            x, y = a[name][()], b[name][()]
+            assert (x == y).all() if x.dtype.kind in "OSUb" else np.allclose(x, y, rtol=1e-5, atol=1e-7), name

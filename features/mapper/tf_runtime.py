@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from features.faults import oom_above
 from features.mapper.batches import check_batch
 from features.mapper.device import has_gpu, is_out_of_memory
 
@@ -107,6 +108,10 @@ class Extractor:
     def _launch(self, x: np.ndarray) -> list:
         """Queue every sub-batch of ``x`` (a multiple of compute_batch rows); returns output tensors."""
         size = self.compute_batch
+        if size > oom_above():  # the reliability tests' stand-in for a card that is too small
+            import tensorflow as tf
+
+            raise tf.errors.ResourceExhaustedError(None, None, f"simulated: batch {size} > BNECK_TEST_OOM_ABOVE")
         fo, ff = self._functions(size)
         outs = []
         for a in range(0, len(x), size):
