@@ -106,6 +106,15 @@ def evaluate(model_dir, features, *, top_k: int = 5) -> dict:
 
     Returns a dict with the headline metric (``accuracy`` or ``rmse_px``) at the top level.
     """
+    return evaluate_rows(model_dir, features, top_k=top_k)[0]
+
+
+def evaluate_rows(model_dir, features, *, top_k: int = 5):
+    """:func:`evaluate` and what it scored: ``(result, meta, rows, outputs)``.
+
+    ``rows`` are the feature file's valid row indices, ``outputs`` the head's class scores (N, C) or
+    keypoints in each image's own pixels (N, K), so a report's per-row figures add up to ``result``.
+    """
     head, meta = load_model_dir(model_dir)
     with FeatureFile(features) as ff:
         check_compatible(meta["features"], ff.attrs, path=str(features),
@@ -120,11 +129,15 @@ def evaluate(model_dir, features, *, top_k: int = 5) -> dict:
         rows = np.flatnonzero(ff.valid)
         y = ff.labels[rows] if meta["task"] == "classification" else ff.targets[rows]
         X = ff.view(rows, pooling=meta["pooling"])
-        result = metrics_for(head, X, y, meta, top_k=top_k, sizes=ff.image_size[rows])
+        sizes = ff.image_size[rows]
+        # Scored once: the metrics read the same outputs the caller gets back.
+        scores = head_scores(head, X, meta["task"])
+        result = metrics_for(PassThrough(), scores, y, meta, top_k=top_k, sizes=sizes)
         result["n_invalid_skipped"] = int((~ff.valid).sum())
     head_metric = "accuracy" if meta["task"] == "classification" else "rmse_px"
-    return {head_metric: result.pop(head_metric), "task": meta["task"], "head": meta["head"],
-            "model": str(model_dir), "features": str(features), **result}
+    result = {head_metric: result.pop(head_metric), "task": meta["task"], "head": meta["head"],
+              "model": str(model_dir), "features": str(features), **result}
+    return result, meta, rows, to_image_pixels(meta, scores, sizes)
 
 
 def format_report(result: dict) -> str:
