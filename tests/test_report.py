@@ -62,7 +62,7 @@ def test_drawn_keypoints_sit_on_their_pixels_and_tell_left_from_right():
     # Pixel-centre convention: image pixel 31 spans thumbnail pixels 124..127, centre 125.5.
     assert to_thumb_xy(31, 14, 4) == (125.5, 57.5)
     right, nose, left = (n for _x, _y, n in blobs)  # sorted by x: right eye, nose, left eye
-    assert right == 49 and left < right and nose < right  # square (7x7) vs disc vs diamond
+    assert right == 81 and left < right and nose < right  # square (9x9) vs disc vs diamond
     # Predictions alone: orange, at their own positions, nothing blue.
     pred = truth + np.array([3, -2, 0, 0, -4, 5])
     only_pred = draw_keypoints(img, s, np.full(6, np.nan), pred, points)

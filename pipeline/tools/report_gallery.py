@@ -101,8 +101,9 @@ def draw_keypoints(img: Image.Image, s: float, truth, pred, points, *, radius: i
     """Draw true and predicted keypoints on a thumbnail (scale ``s``) and return it.
 
     ``points`` are ``(name, x column, y column)`` (:func:`pipeline.tools.report_data.keypoint_pairs`).
-    True points are blue, predictions orange, joined by a thin line; the subject's left points are
-    discs, right points squares, centre points diamonds, so a left/right swap shows at a glance.
+    True points are blue, predictions orange (smaller, drawn on top), joined by a thin line; the
+    subject's left points are discs, right points squares, centre points diamonds, so a left/right
+    swap shows at a glance.
     A point whose true or predicted value is missing is drawn only where it is known.
     """
     img = img.convert("RGB")
@@ -112,9 +113,10 @@ def draw_keypoints(img: Image.Image, s: float, truth, pred, points, *, radius: i
         p = _xy(pred, ix, iy, s)
         if t and p:
             d.line([t, p], fill=PRED_RGB, width=1)
-        for xy, colour in ((t, TRUE_RGB), (p, PRED_RGB)):
+        # The prediction is smaller and on top: a near-perfect one sits inside a blue rim, not hiding it.
+        for xy, colour, r in ((t, TRUE_RGB, radius + 1), (p, PRED_RGB, max(1, radius - 1))):
             if xy:
-                _marker(d, xy, point_side(name), colour, radius)
+                _marker(d, xy, point_side(name), colour, r)
     return img
 
 

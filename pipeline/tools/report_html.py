@@ -326,7 +326,7 @@ def _keypoint_section(run: Run, out: _Folder, rel, gallery: int) -> str:
     typical, worst = typical_and_worst(err, max(1, gallery // 2))
     points = keypoint_pairs(run.names)
     legend = (f"<p class=\"legend\"><span style=\"background:rgb{TRUE_RGB}\"></span>true"
-              f"<span style=\"background:rgb{PRED_RGB}\"></span>predicted &middot; "
+              f"<span style=\"background:rgb{PRED_RGB}\"></span>predicted (smaller, on top) &middot; "
               "the subject's left: disc, right: square, centre: diamond "
               "(Kaggle names points from the subject's view: left is on the image's right)</p>")
     parts.append(legend)
