@@ -24,3 +24,18 @@ def _isolated_keras_home(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def small_faces(tmp_path_factory):
+    """24 of the demo's synthetic Kaggle-format faces and their features (mobilenet 32x32, random seed 1).
+
+    Made once for the session: the keypoint tests that only need real keypoint rows and targets share it
+    instead of each generating and extracting its own.
+    """
+    from pipeline.tools.demo import make_demo
+    from tests.stage2_fixtures import extract_fast
+
+    root = tmp_path_factory.mktemp("small_faces")
+    paths = make_demo(root / "demo", n_faces=24)
+    return {"paths": paths, "features": extract_fast(paths["keypoints_training"], root / "k.h5", input_size="32")}

@@ -190,13 +190,17 @@ def test_finetune_refuses_bad_requests(stage2, tmp_path):
     assert not os.path.exists(tmp_path / "x")
 
 
-def test_keypoint_finetune(tmp_path):
-    from pipeline.tools.demo import make_demo
+@pytest.fixture(scope="module")
+def keypoint_model(small_faces, tmp_path_factory):
+    """A dense keypoint head trained one epoch on the session's 24 small faces."""
+    model = tmp_path_factory.mktemp("km") / "km"
+    meta = train(small_faces["features"], model, head="dense", params={"epochs": 1, "units": 8})
+    return {"paths": small_faces["paths"], "model": str(model), "meta": meta}
 
-    paths = make_demo(tmp_path / "demo", n_faces=24)
-    feats = extract_fast(paths["keypoints_training"], tmp_path / "k.h5", input_size="32")
-    train(feats, tmp_path / "km", head="dense", params={"epochs": 1, "units": 8})
-    meta = ft.finetune(str(tmp_path / "km"), paths["keypoints_training"], str(tmp_path / "kft"), unfreeze_last=1,
+
+def test_keypoint_finetune(keypoint_model, tmp_path):
+    paths = keypoint_model["paths"]
+    meta = ft.finetune(keypoint_model["model"], paths["keypoints_training"], str(tmp_path / "kft"), unfreeze_last=1,
                        epochs=1, batch_size=8, val=paths["keypoints_validation"])
     assert meta["task"] == "regression" and meta["finetune"]["monitor"] == "val_loss"
     assert np.isfinite(meta["metrics"]["rmse_px"]) and meta["finetune"]["n_val"] == 6
@@ -223,20 +227,16 @@ def _upscaled_faces(kaggle_csv, folder, factor):
     return folder / "faces.csv"
 
 
-def test_keypoints_of_larger_photos_are_scored_in_their_own_pixels(tmp_path):
-    from pipeline.tools.demo import make_demo
-
-    paths = make_demo(tmp_path / "demo", n_faces=24)
-    feats = extract_fast(paths["keypoints_training"], tmp_path / "k.h5", input_size="32")
-    meta = train(feats, tmp_path / "km", head="dense", params={"epochs": 1, "units": 8})
+def test_keypoints_of_larger_photos_are_scored_in_their_own_pixels(keypoint_model, tmp_path):
+    paths, meta = keypoint_model["paths"], keypoint_model["meta"]
     assert meta["target_frame"] == [96, 96]
     big = _upscaled_faces(paths["keypoints_validation"], tmp_path / "big", 2)
-    small = evaluate_images.evaluate_on_images(str(tmp_path / "km"), paths["keypoints_validation"])
-    large = evaluate_images.evaluate_on_images(str(tmp_path / "km"), big)
+    small = evaluate_images.evaluate_on_images(keypoint_model["model"], paths["keypoints_validation"])
+    large = evaluate_images.evaluate_on_images(keypoint_model["model"], big)
     # The same faces at twice the size: errors in pixels double (up to the resampling of the pictures).
     assert large["rmse_px"] == pytest.approx(2 * small["rmse_px"], rel=0.05)
     # Fine-tuning on the large photos keeps the head's 96x96 frame: its targets are moved into it first.
-    out = ft.finetune(str(tmp_path / "km"), big, str(tmp_path / "kft"), unfreeze_last=1, epochs=1, batch_size=8,
+    out = ft.finetune(keypoint_model["model"], big, str(tmp_path / "kft"), unfreeze_last=1, epochs=1, batch_size=8,
                       val=big, augment=False)
     assert out["target_frame"] == [96, 96]
     ev = evaluate_images.evaluate_on_images(str(tmp_path / "kft"), big)

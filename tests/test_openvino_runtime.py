@@ -63,8 +63,10 @@ def test_available():
     assert device.openvino_available()
 
 
-@pytest.mark.parametrize("name", ["mobilenet", "vgg16"])
-@pytest.mark.parametrize("pooling", ["none", "avg", "max"])
+# Every pooling on MobileNet; VGG16's avg and max (seconds each to convert) run with the slow tests.
+@pytest.mark.parametrize("name,pooling", [("mobilenet", "none"), ("mobilenet", "avg"), ("mobilenet", "max"),
+                                          ("vgg16", "none"), pytest.param("vgg16", "avg", marks=pytest.mark.slow),
+                                          pytest.param("vgg16", "max", marks=pytest.mark.slow)])
 def test_fp32_matches_tensorflow(models, cache, name, pooling):
     tf_ex, ov_ex = _both(models, name, pooling, "fp32", cache)
     assert ov_ex.feature_shape == tf_ex.feature_shape and ov_ex.input_size == tf_ex.input_size
@@ -79,7 +81,7 @@ def test_fp32_matches_tensorflow(models, cache, name, pooling):
         assert _rel_err(got_f, got_o).min() > 1e-3  # the flipped view really is another view
 
 
-@pytest.mark.parametrize("name,pooling", [("mobilenet", "avg"), ("vgg16", "none")])
+@pytest.mark.parametrize("name,pooling", [("mobilenet", "avg"), pytest.param("vgg16", "none", marks=pytest.mark.slow)])
 def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
     from features.mapper.device import cpu_has_bf16
 
@@ -159,6 +161,7 @@ def test_rejects_mixed_precision_keras_model():
         ov_runtime.OpenVINOExtractor(model, spec.preprocess_input, cache_dir=None)
 
 
+@pytest.mark.slow  # five conversions of MobileNet to OpenVINO
 def test_converted_model_cache_is_reused_and_keyed(models, tmp_path, caplog):
     spec = backbones.get("mobilenet")
     kw = dict(pooling="avg", batch_size=2, precision="fp32", cache_dir=str(tmp_path / "c"))

@@ -74,6 +74,7 @@ def _mean_rmse(face_files):
     return float(np.sqrt(np.nanmean((t - mean) ** 2)))
 
 
+@pytest.mark.slow  # 240 faces through VGG16 at 96x96 (face_files), then six ridge groups
 def test_specialists_beat_the_mean_and_use_partial_rows(face_files, tmp_path):
     meta = train(face_files["train"], tmp_path / "spec", head="specialists", val=face_files["val"], jobs=2)
     rmse = evaluate(tmp_path / "spec", face_files["val"])["rmse_px"]
@@ -94,14 +95,15 @@ def test_specialists_beat_the_mean_and_use_partial_rows(face_files, tmp_path):
                                    "eye_corners", "eyebrows"}
 
 
-def test_groups_file_must_give_every_target_a_specialist(face_files, tmp_path):
+def test_groups_file_must_give_every_target_a_specialist(small_faces, tmp_path):
     groups = tmp_path / "groups.json"
     groups.write_text(json.dumps({"eyes": ["left_eye_center_x", "left_eye_center_y"]}))
     with pytest.raises(ValueError, match=r"groups\.json: no group predicts target column\(s\) right_eye_center_x"):
-        train(face_files["train"], tmp_path / "g", head="specialists", groups=str(groups))
+        train(small_faces["features"], tmp_path / "g", head="specialists", groups=str(groups))
     assert not (tmp_path / "g").exists()
 
 
+@pytest.mark.slow  # needs face_files: 240 faces through VGG16 at 96x96
 def test_flip_augmentation_does_not_hurt(face_files, tmp_path):
     with_flip = train(face_files["train"], tmp_path / "a", head="specialists", val=face_files["val"])
     without = train(face_files["train"], tmp_path / "b", head="specialists", val=face_files["val"], use_flipped=False)
@@ -109,6 +111,7 @@ def test_flip_augmentation_does_not_hurt(face_files, tmp_path):
     assert with_flip["metrics"]["rmse_px"] <= 1.05 * without["metrics"]["rmse_px"]
 
 
+@pytest.mark.slow  # needs face_files, and 30 epochs of a 128-unit head
 def test_dense_regression_head_on_keypoints(face_files, tmp_path):
     meta = train(face_files["train"], tmp_path / "d", head="dense", val=face_files["val"],
                  params={"epochs": 30, "units": 128})

@@ -73,6 +73,7 @@ def _start(data, out):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
 
 
+@pytest.mark.slow  # kill and resume: two extracts, one slowed down
 def test_sigkill_then_rerun_equals_uninterrupted(data, reference, tmp_path):
     out = tmp_path / "killed.h5"
     proc = _start(data, out)
@@ -86,6 +87,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(data, reference, tmp_path):
     _same_file(reference, out)
 
 
+@pytest.mark.slow  # kill and resume: two extracts, one slowed down
 def test_sigterm_commits_and_exits_nonzero(data, reference, tmp_path):
     out = tmp_path / "term.h5"
     proc = _start(data, out)

@@ -34,6 +34,9 @@ def work(tmp_path_factory):
     make_class_folder(root / "test", classes=("a", "b", "c"), per_class=3, seed=2)
     ok("extract", root / "train", "-o", root / "train.h5", *EXTRACT)
     ok("extract", root / "test", "-o", root / "test.h5", *EXTRACT)
+    # The logreg model later tests predict/export/evaluate with: trained here, not by an earlier test, so that
+    # each test also runs alone and under `-m slow` (sklearn heads train without TensorFlow: about a second).
+    ok("train", root / "train.h5", "-o", root / "logreg", "--head", "logreg", "--pooling", "avg")
     return root
 
 
@@ -66,7 +69,8 @@ def _cached_scores(h5, model_dir):
     return dict(zip(paths, head_scores(head, x, "classification")))
 
 
-@pytest.mark.parametrize("head,extra", [("logreg", ["--pooling", "avg"]), ("dense", ["--epochs", "3"])])
+@pytest.mark.parametrize("head,extra", [("logreg", ["--pooling", "avg"]),
+                                        pytest.param("dense", ["--epochs", "3"], marks=pytest.mark.slow)])
 def test_predict_matches_evaluate_on_cached_features(work, head, extra):
     ok("train", work / "train.h5", "-o", work / head, "--head", head, *extra, "--overwrite")
     lines = ok("predict", work / head, work / "test", "--json", "--top-k", "3").strip().splitlines()
@@ -93,6 +97,7 @@ def test_tta_flip_and_bad_file_exit_code(work, tmp_path):
     assert all(len(x["scores"]) == 2 for x in lines[1:4])
 
 
+@pytest.mark.slow  # two predict runs, each starting TensorFlow (~6 s)
 def test_non_utf8_file_names_are_escaped_in_text_and_json_output(work, tmp_path):
     src = next((work / "test" / "a").iterdir())
     try:
@@ -111,6 +116,7 @@ def test_non_utf8_file_names_are_escaped_in_text_and_json_output(work, tmp_path)
         assert shown.endswith("caf\\xe9.png"), out
 
 
+@pytest.mark.slow  # five bneck runs, three exports starting TensorFlow
 def test_existing_outputs_are_refused_before_any_work(work, tmp_path):
     ok("train", work / "train.h5", "-o", tmp_path / "m", "--head", "logreg", "--pooling", "avg")
     r = bneck("train", work / "train.h5", "-o", tmp_path / "m", "--head", "logreg", "--pooling", "avg")
@@ -122,6 +128,7 @@ def test_existing_outputs_are_refused_before_any_work(work, tmp_path):
     ok("export", tmp_path / "m", "-o", tmp_path / "m.keras", "--overwrite")
 
 
+@pytest.mark.slow  # three bneck runs
 def test_bad_grid_values_and_representative_paths_are_one_line_errors(work, tmp_path):
     r = bneck("train", work / "train.h5", "-o", tmp_path / "g", "--head", "svm", "--pooling", "avg",
               "--grid", "C=a,b")
@@ -134,6 +141,7 @@ def test_bad_grid_values_and_representative_paths_are_one_line_errors(work, tmp_
     assert r.returncode == 1 and "nowhere: no such file" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # export and predict, each starting TensorFlow
 def test_export_keras_matches_predict(work, tmp_path):
     import keras
 
@@ -151,6 +159,7 @@ def test_export_keras_matches_predict(work, tmp_path):
         assert max(r["scores"].values()) == pytest.approx(float(row.max()), abs=1e-4)
 
 
+@pytest.mark.slow  # a third extract, then evaluate and train
 def test_incompatible_features_refused_by_cli(work, tmp_path):
     make_class_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=2)
     ok("extract", tmp_path / "d", "-o", tmp_path / "other.h5", *EXTRACT[:-3], "--input-size", "48",
@@ -164,6 +173,7 @@ def test_incompatible_features_refused_by_cli(work, tmp_path):
     assert r.returncode == 1 and "foreign.h5" in r.stderr
 
 
+@pytest.mark.slow  # its own extract, train and predict
 def test_predict_keypoints_in_the_photos_own_pixels(tmp_path):
     """A keypoint model trained on 96x96 faces, asked about the same face as a 192x192 photo."""
     from PIL import Image

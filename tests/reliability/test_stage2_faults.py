@@ -102,6 +102,7 @@ def _scenario(feats, base, how):
     return rec
 
 
+@pytest.mark.slow  # kills bneck train processes at several points and reruns each
 def test_train_killed_leaves_nothing_half_written(feats, tmp_path):
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda h: _scenario(feats, tmp_path / h.split(":")[0].replace(" ", "_"), h),
