@@ -13,6 +13,7 @@ import sys
 
 from features.names import escape_unencodable_output
 from pipeline.cli.jsonout import json_text
+from pipeline.cli.source_args import add_source_args
 from pipeline.cli.types import fraction, non_negative_float, non_negative_int, positive_int
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our messages
@@ -29,17 +30,6 @@ EXIT_ERROR, EXIT_USAGE, EXIT_BAD_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 
 
 class UsageError(Exception):
     """Flags that argparse alone cannot check together (e.g. ``-o`` without ``--plot``): exit 2."""
-
-
-def _add_source_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("dataset source")
-    g.add_argument("--source-kind", choices=["auto", "folder", "csv", "kaggle_keypoints", "places365"], default="auto",
-                   help="how to read DATA (default: detect: directory, Kaggle keypoint CSV, CSV, or .txt list)")
-    g.add_argument("--categories", help="Places365 categories file (lines like '/a/airfield 0') for a list-file DATA")
-    g.add_argument("--image-root", help="directory the list file's image names are relative to (default: its folder)")
-    g.add_argument("--path-column", help="CSV column holding image paths, relative to the CSV (default: detect)")
-    g.add_argument("--label-column", help="CSV column holding class labels (default: detect)")
-    g.add_argument("--target-columns", help="comma-separated numeric CSV columns to regress (default: all numeric)")
 
 
 def _add_extract(sub) -> None:
@@ -99,7 +89,7 @@ def _add_extract(sub) -> None:
                         "(default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    _add_source_args(p)
+    add_source_args(p)
     p.set_defaults(func=_cmd_extract)
 
 

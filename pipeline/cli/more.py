@@ -30,7 +30,7 @@ def _source(args) -> dict:
 
 
 def _add_finetune(sub) -> None:
-    from pipeline.cli.main import _add_source_args
+    from pipeline.cli.source_args import add_source_args
 
     p = sub.add_parser("finetune", help="fine-tune backbone top + head end to end on images",
                        description="Stitch the backbone to a trained head (stage-two weights), unfreeze the top of "
@@ -63,7 +63,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the augmentation and training (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--json", action="store_true", help="print the result summary as one JSON object")
-    _add_source_args(p)
+    add_source_args(p)
     p.set_defaults(func=_cmd_finetune)
 
 
@@ -94,7 +94,7 @@ def _cmd_finetune(args) -> int:
 
 
 def _add_evaluate_images(sub) -> None:
-    from pipeline.cli.main import _add_source_args
+    from pipeline.cli.source_args import add_source_args
 
     p = sub.add_parser("evaluate-images", help="metrics of any model directory on labelled images, end to end",
                        description="Decode labelled images, run them through the model (fine-tuned, or backbone + "
@@ -107,7 +107,7 @@ def _add_evaluate_images(sub) -> None:
                    help="exit 3 when more than this fraction of images cannot be decoded (default 0.05); "
                         "below it they are left out, named on stderr and in the JSON's bad_images")
     p.add_argument("--json", action="store_true", help="one JSON object; headline accuracy or rmse_px at top level")
-    _add_source_args(p)
+    add_source_args(p)
     p.set_defaults(func=_cmd_evaluate_images)
 
 
