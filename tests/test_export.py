@@ -26,6 +26,7 @@ import pytest
 from features import backbones
 from features.config import ExtractConfig
 from features.runner import extract
+from pipeline.serve import artefact, stitch
 from pipeline.serve import export as ex
 from pipeline.serve.predictor import Predictor
 from pipeline.train import train
@@ -66,7 +67,7 @@ def models(tmp_path_factory):
 
 
 def _run(path, fmt, x):
-    return ex._open_artefact(str(path), fmt)[0](x)
+    return artefact.open_artefact(str(path), fmt)[0](x)
 
 
 def _close(got, want, tol, regression):
@@ -81,7 +82,7 @@ def test_preprocess_layer_equals_preprocess_input(mode, backbone):
     spec = backbones.get(backbone)
     assert spec.preprocessing == mode
     inp = keras.Input((8, 8, 3))
-    model = keras.Model(inp, ex.preprocessing_layer(mode)(inp))
+    model = keras.Model(inp, stitch.preprocessing_layer(mode)(inp))
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     x[0, 0, 0] = [255, 0, 128]  # extremes, and channels that differ (catches a missing RGB->BGR)
     np.testing.assert_allclose(np.asarray(model(x)), spec.preprocess_input(x.copy()), rtol=1e-6, atol=1e-5)
@@ -131,7 +132,6 @@ def test_tflite_int8_runs_on_images_found_under_source_root(models, tmp_path):
 
 
 def test_int8_without_images_is_a_clear_error(models, tmp_path, monkeypatch):
-    from pipeline.serve import artefact
 
     monkeypatch.setattr(artefact, "find_images", lambda root, n: [])  # where calibration looks it up
     with pytest.raises(ValueError, match="representative images"):
@@ -192,4 +192,4 @@ def test_specialists_with_a_nonlinear_base_are_refused():
     head = SpecialistsHead(base=make_pipeline(StandardScaler(), SVR()), groups={"p": [0]}).fit(
         rng.normal(size=(10, 4)), rng.normal(size=(10, 1)))
     with pytest.raises(ValueError, match="only linear scikit-learn heads convert to a Dense layer"):
-        ex._head_output(head, {"head": "specialists", "task": "regression"}, keras.Input((4,)))
+        stitch._head_output(head, {"head": "specialists", "task": "regression"}, keras.Input((4,)))
