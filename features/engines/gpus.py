@@ -18,13 +18,12 @@ import dataclasses
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import time
 
 from features.config import ExtractConfig, ExtractSummary, shard_output
-from features.engines.shards import merge_shards, plan_shards, reuse_model
+from features.engines.shards import merge_shards, plan_shards, reuse_model, shard_config, start_work
 from features.writer.commit import Terminated
 
 log = logging.getLogger("bneck")
@@ -80,7 +79,6 @@ def extract_gpus(cfg: ExtractConfig, gpus: list[str], *, shards_per_gpu: int = S
 
     from tqdm.auto import tqdm
 
-    from features.reader.sources import read_source
     from features.runner import extract
 
     if not gpus:
@@ -91,13 +89,9 @@ def extract_gpus(cfg: ExtractConfig, gpus: list[str], *, shards_per_gpu: int = S
     if os.path.exists(cfg.output) and not cfg.overwrite:
         return extract(dataclasses.replace(cfg, progress=False))  # "already complete", or a clear error
     work = work_dir(cfg.output)
-    if cfg.overwrite:
-        shutil.rmtree(work, ignore_errors=True)
-    n = len(read_source(cfg.data, **{k: v for k, v in cfg.source.items() if v is not None}))
+    n = start_work(cfg, work)
     n_shards = plan_shards(work, n, len(gpus) * shards_per_gpu, cfg.batch_size)
-    cpus = max(1, (os.cpu_count() or 1) // len(gpus))  # each worker's share of the decode cores
-    shard_cfg = dataclasses.replace(cfg, output=os.path.join(work, os.path.basename(cfg.output)), overwrite=False,
-                                    progress=False, max_bad_fraction=1.0, workers=cfg.workers or cpus)
+    shard_cfg = shard_config(cfg, work, max(1, (os.cpu_count() or 1) // len(gpus)))  # each GPU's share of cores
     shards = [f"{i}/{n_shards}" for i in range(n_shards)]
     log.info("gpus: %d rows in %d shards on GPU(s) %s -> %s", n, n_shards, ",".join(gpus), work)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: CUDA_VISIBLE_DEVICES before TensorFlow

@@ -22,13 +22,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
 
 from features.config import ExtractConfig, ExtractSummary, shard_output
-from features.engines.shards import merge_shards, plan_shards, reuse_model
+from features.engines.shards import merge_shards, plan_shards, reuse_model, shard_config, start_work
 from features.runner import extract
 
 log = logging.getLogger("bneck")
@@ -100,20 +99,15 @@ def _drive(cfg: ExtractConfig, num_workers, num_gpus_per_worker, shards_per_work
     from ray.util import ActorPool
     from tqdm.auto import tqdm
 
-    from features.reader.sources import read_source
-
     t0 = time.time()
     if os.path.exists(cfg.output) and not cfg.overwrite:
         # The local engine's check: "already complete", or a clear error; it never recomputes here.
         return extract(dataclasses.replace(cfg, progress=False))
     work = work_dir(cfg.output)
-    if cfg.overwrite:
-        shutil.rmtree(work, ignore_errors=True)
-    n = len(read_source(cfg.data, **{k: v for k, v in cfg.source.items() if v is not None}))
+    n = start_work(cfg, work)
     workers, cpus, gpus = _plan_workers(num_workers, num_gpus_per_worker)
     n_shards = plan_shards(work, n, workers * shards_per_worker, cfg.batch_size)
-    shard_cfg = dataclasses.replace(cfg, output=os.path.join(work, os.path.basename(cfg.output)), overwrite=False,
-                                    progress=False, max_bad_fraction=1.0, workers=cfg.workers or cpus)
+    shard_cfg = shard_config(cfg, work, cpus)
     shards = [f"{i}/{n_shards}" for i in range(n_shards)]
     workers = min(workers, n_shards)
     log.info("ray: %d rows in %d shards on %d actors (%s CPU, %s GPU each) -> %s", n, n_shards, workers, cpus,

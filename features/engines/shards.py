@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -17,6 +18,21 @@ import time
 
 from features.config import ExtractConfig, ExtractSummary, TooManyBadImages
 from features.fsutil import atomic_write_bytes
+
+
+def start_work(cfg: ExtractConfig, work: str) -> int:
+    """Clear ``work`` when the run overwrites, and return the source's row count (the plan needs it)."""
+    from features.reader.sources import read_source
+
+    if cfg.overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+    return len(read_source(cfg.data, **{k: v for k, v in cfg.source.items() if v is not None}))
+
+
+def shard_config(cfg: ExtractConfig, work: str, decode_workers: int) -> ExtractConfig:
+    """Each shard's config: its file in ``work``, no bar; the bad-row budget is judged at the merge."""
+    return dataclasses.replace(cfg, output=os.path.join(work, os.path.basename(cfg.output)), overwrite=False,
+                               progress=False, max_bad_fraction=1.0, workers=cfg.workers or decode_workers)
 
 
 def plan_shards(work: str, n_rows: int, wanted: int, batch_size: int) -> int:
