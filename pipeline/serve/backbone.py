@@ -74,18 +74,18 @@ def weights_argument(prov: dict, *, model_dir=None, weights_dirs=()) -> tuple[st
     want = prov.get("weights_sha256") or ""
     dirs = weights_search_dirs(model_dir, weights_dirs)
     if recorded:
-        dirs.append(os.path.dirname(os.path.abspath(recorded)))
+        dirs = list(dict.fromkeys(dirs + [os.path.dirname(os.path.abspath(recorded))]))
     name = os.path.basename(recorded)
     if not want:  # features made before sha256s were recorded: only the recorded path can be trusted
         if recorded and os.path.isfile(recorded):
             return recorded, seed
         raise FileNotFoundError(f"the features were extracted with weights {ident} from {recorded or 'an unknown path'}"
                                 ", which is not here; copy that file back to the same path to rebuild the backbone")
-    found = find_weights(want, name, list(dict.fromkeys(dirs)))
+    found = find_weights(want, name, dirs)
     if found is None:
         raise FileNotFoundError(
             f"the backbone weights this model needs ({name or ident}, sha256 {want}) were not found. Looked in: "
-            + ", ".join(dict.fromkeys(dirs)) + f". Put the file in one of them, name its folder with --weights DIR, "
+            + ", ".join(dirs) + f". Put the file in one of them, name its folder with --weights DIR, "
             f"or add the folder to ${WEIGHTS_PATH_ENV}")
     return found, seed
 
