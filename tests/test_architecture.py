@@ -114,7 +114,10 @@ def test_layer_rule(who, forbidden, why):
     assert not bad, f"{who} must not import {forbidden} ({why}): " + "; ".join(bad)
 
 
-@pytest.mark.parametrize("leaf, users", [("pipeline.cli", ("pipeline.__main__",)), ("pipeline.tools", ("pipeline.cli",))])
+LEAVES = [("pipeline.cli", ("pipeline.__main__",)), ("pipeline.tools", ("pipeline.cli",))]
+
+
+@pytest.mark.parametrize("leaf, users", LEAVES)
 def test_nothing_imports_the_leaves(leaf, users):
     """The command line is the top floor and the side tools hang off it: no library code depends on either."""
     bad = [f"{m}:{line} imports {t}" for m in MODULES if not _inside(m, leaf) and not any(_inside(m, u) for u in users)

@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 from features.config import ExtractConfig, TooManyBadImages  # noqa: E402
 from features.engines.ray import extract_ray, work_dir  # noqa: E402
-from features.runner import extract
+from features.runner import extract  # noqa: E402
 from tests.feature_files import assert_rows_close  # noqa: E402
 from tests.imagefolders import make_class_folder  # noqa: E402
 

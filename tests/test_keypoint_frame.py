@@ -1,4 +1,5 @@
-"""pipeline.data.keypoint_frame: a keypoint head predicts in its training frame; moves to and from each image's pixels."""
+"""pipeline.data.keypoint_frame: a keypoint head predicts in its training frame; moves to and from each image's
+pixels."""
 
 import numpy as np
 

@@ -12,7 +12,7 @@ from features.mapper import device
 ov = pytest.importorskip("openvino")
 
 from features import backbones, weights  # noqa: E402
-from features.mapper import ov_runtime, tf_runtime
+from features.mapper import ov_runtime, tf_runtime  # noqa: E402
 
 SIZE = (64, 64)
 BATCH = 4

@@ -37,7 +37,8 @@ def test_chunks_go_into_the_target_and_markers_hold_only_row_data(tmp_path):
         ps.write_chunk(k, arrays)
     assert ps.done_chunks() == {0, 1, 2}
     assert set(ps.read_chunk(0)) == {"valid", "reason", "image_size"}
-    assemble.finalize(ps, ps.markers(), {"paths": np.array([f"p{i}" for i in range(20)], dtype=object)}, {"task": "classify"})
+    paths = np.array([f"p{i}" for i in range(20)], dtype=object)
+    assemble.finalize(ps, ps.markers(), {"paths": paths}, {"task": "classify"})
     assert not os.path.exists(partial_dir(str(out)))
     with h5py.File(out, "r") as f:
         for v in ("features", "features_flipped"):
