@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 FORMAT = "bneck-model"
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
-JOBLIB_HEAD = "head.joblib"
 
 
 class ModelDirError(ValueError):
@@ -103,8 +102,9 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
 
     Args:
         path: destination directory (its parent is created if needed).
-        head: the trained head. If it has a ``save(dirpath)`` method (Keras heads) that is
-            called; otherwise it is pickled with joblib to ``head.joblib``.
+        head: the trained head. A registered head (:class:`pipeline.heads.Head`) writes itself with
+            ``head.save(dirpath)`` (the dense head: ``head.keras`` + ``head.json``; the others
+            ``head.joblib``); any other estimator is pickled with joblib to ``head.joblib``.
         meta: JSON-serialisable metadata (head type, params, feature provenance, class or
             target names, metrics...); numpy scalars/arrays are converted.
         extra_files: ``{relative name: bytes or path of a file to copy}`` added to the dir
@@ -113,8 +113,8 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
             ``path`` is an error. For safety only an empty directory or one containing a
             ``model.json`` is ever replaced.
 
-    ``model.json`` gets ``meta`` plus ``format``, ``format_version``, ``head_loader`` ("keras"
-    or "joblib") and ``files`` (sha256 of every other file). Everything is written to a
+    ``model.json`` gets ``meta`` plus ``format``, ``format_version``, ``head_loader`` (the head
+    class's ``head_loader``: "keras" or "joblib") and ``files`` (sha256 of every other file). Everything is written to a
     temporary directory next to ``path`` and moved into place at the end; on any error the
     temporary directory is removed and ``path`` is left as it was. Returns the model.json dict.
     """
@@ -128,14 +128,14 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
     tmp = path.parent / f".{path.name}.{_OWNER}-{os.getpid()}-{uuid.uuid4().hex[:12]}.partial"
     os.mkdir(tmp)
     try:
-        if callable(getattr(head, "save", None)):
-            head.save(tmp)
-            loader = "keras"
-        else:
-            import joblib
+        from pipeline.heads import Head
 
-            joblib.dump(head, tmp / JOBLIB_HEAD)
-            loader = "joblib"
+        if isinstance(head, Head):  # a registered head writes itself (dense: head.keras + head.json)
+            head.save(tmp)
+            loader = head.head_loader
+        else:  # any other estimator: the same pickle a joblib head writes
+            Head.save(head, tmp)
+            loader = Head.head_loader
         for name, content in (extra_files or {}).items():
             rel = _safe_relpath(name, path)
             if rel.as_posix() == MODEL_JSON:
@@ -286,9 +286,9 @@ def load_model_dir(path):
     """Load a model directory: verify checksums, then load the head. Returns (head, meta).
 
     Every file listed in ``model.json`` is checked against its sha256 first; a missing or
-    modified file raises :class:`ModelDirError` naming it. Keras heads
-    (``head_loader == "keras"``) are loaded with ``pipeline.heads.dense.DenseHead.load``;
-    others with ``joblib.load``.
+    modified file raises :class:`ModelDirError` naming it. The head is read back by the ``load``
+    of the registered class named by ``model.json["head"]`` (``pipeline.heads.loader_for``), so
+    directories written before the registry existed load the same way.
 
     Security: ``head.joblib`` is a pickle, and unpickling runs arbitrary code. The checksums
     only detect accidental corruption (anyone can rewrite model.json too), so load model
@@ -299,17 +299,14 @@ def load_model_dir(path):
     if meta.get("head") == "finetuned":
         raise ModelDirError(f"{path} is a fine-tuned model (one network from pixels to outputs): it works on "
                             "images, use `bneck predict`, `bneck export` or `bneck evaluate-images`")
+    from pipeline.heads import loader_for
+
     loader = meta.get("head_loader")
-    if loader == "keras":
-        from pipeline.heads.dense import DenseHead  # lazy: pulls in TensorFlow
-
-        head = DenseHead.load(path)
-    elif loader == "joblib":
-        if JOBLIB_HEAD not in meta["files"]:
-            raise ModelDirError(f"{path}: {JOBLIB_HEAD} is not listed in {MODEL_JSON}")
-        import joblib
-
-        head = joblib.load(path / JOBLIB_HEAD)
-    else:
+    cls = loader_for(meta.get("head"), loader)
+    if cls is None:
         raise ModelDirError(f"{path}: unknown head_loader {loader!r} in {MODEL_JSON}")
+    for name in cls.saved_files:  # an unlisted file was never checked: a pickle there could be anything
+        if name not in meta["files"]:
+            raise ModelDirError(f"{path}: {name} is not listed in {MODEL_JSON}")
+    head = cls.load(path)
     return head, meta

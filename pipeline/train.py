@@ -38,41 +38,21 @@ def image_groups(data) -> np.ndarray:
 
 def build_head(head: str, task: str, target_names=None, *, params: dict | None = None, groups=None,
                specialist_base: str = "ridge", jobs: int = 1, seed: int = 0):
-    """Construct an unfitted head estimator by name with CLI-style parameters."""
-    from pipeline import heads
+    """An unfitted head of the registered class ``head``, built from ``bneck train``-style options.
 
-    params = dict(params or {})
-    if head in ("svm", "logreg") and task != "classification":
-        raise ValueError(f"--head {head} needs class labels; this feature file is {task} (use dense or specialists)")
-    if head == "specialists":
-        if task != "regression":
-            raise ValueError("--head specialists needs keypoint targets; this feature file has class labels")
+    The class itself checks the task and refuses parameters that do not apply to it.
+    """
+    from pipeline.heads import head_class
+
+    cls = head_class(head)
+    options = {}
+    if "specialist_base" in cls.user_options:
+        options["specialist_base"] = specialist_base
+    if "groups" in cls.user_options and groups:
         from features.keypoints import load_groups
 
-        group_map = load_groups(groups, target_names) if groups else heads.default_groups(target_names)
-        covered = {c for cols in group_map.values() for c in cols}
-        missing = [n for i, n in enumerate(target_names) if i not in covered]
-        if missing:  # they would be predicted as NaN, and every RMSE with them
-            shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
-            raise ValueError(f"{groups}: no group predicts target column(s) {shown}; add them to a group, or "
-                             "extract only the targets you want with --target-columns")
-        if specialist_base == "dense":
-            base = heads.make_head("dense", task="regression", seed=seed, **params)
-        elif specialist_base == "ridge":
-            from sklearn.linear_model import Ridge
-            from sklearn.pipeline import make_pipeline
-            from sklearn.preprocessing import StandardScaler
-
-            base = make_pipeline(StandardScaler(), Ridge(alpha=float(params.pop("alpha", 10.0))))
-        else:
-            raise ValueError("--specialist-base must be ridge or dense")
-        return heads.make_head("specialists", base=base, groups=group_map, n_jobs=jobs)
-    if head == "dense":
-        params.setdefault("task", "regression" if task == "regression" else "auto")
-        params.setdefault("seed", seed)
-    elif head in ("svm", "logreg"):
-        params.setdefault("seed", seed)
-    return heads.make_head(head, **params)
+        options.update(groups=load_groups(groups, target_names), groups_file=str(groups))
+    return cls.build(task, params, seed=seed, jobs=jobs, target_names=target_names, options=options)
 
 
 def _jsonable(params: dict) -> dict:
@@ -118,7 +98,7 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
         grid_info = {"best_params": _jsonable(search.best_params_), "best_cv_score": float(search.best_score_)}
         extra["grid_results.csv"] = _grid_csv(search)
         log.info("grid search: best %s (cv score %.4f)", search.best_params_, search.best_score_)
-    elif head == "dense":
+    elif est.uses_validation:
         est.fit(data.X, data.y, validation_data=(data.X_val, data.y_val) if data.X_val is not None else None)
     else:
         est.fit(data.X, data.y)
@@ -144,10 +124,8 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
                      "in_memory": data.in_memory, "seconds": round(fit_seconds, 2), "grid": grid_info},
         "metrics": metrics,
     }
-    if head == "dense" and getattr(est, "best_epoch_", None) is not None:
-        meta["training"]["best_epoch"] = int(est.best_epoch_)
-    if head == "specialists":
-        meta["training"]["rows_used_per_group"] = {g: int(n) for g, n in est.n_rows_used_.items()}
+    meta["training"].update(est.training_record())
+    if hasattr(est, "groups_"):  # keypoint groups by name: what a reader of model.json can check by eye
         meta["groups"] = {g: [data.target_names[i] for i in cols] for g, cols in est.groups_.items()}
     saved = save_model_dir(output, est, meta, extra_files=extra, overwrite=overwrite)
     data.close() if hasattr(data, "close") else None

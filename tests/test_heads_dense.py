@@ -12,7 +12,8 @@ import tensorflow as tf  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 
 from pipeline.heads.dense import DenseHead  # noqa: E402
-from pipeline.heads.dense_fit import Batches, infer_task, masked_mse  # noqa: E402
+from pipeline.heads.dense_fit import Batches, masked_mse  # noqa: E402
+from pipeline.heads.tasks import infer_task  # noqa: E402
 
 
 class FakeView:

@@ -76,13 +76,20 @@ def test_grid_search_over_base(rng):
 
 def test_errors_are_clear(rng):
     X, Y = _data(rng, n=50)
-    with pytest.raises(ValueError, match="default_groups"):
-        SpecialistsHead().fit(X, Y)
     Y[1:, 0] = np.nan
     with pytest.raises(ValueError, match="group 'a'"):
         SpecialistsHead(groups=GROUPS).fit(X, Y)
     with pytest.raises(ValueError, match="both group"):
         SpecialistsHead(groups={"a": [0, 1], "b": [1, 2]}).fit(X, Y)
+
+
+def test_without_groups_every_column_is_its_own_specialist(rng):
+    X, Y = _data(rng, n=60)
+    head = SpecialistsHead(base=RowRecorder()).fit(X, Y)
+    assert head.groups_ == {str(c): [c] for c in range(6)}
+    # Each column trains on its own present rows: more than a group that needs both of 4 and 5.
+    assert [head.n_rows_used_[str(c)] for c in range(6)] == list(np.isfinite(Y).sum(axis=0))
+    assert head.n_rows_used_["2"] == 60 and head.n_rows_used_["0"] < 60
 
 
 KAGGLE = [p + s for g in KAGGLE_GROUPS.values() for p in g for s in ("_x", "_y")]

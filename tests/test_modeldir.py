@@ -3,13 +3,13 @@
 import hashlib
 import json
 import re
-import sys
-import types
 
+import joblib
 import numpy as np
 import pytest
 
-from pipeline import modeldir
+from pipeline import heads, modeldir
+from pipeline.heads import Head, LogRegHead, loader_for
 from pipeline.modeldir import ModelDirError, load_model_dir, save_model_dir, sha256_file, verify_model_dir
 
 
@@ -20,9 +20,12 @@ class PlainHead:
         self.w = w
 
 
-class FakeKerasHead:
-    """Stands in for pipeline.heads.dense.DenseHead: save(dir) / load(dir)."""
+class FakeKerasHead(Head):
+    """A registered head that writes its own files, as the dense head writes head.keras + head.json."""
 
+    name = "fake"
+    head_loader = "fake"
+    saved_files = ("head.npy", "sub/cfg.txt")
     fail = False
 
     def __init__(self, w):
@@ -41,10 +44,8 @@ class FakeKerasHead:
 
 
 @pytest.fixture
-def fake_dense(monkeypatch):
-    module = types.ModuleType("pipeline.heads.dense")
-    module.DenseHead = FakeKerasHead
-    monkeypatch.setitem(sys.modules, "pipeline.heads.dense", module)
+def fake_registered(monkeypatch):
+    monkeypatch.setitem(heads.HEADS, "fake", FakeKerasHead)
 
 
 def _listing(d):
@@ -78,14 +79,42 @@ def test_joblib_round_trip(tmp_path):
     assert _listing(out.parent) == ["m1"]  # no temp leftovers
 
 
-def test_keras_style_head(tmp_path, fake_dense):
+def test_a_registered_head_saves_and_loads_itself(tmp_path, fake_registered):
+    """Adding a head is a class plus a registry entry: modeldir asks the class, it names no head."""
     out = tmp_path / "m"
-    doc = save_model_dir(out, FakeKerasHead(np.arange(3.0)), {"head": "dense"})
-    assert doc["head_loader"] == "keras"
+    doc = save_model_dir(out, FakeKerasHead(np.arange(3.0)), {"head": "fake"})
+    assert doc["head_loader"] == "fake"
     assert set(doc["files"]) == {"head.npy", "sub/cfg.txt"}
     head, meta = load_model_dir(out)
-    assert isinstance(head, FakeKerasHead) and meta["head"] == "dense"
+    assert isinstance(head, FakeKerasHead) and meta["head"] == "fake"
     np.testing.assert_array_equal(head.w, np.arange(3.0))
+    # A file the head needs but model.json does not list was never checked: refused, not read.
+    doc["files"].pop("head.npy")
+    (out / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelDirError, match="head.npy is not listed"):
+        load_model_dir(out)
+
+
+def test_model_dirs_written_before_the_registry_still_load(tmp_path, rng):
+    """The v1 layout: a joblib head is head.joblib, a pickle of the estimator itself; dense dirs say "keras"."""
+    X, y = rng.normal(size=(40, 5)), np.arange(40) % 2
+    fitted = LogRegHead().fit(X, y)
+    old = tmp_path / "old"
+    old.mkdir()
+    joblib.dump(fitted, old / "head.joblib")  # what save_model_dir wrote before heads saved themselves
+    (old / "model.json").write_text(json.dumps({
+        "format": "bneck-model", "format_version": 1, "head": "logreg", "head_loader": "joblib",
+        "files": {"head.joblib": sha256_file(old / "head.joblib")}}))
+    head, _ = load_model_dir(old)
+    np.testing.assert_array_equal(head.predict(X), fitted.predict(X))
+    new = save_model_dir(tmp_path / "new", fitted, {"head": "logreg"})
+    assert new["head_loader"] == "joblib" and set(new["files"]) == {"head.joblib"}
+    assert isinstance(joblib.load(tmp_path / "new" / "head.joblib"), LogRegHead)
+    # Dense directories were "keras" (head.keras + head.json) and still go to the dense head's loader,
+    # whatever their head name; unknown loaders have none.
+    assert loader_for("dense", "keras") is heads.DenseHead and loader_for(None, "keras") is heads.DenseHead
+    assert heads.DenseHead.saved_files == ("head.keras", "head.json")
+    assert loader_for("logreg", "joblib") is LogRegHead and loader_for(None, "torch") is None
 
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):

@@ -3,39 +3,33 @@
 The network is tiny, so on 2 cores reading features dominates: an ndarray goes
 straight to ``model.fit``; a lazy HDF5 view is streamed in sorted-index batches
 (:mod:`pipeline.heads.dense_fit` holds the batching, losses and epoch control).
+
+Keras is imported inside the methods that build, fit, run or load a network, never at module level:
+the class (its name, tags, hyper-parameters) is read by the CLI and the head registry before anything
+decides whether TensorFlow is needed.
 """
 
 import csv
 import json
 import os
 
-import keras
 import numpy as np
-from keras import layers, ops
 from sklearn.base import BaseEstimator
 from sklearn.metrics import accuracy_score
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from .dense_fit import (
-    CLASSIFICATION,
-    Batches,
-    EpochControl,
-    as_input,
-    channel_stats,
-    infer_task,
-    make_optimizer,
-    masked_mae,
-    masked_mse,
-    output_spec,
-)
-from .specialists import neg_rmse
+from .base import Head, frozen_dense
+from .linear import check_features
+from .tasks import CLASSIFICATION, infer_task, neg_rmse
 
-__all__ = ["DenseHead", "infer_task", "output_spec", "masked_mse", "masked_mae"]
+__all__ = ["DenseHead"]
 
 _FITTED = ("task_", "n_outputs_", "best_epoch_", "history_", "input_shape_", "y_ndim_")
 
 
-class DenseHead(BaseEstimator):
+class DenseHead(Head, BaseEstimator):
     """Small Keras MLP head on bottleneck features, as a scikit-learn estimator.
 
     ``Input -> Flatten | GlobalAveragePooling -> Dense(units, relu) -> Dropout -> output``
@@ -75,6 +69,14 @@ class DenseHead(BaseEstimator):
     history_ : dict of per-epoch lists: loss, accuracy | mae, val_*, lr
     """
 
+    name = "dense"
+    tasks = ("classification", "regression")
+    user_params = ("units", "dropout", "epochs", "batch_size", "optimizer", "learning_rate", "momentum",
+                   "lr_decay", "patience", "pool")
+    head_loader = "keras"
+    uses_validation = True
+    saved_files = ("head.keras", "head.json")
+
     def __init__(self, task="auto", pool="flatten", units=256, dropout="auto", optimizer="adam",
                  learning_rate=1e-3, momentum=0.9, nesterov=True, lr_decay="auto", epochs=30,
                  batch_size=64, patience=8, normalize=True, seed=0, verbose=0):
@@ -93,9 +95,25 @@ class DenseHead(BaseEstimator):
         if self.task in CLASSIFICATION:
             tags.estimator_type, tags.regressor_tags = "classifier", None
             tags.classifier_tags = ClassifierTags(multi_label=self.task == "multilabel")
-        elif self.task == "regression":
+        elif self.task == "regression":  # one output per target column: (N, K) targets are native
             tags.estimator_type, tags.regressor_tags = "regressor", RegressorTags()
+            tags.target_tags.multi_output = True
         return tags
+
+    def _features(self, X, *, reset):
+        """`X` as float32 (N, ...) checked the scikit-learn way; a lazy view stays lazy (only its width is checked)."""
+        lazy = (not isinstance(X, np.ndarray) and hasattr(X, "shape") and hasattr(X, "__getitem__")
+                and not hasattr(X, "__array__") and not hasattr(X, "tocsr"))
+        if lazy:  # reading a whole HDF5 view to validate it would defeat streaming
+            n_features = int(np.prod(X.shape[1:]))
+            if reset:
+                self.n_features_in_ = n_features
+            elif n_features != self.n_features_in_:
+                raise ValueError(f"X has {n_features} features, but DenseHead is expecting "
+                                 f"{self.n_features_in_} features as input")
+            return X
+        flat = check_features(self, X, reset=reset)  # refuses sparse, 1-D, non-numeric, NaN or inf
+        return np.asarray(flat, dtype=np.float32).reshape(len(flat), *np.asarray(X).shape[1:])
 
     def _encode(self, y):
         """Targets in the form the task's loss expects."""
@@ -108,8 +126,31 @@ class DenseHead(BaseEstimator):
             return (y == self.classes_[1]).astype(np.float32).reshape(-1, 1)
         return y.astype(np.float32).reshape(len(y), -1)
 
+    @classmethod
+    def needs_tensorflow(cls, options=None) -> bool:
+        return True
+
+    @classmethod
+    def build(cls, task, params=None, *, seed=0, jobs=1, target_names=None, options=None):
+        """A DenseHead for ``task``: regression files train a regressor, class labels infer their kind."""
+        cls.check_task(task)
+        params = dict(params or {})
+        cls.check_params(params, options)
+        return cls(**{"task": "regression" if task == "regression" else "auto", "seed": seed, **params})
+
+    def selected_for_refit(self) -> dict:
+        """Parameters that repeat this fit without validation data: the best epoch's count, no early stop."""
+        check_is_fitted(self, "best_epoch_")
+        return {"epochs": int(self.best_epoch_) + 1, "patience": None}
+
+    def training_record(self) -> dict:
+        return {"best_epoch": int(self.best_epoch_)} if getattr(self, "best_epoch_", None) is not None else {}
+
     def _build(self, activation):
         """The head network: (pool) -> hidden -> dropout -> output."""
+        import keras
+        from keras import layers
+
         inp = keras.Input(shape=self.input_shape_, name="features")
         x = inp
         if self.normalize:  # built-in layer: loads with safe_mode and travels with exports
@@ -138,10 +179,23 @@ class DenseHead(BaseEstimator):
 
     def fit(self, X, y, validation_data=None):
         """Train on `X` (ndarray or lazy view) and `y`; `validation_data=(X_val, y_val)` drives early stopping."""
-        X, y = as_input(X), np.asarray(y)
+        import keras
+
+        from .dense_fit import Batches, EpochControl, channel_stats, make_optimizer, output_spec
+
+        if y is None:
+            raise ValueError("DenseHead requires y to be passed, but the target y is None")
+        X, y = self._features(X, reset=True), np.asarray(y)
         if len(X) != len(y):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
         self.task_ = infer_task(y) if self.task == "auto" else self.task
+        if self.task_ != "regression":  # NaN marks a missing regression target; a class label is never missing
+            check_array(y, ensure_2d=False, dtype=None, input_name="y")
+            if self.task_ != "multilabel":
+                check_classification_targets(y)  # "Unknown label type: continuous" for float targets
+                y = column_or_1d(y, warn=True)  # a (N, 1) column of labels is N labels, said with a warning
+        elif np.isinf(np.asarray(y, dtype=np.float64)).any():
+            raise ValueError("Input y contains infinity: regression targets are finite, or NaN where missing")
         activation, loss, metric = output_spec(self.task_)
         if self.task_ in ("multiclass", "binary"):
             self.classes_ = np.unique(y)
@@ -166,7 +220,7 @@ class DenseHead(BaseEstimator):
         y_enc, val = self._encode(y), None
         if validation_data is not None:
             Xv, yv = validation_data
-            Xv, yv = as_input(Xv), self._encode(yv)
+            Xv, yv = self._features(Xv, reset=False), self._encode(yv)
             val = (Xv, yv) if isinstance(Xv, np.ndarray) else Batches(Xv, yv, self.batch_size, False)
         control = EpochControl(lr_at, "val_loss" if val is not None else "loss", self.patience)
         kw = dict(epochs=int(self.epochs), validation_data=val, callbacks=[control], verbose=self.verbose)
@@ -179,8 +233,10 @@ class DenseHead(BaseEstimator):
 
     def _forward(self, X, batch_size=None):
         """Raw model outputs, computed in contiguous chunks (lazy views are read chunk by chunk)."""
+        from keras import ops
+
         check_is_fitted(self, "model_")
-        X = as_input(X)
+        X = self._features(X, reset=False)
         n, bs = len(X), int(batch_size or max(self.batch_size, 256))
         # Eager calls: no tf.function to trace per model and per odd-sized last chunk.
         rows = (lambda s: X[s:s + bs]) if isinstance(X, np.ndarray) else \
@@ -199,10 +255,13 @@ class DenseHead(BaseEstimator):
             return (out > 0.5).astype(int)
         return out[:, 0] if self.y_ndim_ == 1 else out
 
+    def _has_proba(self):
+        # hasattr(head, "predict_proba") must be False for regression: sklearn and evaluate() branch on it.
+        return getattr(self, "task_", self.task) != "regression"
+
+    @available_if(_has_proba)
     def predict_proba(self, X, batch_size=None):
         """Class probabilities: (N, C) for multiclass/multilabel, (N, 2) for binary."""
-        if getattr(self, "task_", self.task) == "regression":
-            raise AttributeError("predict_proba is only available for classification tasks")
         out = self._forward(X, batch_size)
         return np.column_stack([1.0 - out[:, 0], out[:, 0]]) if self.task_ == "binary" else out
 
@@ -215,6 +274,8 @@ class DenseHead(BaseEstimator):
 
     def to_keras(self):
         """A standalone, uncompiled copy of the head model (input = feature tensor) for stitching."""
+        import keras
+
         check_is_fitted(self, "model_")
         model = keras.models.clone_model(self.model_)
         model.set_weights(self.model_.get_weights())
@@ -234,6 +295,8 @@ class DenseHead(BaseEstimator):
     @classmethod
     def load(cls, dirpath):
         """Rebuild a fitted head saved by :meth:`save` (Keras ``safe_mode=True``, not compiled)."""
+        import keras
+
         with open(os.path.join(dirpath, "head.json")) as f:
             meta = json.load(f)
         head = cls(**meta["params"])
@@ -241,9 +304,21 @@ class DenseHead(BaseEstimator):
             setattr(head, k, tuple(v) if k == "input_shape_" else v)
         if "classes" in meta:
             head.classes_ = np.array(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
+        # Not stored by directories written before the estimator checks: it follows from the input shape.
+        head.n_features_in_ = int(np.prod(head.input_shape_))
         head.model_ = keras.saving.load_model(os.path.join(dirpath, "head.keras"),
                                               safe_mode=True, compile=False)
         return head
+
+    def keras_output(self, x, task: str):
+        """The head network applied to ``x``; binary heads get ``[1 - p, p]`` like :meth:`predict_proba`."""
+        net = self.to_keras()
+        if tuple(net.input_shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"the dense head expects features {net.input_shape[1:]}, the backbone gives {x.shape[1:]}")
+        y = net(x)
+        if task == "classification" and self.task_ == "binary":
+            y = frozen_dense(np.array([[-1.0, 1.0]]), np.array([1.0, 0.0]), "binary_proba", x=y)
+        return y
 
     def history_csv(self, path):
         """Write :attr:`history_` as CSV: one row per epoch, one column per logged quantity."""

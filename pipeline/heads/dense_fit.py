@@ -10,8 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
-TASKS = ("multiclass", "binary", "multilabel", "regression")
-CLASSIFICATION = ("multiclass", "binary", "multilabel")
+from .tasks import TASKS
+
 
 
 def _masked_mean(y_true, y_pred, err):
@@ -39,21 +39,6 @@ def masked_mse(y_true, y_pred):
 def masked_mae(y_true, y_pred):
     """Mean absolute error that ignores NaN (missing) targets."""
     return _masked_mean(y_true, y_pred, ops.abs)
-
-
-def infer_task(y):
-    """Guess the task from targets: float 2-D -> regression, 2-D 0/1 -> multilabel, else by class count."""
-    y = np.asarray(y)
-    if y.dtype.kind == "f" and (y.ndim == 2 or np.isnan(y).any() or np.any(np.mod(y, 1))):
-        return "regression"
-    if y.ndim == 2:
-        if np.isin(y, (0, 1)).all():
-            return "multilabel"
-        raise ValueError("2-D integer targets must be 0/1 (multi-label); use float for regression")
-    n = len(np.unique(y))
-    if n < 2:
-        raise ValueError("y has a single class; a classifier needs at least two")
-    return "binary" if n == 2 else "multiclass"
 
 
 def output_spec(task):

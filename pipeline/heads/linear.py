@@ -20,7 +20,14 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-__all__ = ["SVMHead", "LogRegHead", "grid_search", "parse_grid", "as_array", "as_2d", "BLAS_THREADS"]
+from .base import Head, dense_on_features
+
+__all__ = ["SVMHead", "LogRegHead", "grid_search", "parse_grid", "as_array", "as_2d", "check_features", "BLAS_THREADS",
+           "DEFAULT_C"]
+
+#: C values cross-validated when the user gives neither ``--C`` nor ``--grid``. Bottleneck features are
+#: wide, so the best C is often well below 1; three decades cost 3 x cv + 1 fits of a linear model.
+DEFAULT_C = (0.01, 0.1, 1.0)
 
 #: BLAS threads while a head fits/predicts.  The multi-threaded OpenBLAS shipped
 #: with numpy/scipy spends more time synchronising than computing on these
@@ -43,7 +50,7 @@ def single_blas(method):
 
 def as_array(X, chunk_rows=4096):
     """Load `X` (ndarray, array-like or lazy feature view) into memory with shape (N, ...)."""
-    if isinstance(X, np.ndarray) or not (hasattr(X, "shape") and hasattr(X, "__getitem__")):
+    if isinstance(X, np.ndarray) or hasattr(X, "__array__") or not (hasattr(X, "shape") and hasattr(X, "__getitem__")):
         return np.asarray(X)
     # Lazy views take sorted int index arrays; contiguous chunks keep each HDF5
     # read a simple hyperslab and bound the temporary memory of one read.
@@ -58,6 +65,26 @@ def as_2d(X):
     return a.reshape(len(a), -1)
 
 
+def check_features(est, X, y="no_validation", *, reset):
+    """`X` loaded and flattened to (N, F), checked the scikit-learn way (plus `y` when given): ``validate_data``.
+
+    ``reset=True`` (fit) records ``n_features_in_``; ``reset=False`` (predict) refuses another width.
+    Sparse, 1-D, non-numeric, NaN or infinite features raise a ValueError/TypeError saying so.
+    """
+    from scipy import sparse
+    from sklearn.utils.validation import validate_data
+
+    if sparse.issparse(X):  # sklearn's own message: "Sparse data was passed ..., but dense data is required"
+        validate_data(est, X, accept_sparse=False, reset=reset)
+    if y is None:
+        raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None")
+    a = as_array(X)
+    if a.ndim < 2:
+        raise ValueError(f"Expected 2D array, got {a.ndim}D array instead: features are rows of shape (N, F...); "
+                         "Reshape your data with X.reshape(1, -1) for a single sample")
+    return validate_data(est, a.reshape(len(a), -1), y, reset=reset)
+
+
 def _softmax(z):
     """Row-wise softmax, shifted by the row max so large margins don't overflow."""
     z = z - z.max(axis=1, keepdims=True)
@@ -65,8 +92,10 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-class _LinearHead(ClassifierMixin, BaseEstimator):
+class _LinearHead(Head, ClassifierMixin, BaseEstimator):
     """Shared fit/predict plumbing for the Pipeline-based heads."""
+
+    tasks = ("classification",)
 
     def _make_model(self):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -74,27 +103,24 @@ class _LinearHead(ClassifierMixin, BaseEstimator):
     @single_blas
     def fit(self, X, y):
         """Scale features and fit the linear model on 2-D `X` and class labels `y`."""
-        X2 = as_2d(X)
-        y = np.asarray(y)
-        if len(X2) != len(y):
-            raise ValueError(f"X has {len(X2)} rows but y has {len(y)}")
+        X2, y = check_features(self, X, y, reset=True)
         self.pipeline_ = Pipeline([("scale", StandardScaler()), ("clf", self._make_model())])
         self.pipeline_.fit(X2, y)
         self.classes_ = self.pipeline_.classes_
-        self.n_features_in_ = X2.shape[1]
+        self.n_iter_ = self.pipeline_.named_steps["clf"].n_iter_
         return self
 
     @single_blas
     def predict(self, X):
         """Predicted class labels, shape (N,)."""
         check_is_fitted(self, "pipeline_")
-        return self.pipeline_.predict(as_2d(X))
+        return self.pipeline_.predict(check_features(self, X, reset=False))
 
     @single_blas
     def decision_function(self, X):
         """Raw margins: (N,) for two classes, (N, n_classes) otherwise."""
         check_is_fitted(self, "pipeline_")
-        return self.pipeline_.decision_function(as_2d(X))
+        return self.pipeline_.decision_function(check_features(self, X, reset=False))
 
     def linear_weights(self):
         """Return (W, b), W (n_features, n_outputs), with ``X2d @ W + b == decision_function(X)``."""
@@ -112,6 +138,25 @@ class _LinearHead(ClassifierMixin, BaseEstimator):
         W = coef.T / scaler.scale_[:, None]
         b = intercept - (scaler.mean_ / scaler.scale_) @ coef.T
         return W, b
+
+    def default_grid(self, params=None) -> dict:
+        """``{"C": DEFAULT_C}`` unless the user chose C (a value the user gives is always respected).
+
+        Only for linear models: an rbf SVC costs far more per fit and has gamma to tune as well.
+        """
+        if "C" in (params or {}) or getattr(self, "kernel", "linear") != "linear":
+            return {}
+        return {"C": list(DEFAULT_C)}
+
+    def keras_output(self, x, task: str):
+        """One frozen softmax Dense layer on the flattened features: the same scores as :meth:`predict_proba`."""
+        if getattr(self, "kernel", "linear") != "linear":
+            raise ValueError(f"cannot export an svm head with kernel={self.kernel!r}: only linear scikit-learn heads "
+                             "convert to a Dense layer (retrain with kernel='linear', or a logreg/dense head)")
+        W, b = self.linear_weights()
+        if W.shape[1] == 1:  # binary: both predict_proba are [1 - sigmoid(d), sigmoid(d)] == softmax([0, d])
+            W, b = np.hstack([np.zeros_like(W), W]), np.concatenate([[0.0], b])
+        return dense_on_features(x, W, b, "softmax")
 
 
 class SVMHead(_LinearHead):
@@ -149,6 +194,9 @@ class SVMHead(_LinearHead):
     one -- good for ranking or top-k, not for probabilities.  Use
     :class:`LogRegHead` when calibrated probabilities matter.
     """
+
+    name = "svm"
+    user_params = ("C", "kernel", "tol")
 
     def __init__(self, C=1.0, kernel="linear", max_iter=None, class_weight=None, seed=0, tol=None):
         self.C = C
@@ -203,6 +251,9 @@ class LogRegHead(_LinearHead):
     classes_ : ndarray of shape (n_classes,)
     """
 
+    name = "logreg"
+    user_params = ("C",)
+
     def __init__(self, C=1.0, max_iter=1000, class_weight=None, seed=0):
         self.C = C
         self.max_iter = max_iter
@@ -217,15 +268,13 @@ class LogRegHead(_LinearHead):
     def predict_proba(self, X):
         """Class probabilities, shape (N, n_classes)."""
         check_is_fitted(self, "pipeline_")
-        return self.pipeline_.predict_proba(as_2d(X))
+        return self.pipeline_.predict_proba(check_features(self, X, reset=False))
 
 
-def grid_search(head, param_grid, X, y, *, cv=3, n_jobs=1, groups=None):
-    """Fit ``GridSearchCV(head, param_grid)`` on `X`, `y` and return it (refit on all data).
+def check_grid(head, param_grid) -> None:
+    """Raise ValueError for a grid naming a parameter ``head`` lacks, or words for a numeric one.
 
-    ``groups`` (one id per row) keeps rows of one image -- its original and mirrored view --
-    in the same fold. Without it a mirror sits in training while its original is scored,
-    which flatters the CV score and pushes the search towards weak regularisation.
+    Cheap (no data): ``bneck train`` runs it on an unfitted head before loading any features.
     """
     valid = head.get_params()
     unknown = sorted(set(param_grid) - set(valid))
@@ -238,6 +287,16 @@ def grid_search(head, param_grid, X, y, *, cv=3, n_jobs=1, groups=None):
             bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool)]
             if bad:
                 raise ValueError(f"grid parameter {name!r} takes numbers (default {default!r}), got {bad[0]!r}")
+
+
+def grid_search(head, param_grid, X, y, *, cv=3, n_jobs=1, groups=None):
+    """Fit ``GridSearchCV(head, param_grid)`` on `X`, `y` and return it (refit on all data).
+
+    ``groups`` (one id per row) keeps rows of one image -- its original and mirrored view --
+    in the same fold. Without it a mirror sits in training while its original is scored,
+    which flatters the CV score and pushes the search towards weak regularisation.
+    """
+    check_grid(head, param_grid)
     # GridSearchCV slices X by arbitrary fold indices, so a lazy view is loaded
     # once here rather than once per fold.
     if groups is not None and isinstance(cv, int):

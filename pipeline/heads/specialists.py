@@ -10,15 +10,22 @@ group of related keypoints gets its own regressor, trained on every row in which
 
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.linear_model import Ridge
-from sklearn.pipeline import make_pipeline
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin, clone
+from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from .linear import as_2d, single_blas
+from .base import Head, dense_on_features
+from .linear import check_features, single_blas
+from .tasks import neg_rmse
 
-__all__ = ["SpecialistsHead", "default_groups", "KAGGLE_GROUPS", "neg_rmse"]
+__all__ = ["SpecialistsHead", "default_groups", "KAGGLE_GROUPS", "DEFAULT_ALPHAS", "linear_regressor_weights"]
+
+#: Ridge alphas searched per group by RidgeCV's efficient leave-one-out (GCV) when no alpha is given.
+#: Standardised bottleneck features are wide (VGG16 block4_pool at 96 px: 18,432 columns), so useful
+#: alphas reach far above 1; the grid spans 1e-1 .. 1e6 in half decades.
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))
 
 #: The six groups of the write-up, by keypoint name (each has an _x and _y column).
 KAGGLE_GROUPS = {
@@ -64,30 +71,54 @@ def _fit_group(est, X, Y, rows, cols):
     return est.fit(X[rows], y[:, 0] if len(cols) == 1 else y)
 
 
-def neg_rmse(Y, P):
-    """Negative root-mean-squared error over the finite entries of `Y`."""
-    Y = np.asarray(Y, dtype=float).reshape(len(P), -1)
-    mask = np.isfinite(Y)
-    if not mask.any():
-        raise ValueError("no finite targets to score against")
-    return -float(np.sqrt(np.mean((np.asarray(P).reshape(Y.shape)[mask] - Y[mask]) ** 2)))
+def linear_regressor_weights(est):
+    """(W, b) with ``X @ W + b == est.predict(X)`` for ``[StandardScaler ...] -> linear regressor``, else None."""
+    from sklearn.base import is_regressor
+    from sklearn.linear_model._base import LinearModel  # predict == X @ coef_.T + intercept_
+
+    steps = [s for _, s in est.steps if s not in (None, "passthrough")] if isinstance(est, Pipeline) else [est]
+    *scalers, last = steps
+    # LinearModel excludes GLMs (Poisson...: a link function) and RANSAC-style wrappers.
+    if not (isinstance(last, LinearModel) and is_regressor(last)
+            and all(isinstance(s, StandardScaler) for s in scalers)):
+        return None
+    W = np.atleast_2d(last.coef_).T.astype(np.float64)  # (F, k); a 1-D y gave coef_ (F,)
+    b = np.broadcast_to(np.asarray(last.intercept_, np.float64), (W.shape[1],)).copy()
+    for s in reversed(scalers):  # ((x - m) / s) @ W + b == x @ (W / s) + (b - (m / s) @ W)
+        scale = s.scale_ if s.scale_ is not None else np.ones(W.shape[0])
+        mean = s.mean_ if s.with_mean else np.zeros(W.shape[0])
+        b, W = b - (mean / scale) @ W, W / scale[:, None]
+    return W, b
 
 
-class SpecialistsHead(RegressorMixin, BaseEstimator):
+def _chosen_alpha(est):
+    """The ridge alpha a fitted specialist uses (RidgeCV's choice or Ridge's given value), else None."""
+    last = est.steps[-1][1] if isinstance(est, Pipeline) else est
+    alpha = getattr(last, "alpha_", getattr(last, "alpha", None))
+    return float(alpha) if isinstance(alpha, (int, float, np.floating)) else None
+
+
+class SpecialistsHead(Head, MultiOutputMixin, RegressorMixin, BaseEstimator):
     """One regressor per group of target columns, each trained on the rows where its group is present.
 
     Parameters
     ----------
     base : sklearn regressor or None, default None
-        Unfitted template, cloned once per group.  None means
-        ``make_pipeline(StandardScaler(), Ridge(alpha=10.0))``.  It receives
-        2-D X (samples flattened) and, for groups of two or more columns, a 2-D
-        y -- wrap single-output models in ``MultiOutputRegressor``.
-    groups : dict of str -> list of int
-        Group name -> target column indices.  Required; build it from the
-        column names with :func:`default_groups`.  Groups must not overlap.
+        Unfitted template, cloned once per group.  None means ``StandardScaler -> RidgeCV``
+        over `alphas` (each group picks its own alpha by efficient leave-one-out), or
+        ``StandardScaler -> Ridge(alpha)`` when `alpha` is given.  It receives 2-D X
+        (samples flattened) and, for groups of two or more columns, a 2-D y -- wrap
+        single-output models in ``MultiOutputRegressor``.
+    groups : dict of str -> list of int, or None
+        Group name -> target column indices; groups must not overlap.  Build it from the
+        column names with :func:`default_groups`.  None means one group per target column.
     n_jobs : int, default 1
         Groups are fitted in parallel with ``joblib.Parallel(n_jobs)``.
+    alpha : float or None, default None
+        A fixed ridge alpha for every group (only with ``base=None``).
+    alphas : sequence of float or None, default None
+        The alphas RidgeCV chooses from when `alpha` and `base` are None; None means
+        :data:`DEFAULT_ALPHAS`.
 
     Attributes
     ----------
@@ -96,28 +127,85 @@ class SpecialistsHead(RegressorMixin, BaseEstimator):
     n_rows_used_ : dict of str -> int
         Rows a specialist was trained on: those where *all of its own* columns
         are finite; other columns may be missing.
+    alphas_ : dict of str -> float or None
+        The ridge alpha each group uses (chosen by CV, or the given one); None for other bases.
     n_targets_ : int
         K, the width of the full target vector.
+    n_features_in_ : int
 
     Notes
     -----
     Horizontal-flip augmentation is the caller's job: append the flipped
     feature rows together with targets whose x were mirrored and whose
     left/right columns were swapped, then fit on the enlarged set.
-    :meth:`predict` returns the full (N, K) keypoint vector; :meth:`score` is
-    the negative RMSE over finite targets (higher is better, as GridSearchCV wants).
+    :meth:`predict` returns the full (N, K) keypoint vector ((N,) after a 1-D y);
+    :meth:`score` is the negative RMSE over finite targets (higher is better, as
+    GridSearchCV wants).
     """
 
-    def __init__(self, base=None, groups=None, n_jobs=1):
+    name = "specialists"
+    tasks = ("regression",)
+    user_params = ("alpha",)
+    user_options = ("groups", "specialist_base")
+
+    def __init__(self, base=None, groups=None, n_jobs=1, alpha=None, alphas=None):
         self.base = base
         self.groups = groups
         self.n_jobs = n_jobs
+        self.alpha = alpha
+        self.alphas = alphas
 
+    def __setstate__(self, state):
+        # Heads pickled before alpha/alphas existed carry their Ridge in `base`; they load unchanged.
+        state.setdefault("alpha", None)
+        state.setdefault("alphas", None)
+        super().__setstate__(state)
+
+    # -- the command line and the registry ------------------------------------------------------
+    @classmethod
+    def applicable_params(cls, options=None) -> tuple[str, ...]:
+        """``alpha`` for ridge specialists; the dense head's parameters with ``specialist_base="dense"``."""
+        if (options or {}).get("specialist_base", "ridge") == "dense":
+            from .dense import DenseHead
+
+            return DenseHead.user_params
+        return cls.user_params
+
+    @classmethod
+    def needs_tensorflow(cls, options=None) -> bool:
+        return (options or {}).get("specialist_base", "ridge") == "dense"
+
+    @classmethod
+    def build(cls, task, params=None, *, seed=0, jobs=1, target_names=None, options=None):
+        """Specialists over ``options["groups"]`` (default: :func:`default_groups` of the target names).
+
+        ``options["specialist_base"]`` is "ridge" (default) or "dense"; ``options["groups_file"]``
+        names where the groups came from in errors.
+        """
+        cls.check_task(task)
+        options, params = dict(options or {}), dict(params or {})
+        cls.check_params(params, options)
+        groups = options.get("groups") or default_groups(target_names)
+        covered = {c for cols in groups.values() for c in cols}
+        missing = [n for i, n in enumerate(target_names) if i not in covered]
+        if missing:  # they would be predicted as NaN, and every RMSE with them
+            shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
+            raise ValueError(f"{options.get('groups_file', 'groups')}: no group predicts target column(s) {shown}; "
+                             "add them to a group, or extract only the targets you want with --target-columns")
+        base_name = options.get("specialist_base", "ridge")
+        if base_name == "dense":
+            from .dense import DenseHead
+
+            return cls(base=DenseHead.build("regression", params, seed=seed), groups=groups, n_jobs=jobs)
+        if base_name != "ridge":
+            raise ValueError(f"--specialist-base must be ridge or dense, got {base_name!r}")
+        return cls(groups=groups, n_jobs=jobs, alpha=params.get("alpha"))
+
+    # -- fitting ----------------------------------------------------------------------------------
     def _check_groups(self, n_targets):
         """Validate `groups` against K columns and return it as dict name -> list[int]."""
         if self.groups is None:
-            raise ValueError("SpecialistsHead needs groups= (dict name -> target column "
-                             "indices); build one with default_groups(target_names)")
+            return {str(c): [c] for c in range(n_targets)}
         if not isinstance(self.groups, dict) or not self.groups:
             raise ValueError(f"groups must be a non-empty dict, got {type(self.groups).__name__}")
         groups, seen = {}, {}
@@ -133,11 +221,24 @@ class SpecialistsHead(RegressorMixin, BaseEstimator):
             groups[str(name)] = cols
         return groups
 
+    def _base(self):
+        """The unfitted template cloned per group (see the `base`, `alpha` and `alphas` parameters)."""
+        if self.base is not None:
+            if self.alpha is not None:
+                raise ValueError("alpha applies to the default ridge specialists only; set it in `base` instead")
+            return self.base
+        if self.alpha is not None:
+            return make_pipeline(StandardScaler(), Ridge(alpha=float(self.alpha)))
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=DEFAULT_ALPHAS if self.alphas is None else self.alphas))
+
     @single_blas
     def fit(self, X, Y):
         """Fit one clone of `base` per group on the rows where that group's targets are all present."""
-        X2 = as_2d(X)
+        if Y is None:
+            raise ValueError("SpecialistsHead requires y to be passed, but the target y is None")
+        X2 = check_features(self, X, reset=True)  # y is checked here: NaN targets mean "missing"
         Y = np.asarray(Y, dtype=float)
+        y_ndim = Y.ndim
         Y = Y.reshape(len(Y), -1)
         if len(X2) != len(Y):
             raise ValueError(f"X has {len(X2)} rows but Y has {len(Y)}")
@@ -145,9 +246,9 @@ class SpecialistsHead(RegressorMixin, BaseEstimator):
         rows = {g: np.flatnonzero(np.isfinite(Y[:, cols]).all(axis=1)) for g, cols in groups.items()}
         for g, r in rows.items():  # fail before spending time on the other groups
             if len(r) < 2:
-                raise ValueError(f"group {g!r} (columns {groups[g]}) has only {len(r)} row(s) "
+                raise ValueError(f"group {g!r} (columns {groups[g]}) has {len(r)} sample(s) "
                                  "with all its targets present; need at least 2")
-        base = self.base if self.base is not None else make_pipeline(StandardScaler(), Ridge(alpha=10.0))
+        base = self._base()
         # X2 is passed whole (joblib memory-maps large arrays once for all
         # workers) and each worker slices its own rows.
         fitted = Parallel(n_jobs=self.n_jobs)(
@@ -155,22 +256,40 @@ class SpecialistsHead(RegressorMixin, BaseEstimator):
         self.estimators_ = dict(zip(groups, fitted))
         self.groups_ = groups
         self.n_rows_used_ = {g: int(len(r)) for g, r in rows.items()}
+        self.alphas_ = {g: _chosen_alpha(est) for g, est in self.estimators_.items()}
         self.n_targets_ = Y.shape[1]
-        self.n_features_in_ = X2.shape[1]
+        self.y_ndim_ = y_ndim
         return self
 
     @single_blas
     def predict(self, X):
         """Predict every group and merge into the full (N, K) target vector (NaN for ungrouped columns)."""
         check_is_fitted(self, "estimators_")
-        X2 = as_2d(X)
+        X2 = check_features(self, X, reset=False)
         out = np.full((len(X2), self.n_targets_), np.nan)
         for g, est in self.estimators_.items():
             out[:, self.groups_[g]] = np.asarray(est.predict(X2)).reshape(len(X2), -1)
-        return out
+        return out[:, 0] if getattr(self, "y_ndim_", 2) == 1 else out
 
     def score(self, X, y, sample_weight=None):
         """Negative RMSE over the finite entries of `y` (sample_weight is not supported)."""
         if sample_weight is not None:
             raise ValueError("SpecialistsHead.score does not support sample_weight")
         return neg_rmse(y, self.predict(X))
+
+    # -- the model directory and export ------------------------------------------------------------
+    def training_record(self) -> dict:
+        return {"rows_used_per_group": {g: int(n) for g, n in self.n_rows_used_.items()},
+                "alpha_per_group": dict(getattr(self, "alphas_", {}))}
+
+    def keras_output(self, x, task: str):
+        """One frozen linear Dense layer holding every group's columns (linear specialists only)."""
+        # Columns in no group are NaN in predict; a NaN bias reproduces that.
+        W, b = np.zeros((self.n_features_in_, self.n_targets_)), np.full(self.n_targets_, np.nan)
+        for g, est in self.estimators_.items():
+            wb = linear_regressor_weights(est)
+            if wb is None:
+                raise ValueError(f"cannot export specialist {g!r} ({type(est).__name__}): only linear scikit-learn "
+                                 "heads convert to a Dense layer (StandardScaler -> Ridge/LinearRegression...)")
+            W[:, self.groups_[g]], b[self.groups_[g]] = wb
+        return dense_on_features(x, W, b)

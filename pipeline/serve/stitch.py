@@ -46,72 +46,12 @@ def preprocessing_layer(mode: str):
     return conv
 
 
-def _frozen_dense(W, b, name, activation=None):
-    from keras import layers
-
-    dense = layers.Dense(W.shape[1], activation=activation, name=name, trainable=False)
-    dense.build((None, W.shape[0]))
-    dense.set_weights([np.asarray(W, "float32"), np.asarray(b, "float32")])
-    return dense
-
-
-def _linear_regressor(est):
-    """(W, b) of a fitted ``[StandardScaler ...] -> linear regressor`` (pipeline), else None."""
-    from sklearn.base import is_regressor
-    from sklearn.linear_model._base import LinearModel  # predict == X @ coef_.T + intercept_
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    steps = [s for _, s in est.steps if s not in (None, "passthrough")] if isinstance(est, Pipeline) else [est]
-    *scalers, last = steps
-    # LinearModel excludes GLMs (Poisson...: a link function) and RANSAC-style wrappers.
-    if not (isinstance(last, LinearModel) and is_regressor(last)
-            and all(isinstance(s, StandardScaler) for s in scalers)):
-        return None
-    W = np.atleast_2d(last.coef_).T.astype(np.float64)  # (F, k); a 1-D y gave coef_ (F,)
-    b = np.broadcast_to(np.asarray(last.intercept_, np.float64), (W.shape[1],)).copy()
-    for s in reversed(scalers):  # ((x - m) / s) @ W + b == x @ (W / s) + (b - (m / s) @ W)
-        scale = s.scale_ if s.scale_ is not None else np.ones(W.shape[0])
-        mean = s.mean_ if s.with_mean else np.zeros(W.shape[0])
-        b, W = b - (mean / scale) @ W, W / scale[:, None]
-    return W, b
-
-
 def _head_output(head, meta, x):
     """Apply the head to feature tensor ``x`` with built-in layers; same values as ``head_scores``."""
-    from keras import layers
-
-    kind, task = meta["head"], meta["task"]
-    if kind == "dense":
-        net = head.to_keras()
-        if tuple(net.input_shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(f"the dense head expects features {net.input_shape[1:]}, the backbone gives {x.shape[1:]}")
-        y = net(x)
-        if task == "classification" and head.task_ == "binary":  # predict_proba is [1 - p, p]
-            y = _frozen_dense(np.array([[-1.0, 1.0]]), np.array([1.0, 0.0]), "binary_proba")(y)
-        return y
-    flat = layers.Flatten(name="flatten")(x) if len(x.shape) > 2 else x  # C order, like as_2d
-    if kind in ("svm", "logreg"):
-        if getattr(head, "kernel", "linear") != "linear":
-            raise ValueError(f"cannot export an svm head with kernel={head.kernel!r}: only linear scikit-learn heads "
-                             "convert to a Dense layer (retrain with kernel='linear', or a logreg/dense head)")
-        W, b = head.linear_weights()
-        if W.shape[1] == 1:  # binary: both predict_proba are [1 - sigmoid(d), sigmoid(d)] == softmax([0, d])
-            W, b = np.hstack([np.zeros_like(W), W]), np.concatenate([[0.0], b])
-    elif kind == "specialists":
-        # Columns in no group are NaN in SpecialistsHead.predict; a NaN bias reproduces that.
-        W, b = np.zeros((head.n_features_in_, head.n_targets_)), np.full(head.n_targets_, np.nan)
-        for g, est in head.estimators_.items():
-            wb = _linear_regressor(est)
-            if wb is None:
-                raise ValueError(f"cannot export specialist {g!r} ({type(est).__name__}): only linear scikit-learn "
-                                 "heads convert to a Dense layer (StandardScaler -> Ridge/LinearRegression...)")
-            W[:, head.groups_[g]], b[head.groups_[g]] = wb
-    else:
-        raise ValueError(f"unknown head type {kind!r}")
-    if W.shape[0] != flat.shape[-1]:
-        raise ValueError(f"the head expects {W.shape[0]} features, the backbone gives {flat.shape[-1]}")
-    return _frozen_dense(W, b, "head", "softmax" if task == "classification" else None)(flat)
+    # Each head class knows its own Keras form (pipeline.heads.base.Head.keras_output).
+    if not callable(getattr(head, "keras_output", None)):
+        raise ValueError(f"cannot export a {type(head).__name__} head ({meta.get('head')!r}): it has no Keras form")
+    return head.keras_output(x, meta["task"])
 
 
 def stitch(model_dir, *, weights_dirs=()):

@@ -50,4 +50,4 @@ def test_sklearn_heads_train_without_importing_tensorflow(tmp_path, head, task, 
 ])
 def test_only_keras_heads_ask_for_tensorflow(argv, needs):
     args = build_parser().parse_args(["train", "f.h5", "-o", "m", *argv])
-    assert args.needs_tensorflow(args) is needs
+    assert args.cmd.needs_tensorflow(args) is needs
