@@ -46,6 +46,35 @@ class ExtractConfig:
     progress: bool = True
     source: dict = field(default_factory=dict)  # kind, categories, image_root, path_column, ...
 
+    def check(self) -> None:
+        """Raise ValueError for settings that are wrong on their face, before any file is read.
+
+        What needs the dataset or the model (a layer name, a missing file) is checked later, by
+        the stage that reads it; ``bneck extract`` maps this error to exit 2.
+        """
+        from features import backbones
+
+        try:
+            spec = backbones.get(self.backbone)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        backbones.parse_input_size(self.input_size, spec)
+        if self.shard:
+            parse_shard(self.shard)
+        if self.store_dtype not in ("float16", "float32"):
+            raise ValueError("--store-dtype must be float16 or float32")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.chunk_rows is not None and (self.chunk_rows < 1 or self.chunk_rows % self.batch_size):
+            raise ValueError(f"--chunk-rows must be a multiple of --batch-size (so resumed batches line up), "
+                             f"got {self.chunk_rows} with batch size {self.batch_size}")
+        if self.calibrate_on and self.precision != "int8":
+            raise ValueError("--calibrate-on applies to --precision int8 only")
+        if self.runtime == "openvino" and self.precision == "fp16":
+            raise ValueError("--precision fp16 is a GPU setting; with --runtime openvino use bf16 or fp32")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}")
+
 
 @dataclass
 class ExtractSummary:

@@ -47,6 +47,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Run stage one as configured; returns the summary. Raises on fatal errors (nothing finished is lost)."""
     t0 = time.time()
     fault_point("start")
+    cfg.check()  # a wrong setting fails here, before the dataset is read
     spec = backbones.get(cfg.backbone)
     input_size = backbones.parse_input_size(cfg.input_size, spec)
     layer = cfg.layer or spec.default_layer
@@ -69,20 +70,14 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                     "no faster than fp32 here (bench/extract.py on an AVX2-only CPU: ResNet50 5.6 vs 6.0 img/s) "
                     "and changes the features; --precision fp32 is the better choice")
     xla = resolve_xla(cfg.xla, runtime)
-    if runtime == "openvino" and precision == "fp16":
+    if runtime == "openvino" and precision == "fp16":  # runtime auto resolved to openvino
         raise ValueError("--precision fp16 is a GPU setting; with --runtime openvino use bf16 or fp32")
-    if cfg.calibrate_on and precision != "int8":
-        raise ValueError("--calibrate-on applies to --precision int8 only")
     # A test set calibrated on the training set's images gets the very same int8 model (cached).
     fingerprint = manifest.fingerprint()  # stats every file: computed once
     cal_manifest = read_source(cfg.calibrate_on, **source_options) if cfg.calibrate_on else manifest
     calibration = int8.calibration_for(precision, runtime, cal_manifest, cfg.calibration_images, input_size,
                                        fingerprint=None if cfg.calibrate_on else fingerprint)
-    if cfg.store_dtype not in ("float16", "float32"):
-        raise ValueError("--store-dtype must be float16 or float32")
     chunk_rows = cfg.chunk_rows or cfg.batch_size * 8
-    if chunk_rows % cfg.batch_size:
-        raise ValueError("--chunk-rows must be a multiple of --batch-size (so resumed batches line up)")
 
     def settings_for(winfo):
         return {

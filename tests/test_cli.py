@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from features import faults
-from pipeline.cli.main import EXIT_INTERRUPTED, main
+from pipeline.cli.errors import EXIT_INTERRUPTED
+from pipeline.cli.main import main
 from tests.imagefolders import make_class_folder
 
 EXTRACT = ["--backbone", "mobilenet", "--input-size", "32", "--layer", "conv_pw_1_relu", "--weights", "none",

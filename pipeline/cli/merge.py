@@ -5,17 +5,11 @@ from __future__ import annotations
 import glob
 import os
 
+from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
 
 
-def add_commands(sub) -> None:
-    """Register ``bneck merge`` on ``sub``."""
-    p = sub.add_parser(
-        "merge", help="merge the shard files of `bneck extract --shard I/N` into one feature file",
-        description="Combine shards 0..N-1 of one extraction into a file equal to a single-machine run. "
-                    "Default: an HDF5 virtual dataset that reads the shard files in place (instant; keep "
-                    "them next to it). --copy writes a self-contained file. Everything is checked first: "
-                    "missing, unfinished or foreign shards, differing settings and gaps are refused.")
+def add_arguments(p) -> None:
     p.add_argument("shards", nargs="+", metavar="SHARD",
                    help="shard files (OUT.shard-0000I-of-0000N.h5), a quoted glob, or a directory holding them")
     p.add_argument("-o", "--output", required=True, help="merged HDF5 file to write (atomically)")
@@ -25,7 +19,6 @@ def add_commands(sub) -> None:
                    help="replace an existing output file (without it, rerunning the same merge is a no-op)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (--copy)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.set_defaults(func=_cmd_merge)
 
 
 def expand_shards(args: list[str]) -> list[str]:
@@ -47,7 +40,7 @@ def expand_shards(args: list[str]) -> list[str]:
     return out
 
 
-def _cmd_merge(args) -> int:
+def run(args) -> int:
     from features.merge import merge
 
     summary = merge(expand_shards(args.shards), args.output, copy=args.copy, overwrite=args.overwrite,
@@ -59,3 +52,12 @@ def _cmd_merge(args) -> int:
         done = "already merged" if summary["skipped_existing"] else "merged"
         print(f"{done} {summary['n_shards']} shards, {summary['rows']} rows -> {summary['output']} ({kind})")
     return 0
+
+
+COMMAND = Command(
+    name="merge", help="merge the shard files of `bneck extract --shard I/N` into one feature file",
+    description="Combine shards 0..N-1 of one extraction into a file equal to a single-machine run. "
+                "Default: an HDF5 virtual dataset that reads the shard files in place (instant; keep "
+                "them next to it). --copy writes a self-contained file. Everything is checked first: "
+                "missing, unfinished or foreign shards, differing settings and gaps are refused.",
+    add_arguments=add_arguments, run=run, tensorflow=False)

@@ -111,8 +111,9 @@ def test_too_many_bad_images_exit_code(data, tmp_path):
 def test_clear_errors_exit_1(tmp_path):
     r = bneck("extract", str(tmp_path / "missing_dir"), "-o", str(tmp_path / "x.h5"), "--weights", "none")
     assert r.returncode == 1 and "missing_dir" in r.stderr and "Traceback" not in r.stderr
+    # A wrong name on the command line is a usage error (exit 2), caught before the data is read.
     r = bneck("extract", str(tmp_path), "-o", str(tmp_path / "x.h5"), "--backbone", "alexnet")
-    assert r.returncode == 1 and "choose one of" in r.stderr
+    assert r.returncode == 2 and "choose one of" in r.stderr
 
 
 def test_backbones_json():

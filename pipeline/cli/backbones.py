@@ -1,0 +1,56 @@
+"""``bneck backbones``: the backbone registry, or one backbone's layer table or graph."""
+
+from __future__ import annotations
+
+from pipeline.cli.command import Command
+from pipeline.cli.errors import UsageError
+from pipeline.cli.jsonout import json_text
+
+
+def add_arguments(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--summary", metavar="NAME", help="layer table of NAME: name, type, output shape, params; totals")
+    g.add_argument("--plot", metavar="NAME", help="draw NAME's graph to -o (needs pydot and Graphviz's dot)")
+    p.add_argument("-o", "--output", help="image file for --plot (default NAME.png)")
+    p.add_argument("--input-size", help="N or HxW for --summary/--plot (default: the backbone's)")
+    p.add_argument("--json", action="store_true", help="print the registry (or the --summary table) as JSON")
+
+
+def check(args) -> None:
+    if args.output and not args.plot:
+        raise UsageError("-o/--output is the image file of --plot NAME")
+    if args.input_size and not (args.summary or args.plot):
+        raise UsageError("--input-size applies to --summary NAME or --plot NAME")
+
+
+def run(args) -> int:
+    from features.backbones import describe
+
+    if args.summary or args.plot:
+        from pipeline.tools import filters
+
+        if args.plot:
+            print(filters.plot_backbone(args.plot, args.output or f"{args.plot}.png", input_size=args.input_size))
+            return 0
+        table = filters.layer_table(args.summary, input_size=args.input_size)
+        print(json_text(table, indent=1) if args.json else filters.format_layer_table(table))
+        return 0
+    rows = describe()
+    if args.json:
+        print(json_text(rows, indent=1))
+        return 0
+    print(f"{'name':15s} {'input':>9s} {'preprocess':16s} {'default layer':22s} other layers")
+    for r in rows:
+        others = ", ".join(x for x in r["layers"] if x != r["default_layer"])
+        print(f"{r['name']:15s} {'x'.join(map(str, r['input_size'])):>9s} {r['preprocessing']:16s} "
+              f"{r['default_layer']:22s} {others}")
+    return 0
+
+
+COMMAND = Command(
+    name="backbones", help="list the backbone registry, or show one backbone's layers",
+    description="List the registry; --summary NAME prints every layer of one backbone and --plot NAME draws its "
+                "graph (both with random weights: nothing is downloaded).",
+    add_arguments=add_arguments, run=run, check=check,
+    # Listing the registry is a table of names; only building a backbone needs TensorFlow.
+    tensorflow=lambda args: bool(args.summary or args.plot))

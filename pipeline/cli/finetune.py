@@ -1,0 +1,76 @@
+"""``bneck finetune``: unfreeze the top of the backbone and train it with the head end to end on images."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli.command import Command
+from pipeline.cli.jsonout import json_text
+from pipeline.cli.source_args import add_source_args, source_options
+from pipeline.cli.types import fraction_below_one, non_negative_int, positive_float, positive_int
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="model directory from `bneck train` (the starting point)")
+    p.add_argument("data", help="training images: class folder DATA/<class>/<image>, a CSV, or a Kaggle keypoint CSV")
+    p.add_argument("-o", "--output", required=True, help="model directory to write (atomically, at the end)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--unfreeze", metavar="PREFIX", help="train the backbone layers whose name starts with PREFIX "
+                                                        "(comma-separate several), e.g. block5 for VGG16")
+    g.add_argument("--unfreeze-last", type=non_negative_int, metavar="N",
+                   help="train the last N backbone layers that have weights (0: the head only)")
+    p.add_argument("--train-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="let BatchNorm layers in the unfrozen part train and update their statistics "
+                        "(default: frozen, inference mode)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="SGD learning rate (default 1e-4)")
+    p.add_argument("--momentum", type=fraction_below_one, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--epochs", type=positive_int, default=10,
+                   help="epochs; the best validation epoch is kept (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default 32)")
+    p.add_argument("--val", help="separate validation images (same kinds as DATA)")
+    p.add_argument("--val-split", type=fraction_below_one, default=0.2,
+                   help="validation fraction of DATA when --val is not given, stratified for classes (default 0.2)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random shift/zoom/rotation/flip/brightness/channel shift; for keypoints a flip-aware "
+                        "mirror plus brightness/channel shift (default on)")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="no horizontal flips in the augmentation (e.g. for digits or text)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the augmentation and training (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    p.add_argument("--json", action="store_true", help="print the result summary as one JSON object")
+    add_source_args(p)
+
+
+def run(args) -> int:
+    from pipeline.finetune.train import finetune
+
+    meta = finetune(args.model, args.data, args.output, unfreeze=args.unfreeze, unfreeze_last=args.unfreeze_last,
+                    train_bn=args.train_bn, lr=args.lr, momentum=args.momentum, epochs=args.epochs,
+                    batch_size=args.batch_size, val=args.val, val_split=args.val_split, augment=args.augment,
+                    flip=args.flip, seed=args.seed, source=source_options(args, drop_unset=True),
+                    overwrite=args.overwrite)
+    f, m = meta["finetune"], meta["metrics"]
+    key = "accuracy" if meta["task"] == "classification" else "rmse_px"
+    if args.json:
+        print(json_text({"model": args.output, key: m.get(key), "best_epoch": f["best_epoch"],
+                          "epochs": f["epochs"], "seconds": f["seconds"], "val_before": f["val_before"],
+                          "trainable_backbone_layers": len(f["trainable_backbone_layers"])}))
+    else:
+        before = f["val_before"]
+        if key not in m:
+            head = "no validation rows"
+        elif key == "accuracy":
+            head = f"val accuracy {m[key]:.4f} ({before['accuracy']:.4f} before fine-tuning)"
+        else:
+            head = f"val RMSE {m[key]:.3f} px (val_loss {before['loss']:.4g} -> {m['val_loss']:.4g})"
+        print(f"finetuned -> {args.output}: {head}, best epoch {f['best_epoch']} of {f['epochs']}, "
+              f"{len(f['trainable_backbone_layers'])} backbone layers trained, {f['seconds']:.1f} s")
+    return 0
+
+
+COMMAND = Command(
+    name="finetune", help="fine-tune backbone top + head end to end on images",
+    description="Stitch the backbone to a trained head (stage-two weights), unfreeze the top of the backbone and "
+                "train on decoded, augmented images with SGD. Writes a model directory (the whole network as "
+                "model.keras) with the best validation epoch.",
+    add_arguments=add_arguments, run=run)

@@ -1,0 +1,25 @@
+"""``bneck info``: shapes, counts, provenance attrs and bad rows of a feature file."""
+
+from __future__ import annotations
+
+from pipeline.cli.command import Command
+from pipeline.cli.jsonout import json_text
+from pipeline.cli.types import non_negative_int
+
+
+def add_arguments(p) -> None:
+    p.add_argument("file", help="HDF5 feature file written by `bneck extract`")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--max-bad", type=non_negative_int, default=20, help="bad rows to list (default 20)")
+
+
+def run(args) -> int:
+    from features.fileinfo import describe_file, format_info
+
+    info = describe_file(args.file, max_bad=args.max_bad)
+    print(json_text(info, indent=1) if args.json else format_info(info))
+    return 0
+
+
+COMMAND = Command(name="info", help="show shapes, counts, provenance attrs and bad rows of a feature file",
+                  add_arguments=add_arguments, run=run, tensorflow=False)

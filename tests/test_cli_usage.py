@@ -1,0 +1,101 @@
+"""Every malformed command line exits 2 before any work, with a message naming the flag (README: exit codes).
+
+Table-driven over every command in ``COMMANDS``: a flag no command has, a missing argument, and the
+command's own flag checks (numbers, flag combinations, flags the chosen head would ignore). Each
+case runs ``main`` in-process and checks that nothing was written and no TensorFlow was needed.
+"""
+
+import sys
+
+import pytest
+
+from pipeline.cli.errors import EXIT_USAGE
+from pipeline.cli.main import COMMANDS, build_parser, main
+
+X = ["x.h5", "-o", "out"]  # train's positional + required flag
+E = ["data", "-o", "out.h5"]  # extract's
+
+#: (argv, text the error must contain)
+CASES = [
+    (["extract", *E, "--input-size", "abc"], "--input-size must be N or HxW"),
+    (["extract", *E, "--input-size", "8"], "at least 32 pixels"),
+    (["extract", *E, "--shard", "3/2"], "0 <= I < 2"),
+    (["extract", *E, "--shard", "one/two"], "shard must look like I/N"),
+    (["extract", *E, "--chunk-rows", "12", "--batch-size", "8"], "--chunk-rows must be a multiple of --batch-size"),
+    (["extract", *E, "--backbone", "alexnet"], "unknown backbone 'alexnet'"),
+    (["extract", *E, "--batch-size", "0"], "must be at least 1, got 0"),
+    (["extract", *E, "--calibrate-on", "other"], "--calibrate-on applies to --precision int8 only"),
+    (["extract", *E, "--runtime", "openvino", "--precision", "fp16"], "fp16 is a GPU setting"),
+    (["extract", *E, "--num-workers", "2"], "apply to --engine ray only"),
+    (["extract", *E, "--max-bad-fraction", "2"], "must be between 0 and 1"),
+    (["train", *X, "--grid", "C=a,b", "--head", "svm"], "takes numbers"),
+    (["train", *X, "--grid", "C", "--head", "svm"], "malformed grid spec"),
+    (["train", *X, "--grid", "units=4,8", "--head", "svm"], "unknown parameter"),
+    (["train", *X, "--head", "logreg", "--kernel", "rbf"], "--head logreg does not use --kernel"),
+    (["train", *X, "--head", "svm", "--units", "12"], "--head svm does not use --units"),
+    (["train", *X, "--head", "dense", "--C", "1"], "--head dense does not use --C"),
+    (["train", *X, "--head", "specialists", "--epochs", "3"], "--head specialists --specialist-base ridge does "
+                                                               "not use --epochs"),
+    (["train", *X, "--head", "svm", "--groups", "g.json"], "apply to --head specialists"),
+    (["train", *X, "--gap", "--pooling", "avg"], "no map left"),
+    (["train", *X, "--val-split", "1"], "below 1"),
+    (["train", *X, "--head", "nope"], "invalid choice: 'nope'"),
+    (["predict", "m", "img.png", "--top-k", "0"], "must be at least 1, got 0"),
+    (["evaluate", "m", "f.h5", "--top-k", "-1"], "must be at least 1"),
+    (["export", "m", "-o", "m.keras", "--format", "onnx"], "invalid choice: 'onnx'"),
+    (["finetune", "m", "data", "-o", "ft", "--epochs", "0"], "must be at least 1"),
+    (["merge", "a.h5", "-o", "m.h5", "--nonsense"], "unrecognized arguments: --nonsense"),
+    (["info"], "the following arguments are required: file"),
+    (["backbones", "--summary"], "expected one argument"),
+    (["evaluate-images", "m"], "the following arguments are required: data"),
+    (["classify"], "the following arguments are required"),
+    (["visualize-filters", "--backbone", "vgg16", "--layer", "block1_conv1", "-o", "f.png", "--filters", "x"],
+     "--filters must look like 0-15"),
+    (["frames", "videos"], "the following arguments are required"),
+]
+
+
+def _run(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_a_malformed_command_line_exits_2_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    had_tf = "tensorflow" in sys.modules
+    rc, err = _run(argv, tmp_path, monkeypatch, capsys)
+    assert rc == EXIT_USAGE, err
+    assert message in err and f"bneck {argv[0]}" in err, err
+    assert list(tmp_path.iterdir()) == [], "a usage error wrote something"
+    assert had_tf or "tensorflow" not in sys.modules, "a usage error imported TensorFlow"
+
+
+def test_the_table_covers_every_command():
+    assert {argv[0] for argv, _ in CASES} == {c.name for c in COMMANDS}
+
+
+@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
+def test_an_unknown_flag_is_refused_by_every_command(command, tmp_path, monkeypatch, capsys):
+    rc, err = _run([command, "--no-such-flag"], tmp_path, monkeypatch, capsys)
+    assert rc == EXIT_USAGE and "--no-such-flag" in err or "required" in err, err
+
+
+@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
+def test_global_flags_work_after_the_subcommand_too(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[command]
+    flags = {s for a in sub._actions for s in a.option_strings}
+    assert {"-q", "--quiet", "-v", "--verbose"} <= flags
+
+
+def test_quiet_before_or_after_the_subcommand_is_the_same():
+    parser = build_parser()
+    for argv in (["-q", "info", "f.h5"], ["info", "f.h5", "-q"], ["info", "-q", "f.h5"]):
+        args = parser.parse_args(argv)
+        assert args.quiet is True and args.verbose is False, argv
+    args = parser.parse_args(["info", "f.h5"])
+    assert args.quiet is False and args.verbose is False
