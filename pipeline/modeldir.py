@@ -130,7 +130,9 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
     try:
         from pipeline.heads import Head
 
-        if isinstance(head, Head):  # a registered head writes itself (dense: head.keras + head.json)
+        # A registered head writes itself (dense: head.keras + head.json), and so does anything else
+        # that says how it is read back (a fine-tuned network: model.keras).
+        if isinstance(head, Head) or (callable(getattr(head, "save", None)) and hasattr(head, "head_loader")):
             head.save(tmp)
             loader = head.head_loader
         else:  # any other estimator: the same pickle a joblib head writes

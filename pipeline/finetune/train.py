@@ -82,6 +82,8 @@ def temper_normalization(layers, rel_floor: float = 1e-2) -> int:
 class _Saved:
     """What ``save_model_dir`` stores as the head: the whole fine-tuned network."""
 
+    head_loader = "keras"  # read back by pipeline.serve.finetuned, never unpickled
+
     def __init__(self, model):
         self.model = model
 
