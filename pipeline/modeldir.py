@@ -312,3 +312,21 @@ def load_model_dir(path):
             raise ModelDirError(f"{path}: {name} is not listed in {MODEL_JSON}")
     head = cls.load(path)
     return head, meta
+
+
+def needs_tensorflow(path) -> bool:
+    """Whether loading the head of model directory ``path`` imports TensorFlow (read from model.json only).
+
+    The registered head class decides from the options it was trained with; a directory that
+    cannot be read says False, and loading it then reports what is wrong.
+    """
+    from pipeline.heads import HEAD_NAMES, head_class
+
+    try:
+        meta = json.loads((Path(path) / MODEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if meta.get("head_loader") == "keras":
+        return True
+    head = meta.get("head")
+    return head in HEAD_NAMES and head_class(head).needs_tensorflow(meta.get("head_options") or {})

@@ -36,6 +36,20 @@ def image_groups(data) -> np.ndarray:
     return np.concatenate([np.arange(m), np.arange(m)]) if data.used_flipped else np.arange(m)
 
 
+def head_options(head: str, *, groups=None, specialist_base: str = "ridge", target_names=None) -> dict:
+    """The ``build`` options of the registered head ``head`` that this run sets (only those it takes)."""
+    from pipeline.heads import head_class
+
+    cls, options = head_class(head), {}
+    if "specialist_base" in cls.user_options:
+        options["specialist_base"] = specialist_base
+    if "groups" in cls.user_options and groups:
+        from features.keypoints import load_groups
+
+        options.update(groups=load_groups(groups, target_names), groups_file=str(groups))
+    return options
+
+
 def build_head(head: str, task: str, target_names=None, *, params: dict | None = None, groups=None,
                specialist_base: str = "ridge", jobs: int = 1, seed: int = 0):
     """An unfitted head of the registered class ``head``, built from ``bneck train``-style options.
@@ -44,15 +58,8 @@ def build_head(head: str, task: str, target_names=None, *, params: dict | None =
     """
     from pipeline.heads import head_class
 
-    cls = head_class(head)
-    options = {}
-    if "specialist_base" in cls.user_options:
-        options["specialist_base"] = specialist_base
-    if "groups" in cls.user_options and groups:
-        from features.keypoints import load_groups
-
-        options.update(groups=load_groups(groups, target_names), groups_file=str(groups))
-    return cls.build(task, params, seed=seed, jobs=jobs, target_names=target_names, options=options)
+    options = head_options(head, groups=groups, specialist_base=specialist_base, target_names=target_names)
+    return head_class(head).build(task, params, seed=seed, jobs=jobs, target_names=target_names, options=options)
 
 
 def _jsonable(params: dict) -> dict:
@@ -111,8 +118,11 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
         png = learning_curve_png(est.history_)
         if png:
             extra["learning_curve.png"] = png
+    options = head_options(head, specialist_base=specialist_base)
     meta = {
         "head": head,
+        # What the class needs to know before loading (e.g. whether TensorFlow is needed), groups aside.
+        "head_options": options,
         "params": _jsonable(est.get_params(deep=False)),
         **meta_core,
         "features": {k: data.attrs[k] for k in PROVENANCE_KEYS if k in data.attrs},

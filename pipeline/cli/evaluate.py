@@ -22,5 +22,12 @@ def run(args) -> int:
     return 0
 
 
+def needs_tensorflow(args) -> bool:
+    """Only a Keras head needs TensorFlow: a scikit-learn model is scored in a fraction of the time and memory."""
+    from pipeline.modeldir import needs_tensorflow as head_needs_tensorflow
+
+    return head_needs_tensorflow(args.model)
+
+
 COMMAND = Command(name="evaluate", help="metrics of a trained model on a feature file",
-                  add_arguments=add_arguments, run=run)
+                  add_arguments=add_arguments, run=run, tensorflow=needs_tensorflow)
