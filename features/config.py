@@ -33,7 +33,7 @@ class ExtractConfig:
     precision: str = "auto"
     store_dtype: str = "float16"
     flip: bool = True
-    batch_size: int = 32
+    batch_size: int | str = 32  # or "auto": 256 with a GPU, else 32 (features.mapper.device.resolve_batch_size)
     chunk_rows: int | None = None
     shard: str | None = None
     overwrite: bool = False
@@ -45,6 +45,17 @@ class ExtractConfig:
     calibrate_on: str | None = None  # --precision int8 only: another source to calibrate on (e.g. the train set)
     progress: bool = True
     source: dict = field(default_factory=dict)  # kind, categories, image_root, path_column, ...
+
+    def _check_batching(self) -> None:
+        if self.batch_size == "auto":  # resolved by the runner on the machine that runs it
+            if self.chunk_rows is not None:
+                raise ValueError("--chunk-rows needs a fixed --batch-size (it must be a multiple of it), not auto")
+            return
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"--batch-size must be auto or at least 1, got {self.batch_size}")
+        if self.chunk_rows is not None and (self.chunk_rows < 1 or self.chunk_rows % self.batch_size):
+            raise ValueError(f"--chunk-rows must be a multiple of --batch-size (so resumed batches line up), "
+                             f"got {self.chunk_rows} with batch size {self.batch_size}")
 
     def check(self) -> None:
         """Raise ValueError for settings that are wrong on their face, before any file is read.
@@ -63,11 +74,7 @@ class ExtractConfig:
             parse_shard(self.shard)
         if self.store_dtype not in ("float16", "float32"):
             raise ValueError("--store-dtype must be float16 or float32")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.chunk_rows is not None and (self.chunk_rows < 1 or self.chunk_rows % self.batch_size):
-            raise ValueError(f"--chunk-rows must be a multiple of --batch-size (so resumed batches line up), "
-                             f"got {self.chunk_rows} with batch size {self.batch_size}")
+        self._check_batching()
         if self.calibrate_on and self.precision != "int8":
             raise ValueError("--calibrate-on applies to --precision int8 only")
         if self.runtime == "openvino" and self.precision == "fp16":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import dataclasses
 import time
 
 import numpy as np
@@ -48,6 +49,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     t0 = time.time()
     fault_point("start")
     cfg.check()  # a wrong setting fails here, before the dataset is read
+    if cfg.batch_size == "auto":
+        from features.mapper.device import resolve_batch_size
+
+        cfg = dataclasses.replace(cfg, batch_size=resolve_batch_size("auto"))
     spec = backbones.get(cfg.backbone)
     input_size = backbones.parse_input_size(cfg.input_size, spec)
     layer = cfg.layer or spec.default_layer

@@ -46,3 +46,14 @@ def test_bad_numbers_are_usage_errors_before_any_work(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_batch_size_auto_is_32_on_a_cpu_and_the_summary_says_so(tmp_path, capsys):
+    import json
+
+    make_class_folder(tmp_path / "d", per_class=3)
+    argv = [a for a in EXTRACT if a not in ("--batch-size", "4", "--chunk-rows")]
+    assert main(["extract", str(tmp_path / "d"), "-o", str(tmp_path / "f.h5"), *argv, "--batch-size", "auto",
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["compute_batch"] == 32 and summary["rows"] == 6

@@ -45,7 +45,12 @@ CASES = [
     (["export", "m", "-o", "m.keras", "--format", "onnx"], "invalid choice: 'onnx'"),
     (["finetune", "m", "data", "-o", "ft", "--epochs", "0"], "must be at least 1"),
     (["merge", "a.h5", "-o", "m.h5", "--nonsense"], "unrecognized arguments: --nonsense"),
-    (["info"], "the following arguments are required: file"),
+    (["info"], "give a feature file, or --system"),
+    (["info", "f.h5", "--system"], "give a feature file, or --system (not both)"),
+    (["extract", *E, "--batch-size", "big"], "expected an integer"),
+    (["extract", *E, "--batch-size", "auto", "--chunk-rows", "64"], "needs a fixed --batch-size"),
+    (["extract", *E, "--gpus", "0,0"], "distinct GPU ids"),
+    (["extract", *E, "--gpus", "0", "--shard", "0/2"], "cannot be combined"),
     (["backbones", "--summary"], "expected one argument"),
     (["evaluate-images", "m"], "the following arguments are required: data"),
     (["classify"], "the following arguments are required"),
@@ -99,3 +104,11 @@ def test_quiet_before_or_after_the_subcommand_is_the_same():
         assert args.quiet is True and args.verbose is False, argv
     args = parser.parse_args(["info", "f.h5"])
     assert args.quiet is False and args.verbose is False
+
+
+def test_gpus_all_on_a_machine_without_gpus_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    from features.engines import gpus
+
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: [])
+    rc, err = _run(["extract", *E, "--gpus", "all"], tmp_path, monkeypatch, capsys)
+    assert rc == EXIT_USAGE and "no GPU is visible here" in err

@@ -23,6 +23,7 @@ import subprocess
 import time
 
 from features.config import ExtractConfig, ExtractSummary, shard_output
+from features.mapper.device import AUTO_BATCH
 from features.engines.shards import merge_shards, plan_shards, reuse_model, shard_config, start_work
 from features.writer.commit import Terminated
 
@@ -89,6 +90,8 @@ def extract_gpus(cfg: ExtractConfig, gpus: list[str], *, shards_per_gpu: int = S
     if os.path.exists(cfg.output) and not cfg.overwrite:
         return extract(dataclasses.replace(cfg, progress=False))  # "already complete", or a clear error
     work = work_dir(cfg.output)
+    if cfg.batch_size == "auto":  # every worker drives a GPU
+        cfg = dataclasses.replace(cfg, batch_size=AUTO_BATCH["gpu"])
     n = start_work(cfg, work)
     n_shards = plan_shards(work, n, len(gpus) * shards_per_gpu, cfg.batch_size)
     shard_cfg = shard_config(cfg, work, max(1, (os.cpu_count() or 1) // len(gpus)))  # each GPU's share of cores

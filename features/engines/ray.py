@@ -27,6 +27,7 @@ import threading
 import time
 
 from features.config import ExtractConfig, ExtractSummary, shard_output
+from features.mapper.device import AUTO_BATCH
 from features.engines.shards import merge_shards, plan_shards, reuse_model, shard_config, start_work
 from features.runner import extract
 
@@ -106,6 +107,8 @@ def _drive(cfg: ExtractConfig, num_workers, num_gpus_per_worker, shards_per_work
     work = work_dir(cfg.output)
     n = start_work(cfg, work)
     workers, cpus, gpus = _plan_workers(num_workers, num_gpus_per_worker)
+    if cfg.batch_size == "auto":  # the actors' devices decide, not the driver's
+        cfg = dataclasses.replace(cfg, batch_size=AUTO_BATCH["gpu" if gpus else "cpu"])
     n_shards = plan_shards(work, n, workers * shards_per_worker, cfg.batch_size)
     shard_cfg = shard_config(cfg, work, cpus)
     shards = [f"{i}/{n_shards}" for i in range(n_shards)]

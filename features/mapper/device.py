@@ -38,6 +38,19 @@ def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+#: ``--batch-size auto``: a GPU wants large batches to fill its cores (the OOM back-off halves the
+#: compute batch if the card cannot hold it, rows unchanged); on a CPU a batch above ~32 only
+#: costs memory (bench/model_ceiling.py).
+AUTO_BATCH = {"gpu": 256, "cpu": 32}
+
+
+def resolve_batch_size(requested) -> int:
+    """``--batch-size``: an integer as given, or ``auto`` -> :data:`AUTO_BATCH` for this machine."""
+    if requested == "auto":
+        return AUTO_BATCH["gpu" if has_gpu() else "cpu"]
+    return int(requested)
+
+
 def resolve_precision(requested: str = "auto") -> str:
     """``auto`` -> fp16 on a GPU, bf16 on a bf16-capable CPU, else fp32."""
     if requested not in PRECISIONS:

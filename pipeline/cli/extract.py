@@ -6,7 +6,7 @@ from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.source_args import add_source_args, source_options
-from pipeline.cli.types import fraction, non_negative_float, positive_int
+from pipeline.cli.types import batch_size, fraction, non_negative_float, positive_int
 
 
 def add_arguments(p) -> None:
@@ -37,7 +37,9 @@ def add_arguments(p) -> None:
                    help="dtype of the stored features (default float16)")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="extract the original view only (default: original and horizontal mirror)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
+    p.add_argument("--batch-size", type=batch_size, default=32,
+                   help="images per model call, or auto: 256 with a GPU, 32 on a CPU; on a GPU out of memory the "
+                        "compute batch halves by itself, rows unchanged (default 32)")
     p.add_argument("--chunk-rows", type=positive_int, help="rows per committed chunk, a multiple of --batch-size "
                                                   "(default 8 batches); a kill loses at most one chunk")
     p.add_argument("--shard", metavar="I/N", help="extract only shard I of N (0-based); writes OUT.shard-I-of-N.h5")
@@ -51,6 +53,9 @@ def add_arguments(p) -> None:
     p.add_argument("--xla", choices=["auto", "on", "off"], default="auto",
                    help="--runtime tensorflow: compile the model with XLA; auto = on with a GPU only, because on "
                         "CPUs it measured slower (bench/model_ceiling.py --xla) (default auto)")
+    p.add_argument("--gpus", metavar="all|N|I,J",
+                   help="one worker process per local GPU (all, the first N, or these ids), each on its own "
+                        "shards, merged into the output; resumable like a local run (default: one process)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this machine (default); ray: shards on a Ray cluster, merged into the output "
                         "(optional extra: pip install 'bneck[ray]')")
@@ -86,6 +91,16 @@ def check(args) -> None:
         config(args).check()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.gpus is not None:
+        from features.engines.gpus import parse_gpus
+
+        if args.engine == "ray" or args.shard:
+            raise UsageError("--gpus runs its own shards on this machine; it cannot be combined with "
+                             "--engine ray (use --num-gpus-per-worker) or --shard")
+        try:
+            args.gpus = parse_gpus(args.gpus)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.engine != "ray" and (args.ray_address or args.num_workers or args.num_gpus_per_worker is not None):
         raise UsageError("--ray-address, --num-workers and --num-gpus-per-worker apply to --engine ray only")
 
@@ -99,6 +114,10 @@ def run(args) -> int:
 
         summary = extract_ray(cfg, address=args.ray_address, num_workers=args.num_workers,
                               num_gpus_per_worker=args.num_gpus_per_worker)
+    elif args.gpus:
+        from features.engines.gpus import extract_gpus
+
+        summary = extract_gpus(cfg, args.gpus)
     else:
         summary = extract(cfg)
     print(json_text(summary.as_dict()) if args.json else summary.line())

@@ -79,3 +79,8 @@ def non_negative_float(text: str) -> float:
 positive_int = int_at_least(1)
 #: An integer >= 0.
 non_negative_int = int_at_least(0)
+
+
+def batch_size(text: str):
+    """``auto`` or an integer >= 1 (``--batch-size``)."""
+    return "auto" if text == "auto" else positive_int(text)
