@@ -398,7 +398,8 @@ def _params(module: str, name: str) -> set[str] | None:
         if isinstance(node, ast.ClassDef):
             init = next((b for b in node.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
             if init is None:  # a dataclass: its annotated fields
-                return {b.target.id for b in node.body if isinstance(b, ast.AnnAssign) and isinstance(b.target, ast.Name)}
+                return {b.target.id for b in node.body
+                        if isinstance(b, ast.AnnAssign) and isinstance(b.target, ast.Name)}
             node = init
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return None if node.args.kwarg else {a.arg for a in node.args.args + node.args.kwonlyargs}
