@@ -143,18 +143,22 @@ def feature_file(workdir: str, n: int, shape: tuple, *, classes: int = 10, flip:
 # ----------------------------------------------------------------------------- child runs
 
 
+def _child(code: str, argv: list[str]):
+    """`bneck ARGV` run by ``code`` in a fresh interpreter: (the process, its wall seconds, its last-line JSON)."""
+    common.log("   $ bneck " + " ".join(argv))
+    with common.Timer() as t:
+        r = subprocess.run([sys.executable, "-c", code, "-q", *argv], capture_output=True, text=True,
+                           cwd=common.REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if r.returncode != 0:
+        raise RuntimeError(f"bneck {' '.join(argv)} failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
+    return r, t.seconds, json.loads(r.stderr.strip().splitlines()[-1])
+
+
 def run_train(features: str, args: list[str]) -> dict:
     """`bneck train FEATURES -o TMP ARGS --json` in a child; its model.json, history, timing and peak RSS."""
     with tempfile.TemporaryDirectory(prefix="model-", dir=os.path.dirname(features)) as tmp:
         out = os.path.join(tmp, "model")
-        cmd = [sys.executable, "-c", _CHILD, "-q", "train", features, "-o", out, *args, "--json"]
-        common.log("   $ bneck " + " ".join(cmd[4:]))
-        with common.Timer() as t:
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-        if r.returncode != 0:
-            raise RuntimeError(f"bneck train failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
-        child = json.loads(r.stderr.strip().splitlines()[-1])
+        r, seconds, child = _child(_CHILD, ["train", features, "-o", out, *args, "--json"])
         metrics = json.loads(r.stdout.strip().splitlines()[-1])
         with open(os.path.join(out, "model.json")) as f:
             meta = json.load(f)
@@ -165,7 +169,7 @@ def run_train(features: str, args: list[str]) -> dict:
                 rows = list(csv.DictReader(f))
             history = {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
     tr = meta["training"]
-    res = {"wall_seconds": round(t.seconds, 2), "training_seconds": tr["seconds"],
+    res = {"wall_seconds": round(seconds, 2), "training_seconds": tr["seconds"],
            "load_seconds": child.get("load_seconds"), "in_memory": tr["in_memory"],
            "n_training_samples": tr["n_training_samples"], "n_val_rows": tr["n_val_rows"],
            "used_flipped": tr["used_flipped"], "val_accuracy": metrics.get("accuracy"),
@@ -258,14 +262,8 @@ print(json.dumps({"rc": rc, "tensorflow": "tensorflow" in sys.modules,
 
 def _timed_cli(argv: list[str]) -> dict:
     """One `bneck ARGV` in a fresh process: its wall time, whether it imported TensorFlow, its peak RSS."""
-    cmd = [sys.executable, "-c", _TIMED_CLI, "-q", *argv]
-    with common.Timer() as t:
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO,
-                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    if r.returncode != 0:
-        raise RuntimeError(f"bneck {' '.join(argv)} failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
-    child = json.loads(r.stderr.strip().splitlines()[-1])
-    return {"wall_seconds": round(t.seconds, 3), "tensorflow_imported": child["tensorflow"],
+    r, seconds, child = _child(_TIMED_CLI, argv)
+    return {"wall_seconds": round(seconds, 3), "tensorflow_imported": child["tensorflow"],
             "peak_rss_mb": round(child["peak_rss_mb"], 1), "stdout": r.stdout.strip()[-400:]}
 
 
