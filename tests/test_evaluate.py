@@ -34,6 +34,7 @@ def test_regression_metrics_ignore_missing_and_report_points():
     assert m["per_target"]["z"]["rmse_px"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # ~10 s: extracts with two backbones
 def test_features_that_do_not_fit_the_model_are_refused(tmp_path):
     make_class_folder(tmp_path / "d", per_class=6)
     a = extract_fast(tmp_path / "d", tmp_path / "a.h5", input_size="32")

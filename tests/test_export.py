@@ -107,6 +107,7 @@ def test_keras_export_matches_predict_and_loads_safely(models, name, tmp_path):
     _close(got, want, 1e-4, regression)
 
 
+@pytest.mark.slow  # ~6 s per head: TFLite conversion (float16 stays default)
 @pytest.mark.parametrize("name", ["dense", "logreg", "svm", "specialists"])
 def test_tflite_float32_matches_predict(models, name, tmp_path):
     report = ex.export(models["dir"] / name, tmp_path / "m.tflite", format="tflite")

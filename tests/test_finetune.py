@@ -198,6 +198,7 @@ def keypoint_model(small_faces, tmp_path_factory):
     return {"paths": small_faces["paths"], "model": str(model), "meta": meta}
 
 
+@pytest.mark.slow  # ~10 s: a keypoint fine-tune
 def test_keypoint_finetune(keypoint_model, tmp_path):
     paths = keypoint_model["paths"]
     meta = ft.finetune(keypoint_model["model"], paths["keypoints_training"], str(tmp_path / "kft"), unfreeze_last=1,
@@ -227,6 +228,7 @@ def _upscaled_faces(kaggle_csv, folder, factor):
     return folder / "faces.csv"
 
 
+@pytest.mark.slow  # ~10 s: a keypoint fine-tune
 def test_keypoints_of_larger_photos_are_scored_in_their_own_pixels(keypoint_model, tmp_path):
     paths, meta = keypoint_model["paths"], keypoint_model["meta"]
     assert meta["target_frame"] == [96, 96]

@@ -96,6 +96,7 @@ def test_masked_mse_value_and_gradient_ignore_nan():
     assert np.all(grad[~np.isfinite(y_true)] == 0)  # missing targets teach nothing
 
 
+@pytest.mark.slow  # ~6 s of training
 def test_regression_with_missing_targets_learns(rng):
     X = rng.normal(size=(400, 10)).astype(np.float32)
     Y = (X @ rng.normal(size=(10, 4))).astype(np.float32)

@@ -57,6 +57,7 @@ def test_predictions_beat_the_mean(rng):
     assert -head.score(X[400:], Yt) < 0.2 * mean_rmse
 
 
+@pytest.mark.slow  # ~6 s: joblib workers start
 def test_parallel_matches_serial_and_clone(rng):
     X, Y = _data(rng)
     head = SpecialistsHead(groups=GROUPS, n_jobs=1)

@@ -68,6 +68,7 @@ def vgg():
     return spec, weights.build_backbone(spec, input_size=SIZE, weights="none", seed=7)[0]
 
 
+@pytest.mark.slow  # ~12 s: NNCF calibration
 def test_int8_features_are_close_to_tensorflow_fp32_and_cached(vgg, tmp_path):
     spec, model = vgg
     x = _images(8, seed=1)

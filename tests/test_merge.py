@@ -196,6 +196,7 @@ def test_merged_file_is_not_a_shard(run, tmp_path):
     _refused([str(tmp_path / "m.h5")], str(tmp_path / "o.h5"), "is itself a merged")
 
 
+@pytest.mark.slow  # ~12 s: many tiny shards
 @pytest.mark.parametrize("copy", [False, True])
 def test_more_shards_than_images_still_finish_and_merge(tmp_path, copy):
     # A SLURM array sized for a bigger dataset: some shards get no rows and must still finish.

@@ -63,8 +63,10 @@ def test_available():
     assert device.openvino_available()
 
 
-# Every pooling on MobileNet; VGG16's avg and max (seconds each to convert) run with the slow tests.
-@pytest.mark.parametrize("name,pooling", [("mobilenet", "none"), ("mobilenet", "avg"), ("mobilenet", "max"),
+# MobileNet without pooling and VGG16 in the default suite; the other poolings (seconds each) with the slow tests.
+@pytest.mark.parametrize("name,pooling", [("mobilenet", "none"),
+                                          pytest.param("mobilenet", "avg", marks=pytest.mark.slow),
+                                          pytest.param("mobilenet", "max", marks=pytest.mark.slow),
                                           ("vgg16", "none"), pytest.param("vgg16", "avg", marks=pytest.mark.slow),
                                           pytest.param("vgg16", "max", marks=pytest.mark.slow)])
 def test_fp32_matches_tensorflow(models, cache, name, pooling):
@@ -81,6 +83,7 @@ def test_fp32_matches_tensorflow(models, cache, name, pooling):
         assert _rel_err(got_f, got_o).min() > 1e-3  # the flipped view really is another view
 
 
+@pytest.mark.slow  # the fp32 comparison above stays in the default suite
 @pytest.mark.parametrize("name,pooling", [("mobilenet", "avg"), pytest.param("vgg16", "none", marks=pytest.mark.slow)])
 def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
     from features.mapper.device import cpu_has_bf16
@@ -96,6 +99,7 @@ def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
     assert _cosine(got_f, ref_f).min() >= 0.99
 
 
+@pytest.mark.slow  # ~10 s: an OpenVINO compile per case (issue 18: default suite <= 4 min)
 def test_flip_is_the_mirror_image_and_no_flip_splits_requests(models, cache):
     spec = backbones.get("mobilenet")
     kw = dict(pooling="avg", batch_size=BATCH, precision="fp32", cache_dir=cache)
@@ -128,6 +132,7 @@ def test_a_mirrored_batch_from_the_caller_gives_the_same_features(models, cache)
         ex.submit(x, x[:2])
 
 
+@pytest.mark.slow  # ~10 s: an OpenVINO compile per case (issue 18: default suite <= 4 min)
 def test_compiled_model_cache_is_written(models, tmp_path):
     spec = backbones.get("mobilenet")
     ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",

@@ -138,6 +138,7 @@ def test_too_many_bad_images_keeps_chunks(dataset, tmp_path):
     assert s.computed == 0 and out.exists()
 
 
+@pytest.mark.slow  # ~6 s: one extract per shard
 def test_shards_partition_the_manifest(dataset, tmp_path):
     data, _ = dataset
     full = tmp_path / "all.h5"

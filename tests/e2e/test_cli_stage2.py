@@ -11,6 +11,10 @@ import pytest
 
 from tests.imagefolders import make_class_folder
 
+# Every test here starts bneck processes (TensorFlow: seconds each) on the module's extracted and
+# trained fixture; the default suite keeps the in-process CLI tests (tests/test_cli*.py).
+pytestmark = pytest.mark.slow
+
 EXTRACT = ["--backbone", "mobilenet", "--input-size", "32", "--layer", "conv_pw_1_relu", "--weights", "none",
            "--seed", "5", "--precision", "fp32", "--store-dtype", "float32", "--batch-size", "8", "--no-progress"]
 
@@ -40,6 +44,7 @@ def work(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # each bneck process starts in seconds; the module's fixture extracts and trains
 def test_train_evaluate_json_headline(work):
     out = json.loads(ok("train", work / "train.h5", "-o", work / "svm", "--head", "svm", "--pooling", "avg",
                         "--grid", "C=0.1,1", "--jobs", "2", "--json"))
@@ -69,6 +74,7 @@ def _cached_scores(h5, model_dir):
     return dict(zip(paths, head_scores(head, x, "classification")))
 
 
+@pytest.mark.slow  # each bneck process starts in seconds; the module's fixture extracts and trains
 @pytest.mark.parametrize("head,extra", [("logreg", ["--pooling", "avg"]),
                                         pytest.param("dense", ["--epochs", "3"], marks=pytest.mark.slow)])
 def test_predict_matches_evaluate_on_cached_features(work, head, extra):
@@ -86,6 +92,7 @@ def test_predict_matches_evaluate_on_cached_features(work, head, extra):
             assert score == pytest.approx(float(want[names.index(name)]), abs=1e-4)
 
 
+@pytest.mark.slow  # each bneck process starts in seconds; the module's fixture extracts and trains
 def test_tta_flip_and_bad_file_exit_code(work, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
