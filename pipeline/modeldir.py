@@ -270,6 +270,24 @@ def read_model_json(path) -> dict:
     return meta
 
 
+def loads_tensorflow(path) -> bool:
+    """Whether loading this model directory's head imports TensorFlow: a Keras head, or specialists over dense heads.
+
+    A cheap read of ``model.json`` only (commands decide from it whether to import TensorFlow up
+    front); False when it cannot be read, since loading will then fail and say why.
+    """
+    try:
+        meta = json.loads((Path(path) / MODEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(meta, dict):
+        return False
+    if meta.get("head_loader") == "keras":
+        return True
+    base = meta.get("params", {}).get("base") if isinstance(meta.get("params"), dict) else None
+    return isinstance(base, str) and base.startswith("DenseHead(")  # train's repr of specialists' dense base
+
+
 def verify_model_dir(path, meta: dict | None = None) -> dict:
     """Check every file listed in model.json against its sha256; return the metadata."""
     path = Path(path)

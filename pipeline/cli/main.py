@@ -25,6 +25,7 @@ from pipeline.cli import (
     info,
     merge,
     predict,
+    report,
     train,
     visualize_filters,
 )
@@ -35,9 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter 
 log = logging.getLogger("bneck")
 
 #: Every subcommand, in the order of ``bneck --help``.
-COMMANDS = [extract.COMMAND, info.COMMAND, backbones.COMMAND, train.COMMAND, evaluate.COMMAND, predict.COMMAND,
-            export.COMMAND, merge.COMMAND, finetune.COMMAND, evaluate_images.COMMAND, classify.COMMAND,
-            visualize_filters.COMMAND, frames.COMMAND]
+COMMANDS = [extract.COMMAND, info.COMMAND, backbones.COMMAND, train.COMMAND, evaluate.COMMAND, report.COMMAND,
+            predict.COMMAND, export.COMMAND, merge.COMMAND, finetune.COMMAND, evaluate_images.COMMAND,
+            classify.COMMAND, visualize_filters.COMMAND, frames.COMMAND]
 
 
 def build_parser() -> argparse.ArgumentParser:
