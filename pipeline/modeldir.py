@@ -270,24 +270,6 @@ def read_model_json(path) -> dict:
     return meta
 
 
-def loads_tensorflow(path) -> bool:
-    """Whether loading this model directory's head imports TensorFlow: a Keras head, or specialists over dense heads.
-
-    A cheap read of ``model.json`` only (commands decide from it whether to import TensorFlow up
-    front); False when it cannot be read, since loading will then fail and say why.
-    """
-    try:
-        meta = json.loads((Path(path) / MODEL_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    if not isinstance(meta, dict):
-        return False
-    if meta.get("head_loader") == "keras":
-        return True
-    base = meta.get("params", {}).get("base") if isinstance(meta.get("params"), dict) else None
-    return isinstance(base, str) and base.startswith("DenseHead(")  # train's repr of specialists' dense base
-
-
 def verify_model_dir(path, meta: dict | None = None) -> dict:
     """Check every file listed in model.json against its sha256; return the metadata."""
     path = Path(path)
@@ -333,18 +315,21 @@ def load_model_dir(path):
 
 
 def needs_tensorflow(path) -> bool:
-    """Whether loading the head of model directory ``path`` imports TensorFlow (read from model.json only).
+    """Whether loading the head of model directory ``path`` imports TensorFlow (a cheap read of model.json).
 
-    The registered head class decides from the options it was trained with; a directory that
-    cannot be read says False, and loading it then reports what is wrong.
+    A Keras head always does; otherwise the registered head class decides from what it was saved with
+    (``Head.loads_tensorflow``). A directory that cannot be read says False: loading it then fails and
+    says why.
     """
     from pipeline.heads import HEAD_NAMES, head_class
 
     try:
         meta = json.loads((Path(path) / MODEL_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(meta, dict):
         return False
     if meta.get("head_loader") == "keras":
         return True
     head = meta.get("head")
-    return head in HEAD_NAMES and head_class(head).needs_tensorflow(meta.get("head_options") or {})
+    return head in HEAD_NAMES and head_class(head).loads_tensorflow(meta)

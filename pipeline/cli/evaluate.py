@@ -29,9 +29,9 @@ def check(args) -> None:
 
 def needs_tensorflow(args) -> bool:
     """Keras heads only: a scikit-learn head is scored without importing TensorFlow."""
-    from pipeline.modeldir import needs_tensorflow as loads_tensorflow
+    from pipeline.modeldir import needs_tensorflow as head_needs_tensorflow
 
-    return loads_tensorflow(args.model)
+    return head_needs_tensorflow(args.model)
 
 
 def run(args) -> int:

@@ -82,9 +82,9 @@ def check(args) -> None:
 
 def needs_tensorflow(args) -> bool:
     """Only Keras heads (and specialists over dense heads) need TensorFlow; scikit-learn heads never import it."""
-    from pipeline.modeldir import loads_tensorflow
+    from pipeline.modeldir import needs_tensorflow as head_needs_tensorflow
 
-    return any(loads_tensorflow(p) for p in args.inputs if os.path.isdir(p))
+    return any(head_needs_tensorflow(p) for p in args.inputs if os.path.isdir(p))
 
 
 def run(args) -> int:

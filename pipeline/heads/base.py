@@ -77,6 +77,11 @@ class Head:
         return False
 
     @classmethod
+    def loads_tensorflow(cls, meta: dict) -> bool:
+        """Whether loading a saved head of this class imports TensorFlow; ``meta`` is its model.json."""
+        return cls.needs_tensorflow(meta.get("head_options") or {})
+
+    @classmethod
     def check_params(cls, params, options=None) -> None:
         """Raise ValueError naming every key of ``params`` or ``options`` that does not apply to this head."""
         allowed = cls.applicable_params(options)

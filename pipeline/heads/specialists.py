@@ -176,6 +176,12 @@ class SpecialistsHead(Head, MultiOutputMixin, RegressorMixin, BaseEstimator):
         return (options or {}).get("specialist_base", "ridge") == "dense"
 
     @classmethod
+    def loads_tensorflow(cls, meta: dict) -> bool:
+        # Directories from before head_options: train records the dense base's repr in params.
+        base = (meta.get("params") or {}).get("base")
+        return super().loads_tensorflow(meta) or (isinstance(base, str) and base.startswith("DenseHead("))
+
+    @classmethod
     def build(cls, task, params=None, *, seed=0, jobs=1, target_names=None, options=None):
         """Specialists over ``options["groups"]`` (default: :func:`default_groups` of the target names).
 
