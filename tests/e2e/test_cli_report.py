@@ -251,3 +251,34 @@ def test_keypoint_report_draws_faces_from_the_kaggle_csv(tmp_path):
     if CHROMIUM:
         images, problems, _h = look_at(tmp_path / "rep" / "index.html", tmp_path / "shot.png")
         assert not problems and len(images) == len(doc["images"])
+
+
+def test_every_flag_of_report_and_evaluate_has_help():
+    import argparse
+
+    from pipeline.cli.main import build_parser
+    from pipeline.cli.report import DEFAULT_GALLERY
+    from pipeline.tools.report_html import GALLERY
+
+    assert DEFAULT_GALLERY == GALLERY
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("report", "evaluate"):
+        for action in sub.choices[name]._actions:
+            assert action.help and action.help.strip(), f"bneck {name} {action.option_strings or action.dest}"
+
+
+def test_bad_inputs_exit_1_naming_the_file_before_any_page(tmp_path):
+    from pipeline.train import train
+    from tests.feature_files import write_feature_file
+
+    write_feature_file(tmp_path / "f.h5", n=24, shape=(6,), store_dtype="float32")
+    write_feature_file(tmp_path / "other.h5", n=24, shape=(6,), store_dtype="float32", layer="another_layer")
+    train(tmp_path / "f.h5", tmp_path / "m", head="logreg", pooling="avg")
+    r = bneck("report", tmp_path / "m", tmp_path / "gone", tmp_path / "f.h5", "-o", tmp_path / "r")
+    assert r.returncode == 1 and "gone" in r.stderr and "not a bneck model directory" in r.stderr, r.stderr
+    assert not (tmp_path / "r").exists()  # checked before the first model was scored
+    for cmd in (["report", tmp_path / "m", tmp_path / "other.h5", "-o", tmp_path / "r2"],
+                ["evaluate", tmp_path / "m", tmp_path / "other.h5", "--report", tmp_path / "r2"]):
+        r = bneck(*cmd)
+        assert r.returncode == 1 and "other.h5" in r.stderr and "layer" in r.stderr and not r.stdout, r.stderr
+    assert not (tmp_path / "r2").exists()
