@@ -61,6 +61,9 @@ CASES = [
     (["visualize-filters", "--backbone", "vgg16", "--layer", "block1_conv1", "-o", "f.png", "--filters", "x"],
      "--filters must look like 0-15"),
     (["frames", "videos"], "the following arguments are required"),
+    (["upgrade-model"], "the following arguments are required: model"),
+    (["upgrade-model", "m", "--overwrite"], "--overwrite applies to -o OUTPUT only"),
+    (["predict", "m", "img.png", "--trust-pickle=yes"], "ignored explicit argument"),
 ]
 
 

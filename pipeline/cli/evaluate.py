@@ -7,6 +7,7 @@ import os
 
 from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
+from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.report import check_output
 from pipeline.cli.types import positive_int
 
@@ -18,6 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("features", help="HDF5 feature file made with the same backbone settings")
     p.add_argument("--top-k", type=positive_int, default=5, help="also report top-k accuracy (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object; headline accuracy or rmse_px at top level")
+    add_model_args(p, weights=False)
     p.add_argument("--report", metavar="DIR", help="also write the model's HTML page (as `bneck report`) to DIR: "
                    "new, empty, or an earlier report; the metrics are the same")
 
@@ -38,7 +40,7 @@ def run(args) -> int:
     from pipeline.evaluate import evaluate, format_report
 
     if args.report is None:
-        result = evaluate(args.model, args.features, top_k=args.top_k)
+        result = evaluate(args.model, args.features, top_k=args.top_k, **model_options(args))
     else:  # scored once: the page's figures are the ones printed
         from pipeline.tools.report_html import write_report
 

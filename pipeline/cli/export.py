@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
+from pipeline.cli.model_args import add_model_args, model_options
 
 
 def add_arguments(p) -> None:
@@ -17,13 +18,15 @@ def add_arguments(p) -> None:
                         "(default: training images for int8, else seeded random pixels for the check)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file or SavedModel directory")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    add_model_args(p)
 
 
 def run(args) -> int:
     from pipeline.serve.export import export
 
     report = export(args.model, args.output, format=args.format, quantize=args.quantize,
-                    representative_images=args.representative, overwrite=args.overwrite)
+                    representative_images=args.representative, overwrite=args.overwrite,
+                    **model_options(args))
     print(json_text(report) if args.json else " ".join(f"{k}={v}" for k, v in report.items()))
     return 0
 

@@ -6,6 +6,7 @@ import sys
 
 from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
+from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.types import positive_int
 
 
@@ -17,13 +18,15 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     p.add_argument("--json", action="store_true", help="JSON lines: path plus label/scores, or image_size and targets "
                    "(keypoints in each image's own pixels)")
+    add_model_args(p)
 
 
 def run(args) -> int:
     from pipeline.serve.predict import predict
 
     failed = 0
-    for r in predict(args.model, args.inputs, top_k=args.top_k, tta_flip=args.tta_flip, batch_size=args.batch_size):
+    for r in predict(args.model, args.inputs, top_k=args.top_k, tta_flip=args.tta_flip, batch_size=args.batch_size,
+                       **model_options(args)):
         failed += "error" in r
         if args.json:
             print(json_text(r), flush=True)

@@ -96,7 +96,7 @@ class _Saved:
 
 def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, train_bn=False, lr=1e-4,
              momentum=0.9, epochs=10, batch_size=32, val=None, val_split=0.2, augment=True, flip=True,
-             seed=0, source=None, overwrite=False) -> dict:
+             seed=0, source=None, overwrite=False, weights_dirs=(), trust_pickle=False) -> dict:
     """Fine-tune the model directory ``model_dir`` on the images of ``data`` and save it to ``output``.
 
     Args:
@@ -115,6 +115,8 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
             keypoints. Applied in the input pipeline only, never saved in the model.
         seed: seeds the split, the shuffling, the augmentation and Keras; ``source``: read_source options.
         overwrite: replace an existing model directory at ``output`` (checked before training starts).
+        weights_dirs: more folders to find the backbone weights in (by sha256).
+        trust_pickle: allow a format-v1 ``head.joblib`` in ``model_dir`` (a pickle, which runs code).
 
     The best epoch is the highest ``val_accuracy`` (classes) or lowest ``val_loss`` (masked MSE,
     keypoints); without validation rows, the training loss. Returns the saved model.json content.
@@ -130,7 +132,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
         raise ValueError("choose what to unfreeze: --unfreeze PREFIX (e.g. block5) or --unfreeze-last N")
     check_writable(output, overwrite=overwrite)  # fail now, not after an hour of training
     t0 = time.time()
-    model, _, meta, _, backbone = stitch(model_dir)
+    model, _, meta, _, backbone = stitch(model_dir, weights_dirs=weights_dirs, trust_pickle=trust_pickle)
     keras.utils.set_random_seed(seed)  # after stitch, which seeds the backbone's own construction
     task, size = meta["task"], tuple(int(v) for v in meta["features"]["input_size"])
     trained = select_trainable(backbone, unfreeze=unfreeze, unfreeze_last=unfreeze_last, train_bn=train_bn)

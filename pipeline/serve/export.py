@@ -37,7 +37,8 @@ log = logging.getLogger("bneck")
 
 
 def export(model_dir, output, *, format: str = "keras", quantize: str | None = None, representative_images=None,
-           n_representative: int = 100, check: bool = True, overwrite: bool = False) -> dict:
+           n_representative: int = 100, check: bool = True, overwrite: bool = False, weights_dirs=(),
+           trust_pickle: bool = False) -> dict:
     """Export ``model_dir`` as one stitched model (pixels -> scores/targets) and check it against predict.
 
     Args:
@@ -51,6 +52,8 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
         representative_images: image paths for int8 calibration and the check; for int8 the default
             is up to ``n_representative`` images found under the features' ``source_root``.
         overwrite: replace an existing ``output`` (without it, an existing one is an error).
+        weights_dirs: more folders to find the backbone weights in (by sha256).
+        trust_pickle: allow a format-v1 ``head.joblib`` (a pickle, which runs code).
         check: reload the artefact, run it on up to 8 images (the representative ones, else seeded
             random pixels) and compare with fp32 backbone + head (``Predictor.predict_arrays``).
 
@@ -64,7 +67,7 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
                                 representative_images=representative_images,
                                 n_representative=n_representative, check=check, overwrite=overwrite)
     output = check_target(output, format, quantize, overwrite=overwrite)
-    model, head, meta, spec, backbone = stitch(model_dir)
+    model, head, meta, spec, backbone = stitch(model_dir, weights_dirs=weights_dirs, trust_pickle=trust_pickle)
     size = tuple(int(v) for v in meta["features"]["input_size"])
     calib = calibration_images(representative_images, size, n_representative, quantize,
                                meta["features"].get("source_root") or "")
