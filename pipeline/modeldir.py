@@ -115,7 +115,8 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
 
     Args:
         path: destination directory (its parent is created if needed).
-        head: the trained head. A registered head (:class:`pipeline.heads.Head`) writes itself with
+        head: the trained head. A registered head (:class:`pipeline.heads.Head`), or any object with
+            ``save(dirpath)`` and a ``head_loader`` (the fine-tuned network), writes itself with
             ``head.save(dirpath)`` (the dense head: ``head.keras`` + ``head.json``; the others
             ``head.skops``, no pickle); any other estimator is pickled with joblib to ``head.joblib``,
             which :func:`load_model_dir` reads back only with ``trust_pickle=True``.
@@ -145,14 +146,16 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
     try:
         from pipeline.heads import Head, PickledHead
 
-        # A registered head writes itself (dense: head.keras + head.json; scikit-learn: head.skops), and
-        # so does anything else that says how it is read back (a fine-tuned network: model.keras); any
-        # other estimator is pickled as format v1 did.
-        if isinstance(head, Head) or (callable(getattr(head, "save", None)) and hasattr(head, "head_loader")):
-            writer = type(head)
+        # A registered head writes itself (dense: head.keras + head.json; scikit-learn: head.skops), as
+        # does an object declaring its head_loader (the fine-tuned network: model.keras); any other
+        # estimator is pickled as format v1 did.
+        writes_itself = isinstance(head, Head) or (callable(getattr(head, "save", None))
+                                                   and isinstance(getattr(head, "head_loader", None), str))
+        writer = head if writes_itself else PickledHead
+        if writes_itself:
+            head.save(tmp)
         else:
-            writer = PickledHead
-        writer.save(head, tmp)
+            PickledHead.save(head, tmp)
         for name, content in (extra_files or {}).items():
             rel = _safe_relpath(name, path)
             if rel.as_posix() == MODEL_JSON:
@@ -163,7 +166,7 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
                 dest.write_bytes(bytes(content))
             else:
                 shutil.copyfile(content, dest)
-        doc = {"format": FORMAT, "format_version": writer.format_version}
+        doc = {"format": FORMAT, "format_version": getattr(writer, "format_version", 1)}
         doc.update({k: v for k, v in meta.items() if k not in ("files", "format",
                                                                  "format_version")})
         doc["head_loader"] = writer.head_loader  # how the head was written decides how it is read back

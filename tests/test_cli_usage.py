@@ -47,6 +47,8 @@ CASES = [
     (["report", "m", "f.h5"], "the following arguments are required: -o"),
     (["report", "m", "f.h5", "-o", "out", "--gallery", "0"], "must be at least 1, got 0"),
     (["export", "m", "-o", "m.keras", "--format", "onnx"], "invalid choice: 'onnx'"),
+    (["export", "m", "-o", "m.keras", "--bundle-weights"], "--bundle-weights applies to --format dir only"),
+    (["export", "m", "-o", "copy", "--format", "dir", "--quantize", "int8"], "do not apply to --format dir"),
     (["finetune", "m", "data", "-o", "ft", "--epochs", "0"], "must be at least 1"),
     (["merge", "a.h5", "-o", "m.h5", "--nonsense"], "unrecognized arguments: --nonsense"),
     (["info"], "give a feature file, or --system"),

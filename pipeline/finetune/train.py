@@ -80,7 +80,10 @@ def temper_normalization(layers, rel_floor: float = 1e-2) -> int:
 
 
 class _Saved:
-    """What ``save_model_dir`` stores as the head: the whole fine-tuned network."""
+    """What ``save_model_dir`` stores as the head: the whole fine-tuned network (``model.keras``, no pickle)."""
+
+    head_loader = "keras"  # read back by pipeline.serve.finetuned.load_finetuned (checked, safe_mode=True)
+    format_version = 1
 
     head_loader = "keras"  # read back by pipeline.serve.finetuned, never unpickled
 
