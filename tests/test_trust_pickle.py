@@ -71,3 +71,14 @@ def test_a_pickled_head_is_refused_then_loaded_with_trust_pickle_then_upgraded(v
     assert json.loads(capsys.readouterr().out) == before
     assert main(["-q", "upgrade-model", str(v1_model), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["upgraded"] is False
+
+
+def test_report_of_a_pickled_head_needs_trust_pickle_too(v1_model, tmp_path, caplog):
+    pytest.importorskip("matplotlib")
+    feats = str(tmp_path / "f.h5")
+    caplog.set_level(logging.ERROR, logger="bneck")
+    assert main(["report", str(v1_model), feats, "-o", str(tmp_path / "r"), "--no-progress"]) == 1
+    assert "--trust-pickle" in caplog.text and not (tmp_path / "r" / "index.html").exists()
+    assert main(["-q", "report", str(v1_model), feats, "-o", str(tmp_path / "r"), "--no-progress",
+                 "--trust-pickle"]) == 0
+    assert (tmp_path / "r" / "index.html").is_file()

@@ -44,7 +44,8 @@ def run(args) -> int:
     else:  # scored once: the page's figures are the ones printed
         from pipeline.tools.report_html import write_report
 
-        result = write_report([(args.model, args.features)], args.report, top_k=args.top_k, progress=False)[0].result
+        result = write_report([(args.model, args.features)], args.report, top_k=args.top_k, progress=False,
+                              **model_options(args))[0].result
         log.info("report: %s", os.path.abspath(os.path.join(args.report, "index.html")))
     print(json_text(result) if args.json else format_report(result))
     return 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-TRUST_PICKLE_HELP = ("load a head.joblib head (model directories of bneck before format 2): it is a pickle, and "
+TRUST_PICKLE_HELP = ("load a head.joblib head (model directories written before format 2): it is a pickle, and "
                      "loading it runs any code it holds, so only for directories you made or trust; "
-                     "`bneck upgrade-model DIR --trust-pickle` rewrites one safely once")
+                     "upgrade-model rewrites one safely once")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, weights: bool = True) -> None:

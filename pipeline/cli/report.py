@@ -11,6 +11,7 @@ import logging
 import os
 
 from pipeline.cli.command import Command
+from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.errors import UsageError
 from pipeline.cli.types import positive_int
 
@@ -33,6 +34,7 @@ def add_arguments(p) -> None:
                    help=f"thumbnails per gallery: worst-misclassified images, typical and worst faces "
                         f"(default {DEFAULT_GALLERY})")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_model_args(p, weights=False)
 
 
 def model_pairs(inputs) -> list[tuple[str, str]]:
@@ -96,7 +98,8 @@ def run(args) -> int:
     require_matplotlib()  # says how to install it, before anything is scored
     for model in dict.fromkeys(m for m, _f in pairs):  # a missing or broken model fails now, not after the others
         read_model_json(model)
-    runs = write_report(pairs, args.output, top_k=args.top_k, gallery=args.gallery, progress=args.progress)
+    runs = write_report(pairs, args.output, top_k=args.top_k, gallery=args.gallery, progress=args.progress,
+                        **model_options(args))
     page = os.path.abspath(os.path.join(args.output, "index.html"))
     log.info("report of %d model%s written to %s", len(runs), "s" if len(runs) > 1 else "", args.output)
     print(page)
