@@ -64,7 +64,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     from features import weights as W
     from features.mapper import device
 
-    precision = device.resolve_precision(cfg.precision)
+    precision = device.resolve_precision(cfg.precision, task=manifest.task)
     if runtime == "openvino" and precision == "bf16" and not device.cpu_has_bf16():
         # OpenVINO would run the bf16 request in f32 and the attrs would say bf16: record the truth.
         log.warning("this CPU has no native bf16 (AMX or AVX512_BF16): OpenVINO runs --precision bf16 in fp32, "
@@ -268,6 +268,7 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
                                            {"target_names": names})
     attrs = {k: v for k, v in settings.items() if k not in ("batch_size", "chunk_rows")}
     attrs.update(preprocessing=spec.preprocessing, task=manifest.task, n_rows=len(manifest),
+                 precision_requested=cfg.precision,  # "auto" picks per task and machine: the file says which
                  feature_shape=list(extractor.feature_shape), source_root=os.path.abspath(manifest.root),
                  weights_path=winfo.path or "", **{f"run_{k}": v for k, v in run.items() if k != "xla"})
     if manifest.class_names is not None:

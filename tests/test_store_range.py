@@ -31,3 +31,17 @@ def test_a_first_batch_lost_in_float16_stops_with_the_fix_named(tmp_path):
     assert not os.path.exists(tmp_path / "f.h5")
     s = extract(ExtractConfig(**cfg, store_dtype="float32", overwrite=True))
     assert s.rows == 8 and s.bad == 0
+
+
+def test_auto_precision_is_fp32_for_regression_and_the_file_says_it_was_auto(monkeypatch):
+    from features.mapper import device
+
+    monkeypatch.setattr(device, "has_gpu", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    monkeypatch.delenv("BNECK_NO_BF16", raising=False)
+    assert device.resolve_precision("auto", task="regression") == "fp32"
+    assert device.resolve_precision("auto", task="classification") == "bf16"
+    assert device.resolve_precision("bf16", task="regression") == "bf16"  # a value the user gives is kept
+    monkeypatch.setattr(device, "has_gpu", lambda: True)
+    assert device.resolve_precision("auto", task="regression") == "fp32"
+    assert device.resolve_precision("auto", task="classification") == "fp16"

@@ -76,6 +76,7 @@ def format_system_info(info: dict) -> str:
         f"KerasHub {info['keras_hub'] or 'not installed'}",
         f"GPUs: {gpus}",
         f"CPU: {info['cpu']}, {info['cores']} cores" + (f" ({', '.join(cpu_bits)})" if cpu_bits else ""),
-        f"auto picks: --runtime {auto['runtime']}, --precision {auto['precision']}, "
+        f"auto picks: --runtime {auto['runtime']}, --precision {auto['precision']} (fp32 for keypoint/regression "
+        "data), "
         f"--xla {'on' if auto['xla'] else 'off'}, {auto['decode_workers']} decode threads",
     ])
