@@ -1,4 +1,9 @@
-"""Fine-tuning: which layers train, BatchNorm statistics, best-epoch restore, flip-aware keypoints, the model dir."""
+"""Fine-tuning: which layers train, BatchNorm statistics, best-epoch restore, flip-aware keypoints, the model dir.
+
+And that it never makes a model worse (issue 19): the mirror choice is inherited from the starting model, the
+starting model is scored as epoch 0 and written unchanged when no epoch beats it, augmentation is geometric and
+small by default, and the kept epoch is chosen and counted like ``bneck train``'s.
+"""
 
 import csv
 import os
@@ -13,7 +18,9 @@ from features.weights import build_backbone
 from pipeline.finetune import data as ftdata
 from pipeline.finetune import epochs
 from pipeline.finetune import train as ft
+from pipeline.heads.dense_fit import EpochControl
 from pipeline.serve import evaluate_images, finetuned
+from pipeline.serve.stitch import stitch
 from pipeline.train import train
 from tests.imagefolders import make_class_folder
 from tests.stage2_fixtures import extract_fast
@@ -62,17 +69,59 @@ def test_unfreeze_prefix():
         ft.select_trainable(bb, unfreeze_last=99)
 
 
-def test_best_epoch_keeps_and_restores_the_best_weights():
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    cb = epochs.BestEpoch("val_accuracy", "max", 3)
+def _run_epochs(cb, model, val_losses, start=0.0):
+    """Drive a callback through epochs whose weights are 1, 2, ... (the start: ``start``) and given val_losses."""
+    model.set_weights([np.full((2, 1), start, np.float32), np.zeros(1, np.float32)])
     cb.set_model(model)
-    for epoch, (acc, value) in enumerate([(0.5, 1.0), (0.9, 2.0), (0.7, 3.0)]):
-        model.set_weights([np.full((2, 1), value, np.float32), np.zeros(1, np.float32)])
+    cb.on_train_begin()
+    for epoch, loss in enumerate(val_losses):
+        model.set_weights([np.full((2, 1), epoch + 1.0, np.float32), np.zeros(1, np.float32)])
         cb.on_epoch_begin(epoch)
-        cb.on_epoch_end(epoch, {"val_accuracy": acc})
+        cb.on_epoch_end(epoch, {"val_loss": loss})
     cb.on_train_end()
-    assert cb.best_epoch == 2 and cb.history["val_accuracy"] == [0.5, 0.9, 0.7]
-    assert np.all(model.get_weights()[0] == 2.0)
+    return model.get_weights()[0][0, 0]
+
+
+def _tiny():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")  # EpochControl logs the LR
+    return model
+
+
+def test_best_epoch_keeps_and_restores_the_lowest_val_loss():
+    cb = epochs.BestEpoch("val_loss", 3)
+    assert _run_epochs(cb, _tiny(), [0.9, 0.4, 0.6]) == 2.0  # the second epoch's weights
+    assert cb.best_epoch == 1 and not cb.kept_start and cb.history["val_loss"] == [0.9, 0.4, 0.6]
+
+
+def test_best_epoch_keeps_the_starting_weights_when_no_epoch_beats_them():
+    cb = epochs.BestEpoch("val_loss", 3, baseline=0.5)
+    assert _run_epochs(cb, _tiny(), [0.7, np.nan, 0.5], start=-3.0) == -3.0  # a tie is no improvement
+    assert cb.kept_start and cb.best_epoch == epochs.START == -1
+    cb = epochs.BestEpoch("val_loss", 3, baseline=0.5)
+    assert _run_epochs(cb, _tiny(), [0.7, 0.45, 0.3], start=-3.0) == 3.0 and cb.best_epoch == 2
+
+
+@pytest.mark.parametrize("losses", [[0.9, 0.4, 0.6], [0.5, 0.5, 0.2], [np.nan, 0.3, 0.3, 0.1, 0.2]])
+def test_train_and_finetune_keep_the_same_epoch_and_count_it_the_same(losses):
+    """One rule: lowest val_loss, NaN never, the first of ties; best_epoch the 0-based index, like EpochControl."""
+    dense = EpochControl(None, "val_loss", None)  # what `bneck train` runs for dense heads
+    ours = epochs.BestEpoch("val_loss", len(losses))
+    assert _run_epochs(dense, _tiny(), losses) == _run_epochs(ours, _tiny(), losses)
+    assert ours.best_epoch == dense.best_epoch == int(np.nanargmin(losses))
+
+
+def test_inherited_flip():
+    flipped = {"features": {"flip": True}, "training": {"used_flipped": True}}
+    assert ft.inherited_flip(flipped) == (True, "inherited: the head was trained with mirrored rows")
+    no_rows = {"features": {"flip": True}, "training": {"used_flipped": False}}
+    assert ft.inherited_flip(no_rows) == (False, "inherited: the head was trained without mirrored rows "
+                                                 "(train --no-flipped)")
+    no_views = {"features": {"flip": False}, "training": {"used_flipped": False}}
+    assert ft.inherited_flip(no_views)[0] is False and "no mirrored views" in ft.inherited_flip(no_views)[1]
+    assert ft.inherited_flip({})[0] is True  # an older model.json that says nothing: mirroring, as before
+    assert ft.inherited_flip(no_rows, True) == (True, "asked for (--flip)")
+    assert ft.inherited_flip(flipped, False) == (False, "asked for (--no-flip)")
 
 
 NAMES = ["left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y", "nose_tip_x",
@@ -114,6 +163,25 @@ def test_classification_augmentation_changes_pixels_not_labels():
     xa, ya = ftdata.make_augment("classification", seed=0)(x, y, np.full(4, 32, np.float32))
     assert np.asarray(xa).shape == x.shape and np.abs(np.asarray(xa) - x).mean() > 1
     np.testing.assert_array_equal(np.asarray(ya), y)
+
+
+def test_default_augmentation_is_small_and_geometric():
+    assert ftdata.AUGMENT == {"shift": 0.1, "zoom": 0.1, "rotation": 0.0, "brightness": 0.0, "channel_shift": 0.0}
+    # Shifts, zoom and mirrors of a flat picture leave it flat: only photometric shifts change its level.
+    x = np.full((8, 32, 32, 3), 120, np.uint8)
+    w, y = np.full(8, 32, np.float32), np.arange(8)
+    for task in ("classification", "regression"):
+        xa, _ = ftdata.make_augment(task, target_names=NAMES, seed=0)(x, np.zeros((8, 6), np.float32)
+                                                                     if task == "regression" else y, w)
+        np.testing.assert_allclose(np.asarray(xa), 120.0, atol=1e-3)
+    asked = ftdata.make_augment("classification", flip=False, seed=0, strengths={"brightness": 0.2,
+                                                                               "channel_shift": 20})
+    levels = np.asarray(asked(x, y, w)[0]).mean(axis=(1, 2))
+    assert np.ptp(levels) > 5  # per image and channel
+    with pytest.raises(ValueError, match="unknown augmentation shear"):
+        ftdata.augment_strengths(shear=0.2)
+    with pytest.raises(ValueError, match=">= 0: zoom=-0.1"):
+        ftdata.augment_strengths(zoom=-0.1)
 
 
 def test_temper_normalization_caps_the_gain_of_dead_channels():

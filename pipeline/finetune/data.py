@@ -8,15 +8,31 @@ from __future__ import annotations
 
 import logging
 
-import keras
 import numpy as np
 
 from features import keypoints
 
 log = logging.getLogger("bneck")
 
-#: Augmentation strengths (Keras layer factors; channel shift in pixel levels, like ImageDataGenerator).
-AUGMENT = {"translate": 0.1, "zoom": 0.1, "rotate": 0.05, "brightness": 0.1, "channel_shift": 10.0}
+#: Default augmentation strengths, as in the classic Keras fine-tuning write-ups: small geometric changes only.
+#: ``shift``: fraction of the width/height (ImageDataGenerator's width/height_shift_range); ``zoom``: fraction
+#: (zoom_range); ``rotation``: degrees (rotation_range); ``brightness``: RandomBrightness factor (fraction of
+#: 255); ``channel_shift``: pixel levels (channel_shift_range). Photometric shifts and rotation are off unless
+#: asked for: with the head's frozen statistics they move the features more than they teach (measured in
+#: docs/performance.md). Keypoints get none of the geometric ones (their targets would have to move too).
+AUGMENT = {"shift": 0.1, "zoom": 0.1, "rotation": 0.0, "brightness": 0.0, "channel_shift": 0.0}
+
+
+def augment_strengths(**given) -> dict:
+    """:data:`AUGMENT` with the given (non-None) strengths replaced; refuses unknown names and negative values."""
+    unknown = set(given) - set(AUGMENT)
+    if unknown:
+        raise ValueError(f"unknown augmentation {', '.join(sorted(unknown))}; known: {', '.join(AUGMENT)}")
+    out = {**AUGMENT, **{k: float(v) for k, v in given.items() if v is not None}}
+    bad = [k for k, v in out.items() if not v >= 0]
+    if bad:
+        raise ValueError(f"augmentation strengths must be >= 0: {', '.join(f'{k}={out[k]}' for k in bad)}")
+    return out
 
 
 def flip_keypoint_batch(x, t, widths, target_names, flip):
@@ -32,29 +48,43 @@ def flip_keypoint_batch(x, t, widths, target_names, flip):
             tf.where(flip[:, None], mirrored, t))
 
 
-def make_augment(task, *, target_names=None, flip=True, seed=0):
-    """A tf function (uint8 images, y, widths) -> (float32 pixels 0..255, y) with random augmentation."""
+def make_augment(task, *, target_names=None, flip=True, seed=0, strengths=None):
+    """A tf function (uint8 images, y, widths) -> (float32 pixels 0..255, y) with random augmentation.
+
+    ``strengths``: :data:`AUGMENT` names to values (missing ones take the defaults, 0 turns one off);
+    ``flip``: random horizontal mirror (flip-aware for keypoints).
+    """
+    import keras
     import tensorflow as tf
     from keras import layers
 
-    a = AUGMENT
-    geometric = [layers.RandomTranslation(a["translate"], a["translate"], seed=seed + 1),
-                 layers.RandomZoom(a["zoom"], seed=seed + 2), layers.RandomRotation(a["rotate"], seed=seed + 3)]
+    a = augment_strengths(**(strengths or {}))
+    spatial = None
     if task == "classification":  # keypoints: only the flip, which flip_keypoint_batch also applies to targets
-        spatial = keras.Sequential(([layers.RandomFlip("horizontal", seed=seed)] if flip else []) + geometric)
-    brightness = layers.RandomBrightness(a["brightness"], value_range=(0, 255), seed=seed + 4)
+        chain = [layers.RandomFlip("horizontal", seed=seed)] if flip else []
+        if a["shift"]:
+            chain.append(layers.RandomTranslation(a["shift"], a["shift"], seed=seed + 1))
+        if a["zoom"]:
+            chain.append(layers.RandomZoom(a["zoom"], seed=seed + 2))
+        if a["rotation"]:
+            chain.append(layers.RandomRotation(a["rotation"] / 360.0, seed=seed + 3))
+        spatial = keras.Sequential(chain) if chain else None
+    brightness = (layers.RandomBrightness(a["brightness"], value_range=(0, 255), seed=seed + 4)
+                  if a["brightness"] else None)
+    channel_shift = a["channel_shift"]
     gen = tf.random.Generator.from_seed(seed)
 
     def augment(x, y, w):
         x = tf.cast(x, tf.float32)
         n = tf.shape(x)[0]
-        if task == "classification":
+        if spatial is not None:
             x = spatial(x, training=True)
-        elif flip:
+        elif task != "classification" and flip:
             x, y = flip_keypoint_batch(x, y, w, target_names, gen.uniform([n]) < 0.5)
-        x = brightness(x, training=True)
-        # Channel shift (ImageDataGenerator's channel_shift_range): one offset per image and channel.
-        x = x + gen.uniform([n, 1, 1, 3], -a["channel_shift"], a["channel_shift"])
+        if brightness is not None:
+            x = brightness(x, training=True)
+        if channel_shift:  # ImageDataGenerator's channel_shift_range: one offset per image and channel
+            x = x + gen.uniform([n, 1, 1, 3], -channel_shift, channel_shift)
         return tf.clip_by_value(x, 0.0, 255.0), y
 
     return augment

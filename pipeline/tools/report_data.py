@@ -103,12 +103,16 @@ def read_history(model_dir) -> dict[str, list[float]] | None:
 
 def best_epoch(meta: dict) -> int | None:
     """The epoch whose weights the head kept, 1-based (history.csv's numbering), or None."""
-    epoch = meta.get("training", {}).get("best_epoch")
+    record = meta.get("finetune") if meta.get("head") == "finetuned" else meta.get("training")
+    epoch = (record or {}).get("best_epoch")
     if epoch is None:
         return None
-    # A dense head records Keras' 0-based epoch index (pipeline.heads.dense_fit.EpochControl);
-    # a fine-tuned model already counts from 1 (pipeline.finetune.epochs).
-    return int(epoch) + 1 if meta.get("head") == "dense" else int(epoch)
+    # Both record Keras' 0-based epoch index (pipeline.heads.dense_fit.EpochControl, pipeline.finetune.epochs);
+    # a fine-tuned model that kept its starting weights records -1, here 0. Fine-tuned models written before
+    # that rule (no "kept_starting_model") counted from 1.
+    if meta.get("head") == "finetuned" and "kept_starting_model" not in record:
+        return int(epoch)
+    return int(epoch) + 1
 
 
 def read_grid(model_dir) -> list[dict] | None:
