@@ -37,7 +37,7 @@ def stage2(tmp_path_factory):
     make_class_folder(root / "data", classes=("a", "b", "c"), per_class=8)
     feats = extract_fast(root / "data", root / "f.h5", input_size="32", layer=LAYER)
     train(feats, root / "m", head="dense", params={"epochs": 2, "units": 16})
-    return {"root": root, "data": str(root / "data"), "model": str(root / "m")}
+    return {"root": root, "data": str(root / "data"), "model": str(root / "m"), "features": feats}
 
 
 def _backbone():
@@ -206,14 +206,23 @@ def test_finetune_end_to_end(stage2, tmp_path):
     meta = ft.finetune(stage2["model"], stage2["data"], out, unfreeze_last=3, epochs=2, batch_size=8, lr=1e-2)
     f = meta["finetune"]
     assert meta["head"] == "finetuned" and f["trainable_backbone_layers"] == ["conv_pw_2"]
-    assert f["n_train"] + f["n_val"] == 24 and f["best_epoch"] in (1, 2)
+    assert f["n_train"] + f["n_val"] == 24 and f["monitor"] == "val_loss" and f["best_epoch"] in (-1, 0, 1)
+    assert f["flip"] is True and f["flip_reason"] == "inherited: the head was trained with mirrored rows"
+    assert f["augmentation"] == ftdata.AUGMENT
     with open(os.path.join(out, "history.csv")) as fh:
         hist = list(csv.DictReader(fh))
     assert len(hist) == 2
-    # The best epoch's weights were restored: the saved model scores exactly what that epoch logged.
-    best = hist[f["best_epoch"] - 1]
-    assert meta["metrics"]["accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
-    assert meta["metrics"]["val_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-4)
+    # The kept epoch is history.csv's row best_epoch + 1 (0-based, like `bneck train`): the lowest val_loss,
+    # below the starting model's; the saved model scores exactly what that epoch logged.
+    losses = [float(r["val_loss"]) for r in hist]
+    if f["kept_starting_model"]:
+        assert f["best_epoch"] == -1 and min(losses) >= f["val_before"]["loss"]
+        kept = {"val_accuracy": f["val_before"]["accuracy"], "val_loss": f["val_before"]["loss"]}
+    else:
+        kept = hist[f["best_epoch"]]
+        assert float(kept["val_loss"]) == min(losses) < f["val_before"]["loss"]
+    assert meta["metrics"]["accuracy"] == pytest.approx(float(kept["val_accuracy"]), abs=1e-6)
+    assert meta["metrics"]["val_loss"] == pytest.approx(float(kept["val_loss"]), rel=1e-4)
 
     model, _ = finetuned.load_finetuned(out)
     start = _backbone()
@@ -234,6 +243,60 @@ def test_finetune_end_to_end(stage2, tmp_path):
     assert ev["n"] == 24 and ev["head"] == "finetuned" and 0 <= ev["accuracy"] <= 1
     report = finetuned.export_finetuned(out, str(tmp_path / "exp.keras"))
     assert report["max_abs_diff"] < 1e-5 and report["output_names"] == ["scores"]
+
+
+def _flips_asked(monkeypatch):
+    """Record the ``flip`` each fine-tune hands to the augmentation."""
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["flip"])
+        return ftdata.make_augment(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "make_augment", spy)
+    return asked
+
+
+@pytest.mark.slow  # ~15 s: two fine-tunes and a head
+def test_finetune_inherits_the_mirror_choice(stage2, tmp_path, monkeypatch, caplog):
+    no_flipped = str(tmp_path / "noflip")
+    meta = train(stage2["features"], no_flipped, head="dense", use_flipped=False, params={"epochs": 1, "units": 8})
+    assert meta["training"]["used_flipped"] is False and meta["features"]["flip"] is True
+    asked = _flips_asked(monkeypatch)
+    with caplog.at_level("INFO", logger="bneck"):
+        f = ft.finetune(no_flipped, stage2["data"], str(tmp_path / "a"), unfreeze_last=0, epochs=1,
+                        batch_size=8)["finetune"]
+    assert asked == [False] and f["flip"] is False and f["flip_reason"].startswith("inherited: the head was trained "
+                                                                                   "without mirrored rows")
+    assert "augmentation: mirror off (inherited" in caplog.text
+    f = ft.finetune(no_flipped, stage2["data"], str(tmp_path / "b"), unfreeze_last=0, epochs=1, batch_size=8,
+                    flip=True)["finetune"]  # --flip overrides
+    assert asked == [False, True] and f["flip"] is True and f["flip_reason"] == "asked for (--flip)"
+
+
+@pytest.mark.slow  # ~5 s: a fine-tune
+def test_finetune_that_only_gets_worse_writes_the_starting_model_unchanged(stage2, tmp_path, caplog):
+    out = str(tmp_path / "worse")
+    with caplog.at_level("INFO", logger="bneck"):
+        meta = ft.finetune(stage2["model"], stage2["data"], out, unfreeze_last=3, epochs=2, batch_size=8,
+                           lr=1e3)  # every step overshoots
+    f = meta["finetune"]
+    assert f["kept_starting_model"] is True and f["best_epoch"] == -1
+    assert "epoch 0 (the starting model): val_accuracy 0." in caplog.text
+    assert "no epoch beat the starting model on validation" in caplog.text
+    assert meta["metrics"]["accuracy"] == pytest.approx(f["val_before"]["accuracy"], abs=1e-6)
+    assert meta["metrics"]["val_loss"] == pytest.approx(f["val_before"]["loss"], rel=1e-5)
+    # Unchanged: every weight of the written network is the starting one, and so are the head's statistics
+    # (which fine-tuning would otherwise have tempered).
+    start, *_ = stitch(stage2["model"])
+    saved, _ = finetuned.load_finetuned(out)
+    assert len(saved.get_weights()) == len(start.get_weights())
+    for got, want in zip(saved.get_weights(), start.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    norms = lambda m: [n.get_config()["variance"] for n in ft.normalization_layers(m.layers)]  # noqa: E731
+    assert norms(saved) == norms(start) and norms(start)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(saved(x)), np.asarray(start(x)), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)

@@ -72,7 +72,7 @@ def run(args) -> int:
         print(json_text({"model": args.output, key: m.get(key), "best_epoch": f["best_epoch"],
                           "kept_starting_model": f["kept_starting_model"], "monitor": f["monitor"],
                           "epochs": f["epochs"], "seconds": f["seconds"], "val_before": f["val_before"],
-                          "flip": f["flip"] and f["augment"], "flip_reason": f["flip_reason"],
+                          "augment": f["augment"], "flip": f["flip"], "flip_reason": f["flip_reason"],
                           "trainable_backbone_layers": len(f["trainable_backbone_layers"])}))
     else:
         before = f["val_before"]

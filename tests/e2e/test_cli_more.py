@@ -42,8 +42,13 @@ def test_finetune_then_evaluate_images(trained, capsys):
               "--epochs", "1", "--batch-size", "4", "--no-augment", "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["best_epoch"] == 1 and summary["trainable_backbone_layers"] == 1 and 0 <= summary["accuracy"] <= 1
-    assert "epoch 1/1" in r.stderr
+    assert summary["trainable_backbone_layers"] == 1 and 0 <= summary["accuracy"] <= 1
+    # best_epoch counts like `bneck train`'s (0-based); -1: no epoch beat the starting model, which was kept.
+    assert summary["monitor"] == "val_loss" and summary["best_epoch"] in (-1, 0)
+    assert summary["kept_starting_model"] == (summary["best_epoch"] == -1)
+    assert summary["augment"] is False and summary["flip"] is True  # the choice, inherited; no augmentation at all
+    assert summary["flip_reason"] == "inherited: the head was trained with mirrored rows"
+    assert "epoch 0 (the starting model)" in r.stderr and "epoch 1/1" in r.stderr
     assert main(["evaluate-images", str(out), str(trained / "data"), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["n"] == 12 and ev["head"] == "finetuned"
@@ -53,6 +58,14 @@ def test_finetune_then_evaluate_images(trained, capsys):
     with pytest.raises(SystemExit) as e:
         main(["finetune", str(trained / "m"), str(trained / "data"), "-o", str(trained / "x")])
     assert e.value.code == 2 and "--unfreeze" in capsys.readouterr().err
+
+
+def test_finetune_flip_inherits_unless_asked():
+    parse = lambda *flags: build_parser().parse_args(["finetune", "m", "d", "-o", "o", "--unfreeze", "x", *flags])  # noqa: E731
+    assert parse().flip is None  # inherit the head's choice (pipeline.finetune.train.inherited_flip)
+    assert parse("--flip").flip is True and parse("--no-flip").flip is False
+    args = parse()
+    assert (args.shift, args.zoom, args.rotation, args.brightness, args.channel_shift) == (0.1, 0.1, 0, 0, 0)
 
 
 def test_evaluate_images_names_bad_images_and_exits_3_past_the_threshold(trained, tmp_path, capsys, caplog):
