@@ -376,3 +376,13 @@ def test_keypoints_of_larger_photos_are_scored_in_their_own_pixels(keypoint_mode
     ev = evaluate_images.evaluate_on_images(str(tmp_path / "kft"), big)
     assert ev["rmse_px"] == pytest.approx(out["metrics"]["rmse_px"], rel=1e-4)
     assert ev["rmse_px"] < 1.5 * large["rmse_px"]  # one epoch at a small LR: near where it started, not lost
+
+
+def test_report_counts_the_kept_epoch_of_train_and_finetune_alike():
+    from pipeline.tools.report_data import best_epoch
+
+    assert best_epoch({"head": "dense", "training": {"best_epoch": 2}}) == 3  # history.csv's 1-based row
+    assert best_epoch({"head": "finetuned", "finetune": {"best_epoch": 2, "kept_starting_model": False}}) == 3
+    assert best_epoch({"head": "finetuned", "finetune": {"best_epoch": -1, "kept_starting_model": True}}) == 0
+    assert best_epoch({"head": "finetuned", "finetune": {"best_epoch": 3}}) == 3  # written before the rule: 1-based
+    assert best_epoch({"head": "svm", "training": {}}) is None
