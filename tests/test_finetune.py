@@ -268,7 +268,7 @@ def test_finetune_inherits_the_mirror_choice(stage2, tmp_path, monkeypatch, capl
                         batch_size=8)["finetune"]
     assert asked == [False] and f["flip"] is False and f["flip_reason"].startswith("inherited: the head was trained "
                                                                                    "without mirrored rows")
-    assert "augmentation: mirror off (inherited" in caplog.text
+    assert "augmentation: mirror off, inherited: the head" in caplog.text
     f = ft.finetune(no_flipped, stage2["data"], str(tmp_path / "b"), unfreeze_last=0, epochs=1, batch_size=8,
                     flip=True)["finetune"]  # --flip overrides
     assert asked == [False, True] and f["flip"] is True and f["flip_reason"] == "asked for (--flip)"

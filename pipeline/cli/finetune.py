@@ -86,7 +86,7 @@ def run(args) -> int:
             kept = f"no epoch beat the starting model ({f['monitor']}), so it was written unchanged"
         else:
             kept = f"kept epoch {f['best_epoch'] + 1} of {f['epochs']} (lowest {f['monitor']})"
-        mirror = f"mirror {'on' if f['flip'] else 'off'} ({f['flip_reason']})" if f["augment"] else "no augmentation"
+        mirror = f"mirror {'on' if f['flip'] else 'off'}, {f['flip_reason']}" if f["augment"] else "no augmentation"
         print(f"finetuned -> {args.output}: {head}, {kept}, {mirror}, "
               f"{len(f['trainable_backbone_layers'])} backbone layers trained, {f['seconds']:.1f} s")
     return 0

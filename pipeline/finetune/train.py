@@ -211,7 +211,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
              model_dir, len(x), len(xv), len(trained), ", ".join(trained[:6]) + (" ..." if len(trained) > 6 else ""))
 
     if augment:
-        log.info("augmentation: mirror %s (%s); %s", "on" if flip else "off", flip_reason,
+        log.info("augmentation: mirror %s, %s; %s", "on" if flip else "off", flip_reason,
                  ", ".join(f"{k} {v:g}" for k, v in strengths.items()))
 
     if task == "classification":

@@ -68,6 +68,24 @@ def test_finetune_flip_inherits_unless_asked():
     assert (args.shift, args.zoom, args.rotation, args.brightness, args.channel_shift) == (0.1, 0.1, 0, 0, 0)
 
 
+def test_finetune_summary_says_when_the_starting_model_was_kept(monkeypatch, capsys):
+    from pipeline.finetune import train as ft
+
+    f = {"best_epoch": -1, "kept_starting_model": True, "monitor": "val_loss", "epochs": 2, "seconds": 3.0,
+         "val_before": {"accuracy": 0.97, "loss": 0.05}, "augment": True, "flip": False,
+         "flip_reason": "inherited: the head was trained without mirrored rows (train --no-flipped)",
+         "trainable_backbone_layers": ["block4_conv1"]}
+    meta = {"task": "classification", "finetune": f, "metrics": {"accuracy": 0.97, "val_loss": 0.05}}
+    monkeypatch.setattr(ft, "finetune", lambda *a, **k: meta)
+    assert main(["finetune", "m", "d", "-o", "o", "--unfreeze", "block4"]) == 0
+    out = capsys.readouterr().out
+    assert "no epoch beat the starting model (val_loss), so it was written unchanged" in out
+    assert "mirror off, inherited: the head was trained without mirrored rows" in out
+    f.update(best_epoch=1, kept_starting_model=False)
+    assert main(["finetune", "m", "d", "-o", "o", "--unfreeze", "block4"]) == 0
+    assert "kept epoch 2 of 2 (lowest val_loss)" in capsys.readouterr().out
+
+
 def test_evaluate_images_names_bad_images_and_exits_3_past_the_threshold(trained, tmp_path, capsys, caplog):
     data = tmp_path / "data"
     shutil.copytree(trained / "data", data)
