@@ -257,7 +257,7 @@ def _flips_asked(monkeypatch):
     return asked
 
 
-@pytest.mark.slow  # ~15 s: two fine-tunes and a head
+@pytest.mark.slow  # 40 s on 2 shared cores: a head and two fine-tunes
 def test_finetune_inherits_the_mirror_choice(stage2, tmp_path, monkeypatch, caplog):
     no_flipped = str(tmp_path / "noflip")
     meta = train(stage2["features"], no_flipped, head="dense", use_flipped=False, params={"epochs": 1, "units": 8})
@@ -274,7 +274,7 @@ def test_finetune_inherits_the_mirror_choice(stage2, tmp_path, monkeypatch, capl
     assert asked == [False, True] and f["flip"] is True and f["flip_reason"] == "asked for (--flip)"
 
 
-@pytest.mark.slow  # ~5 s: a fine-tune
+@pytest.mark.slow  # 12 s on 2 shared cores: a fine-tune
 def test_finetune_that_only_gets_worse_writes_the_starting_model_unchanged(stage2, tmp_path, caplog):
     out = str(tmp_path / "worse")
     with caplog.at_level("INFO", logger="bneck"):
