@@ -116,7 +116,7 @@ def evaluate_rows(model_dir, features, *, top_k: int = 5, trust_pickle: bool = F
     ``rows`` are the feature file's valid row indices, ``outputs`` the head's class scores (N, C) or
     keypoints in each image's own pixels (N, K), so a report's per-row figures add up to ``result``.
     """
-    head, meta = load_model_dir(model_dir, trust_pickle=trust_pickle)
+    head, meta = load_model_dir(model_dir, trust_pickle=trust_pickle, scoring=True)
     with FeatureFile(features) as ff:
         check_compatible(meta["features"], ff.attrs, path=str(features),
                          keys=[k for k in MODEL_COMPAT_KEYS if k in meta["features"]])

@@ -169,7 +169,8 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
         doc = {"format": FORMAT, "format_version": getattr(writer, "format_version", 1)}
         doc.update({k: v for k, v in meta.items() if k not in ("files", "format",
                                                                  "format_version")})
-        doc["head_loader"] = writer.head_loader  # how the head was written decides how it is read back
+        # How the head was written decides how it is read back (an svm head: arrays, or skops for rbf).
+        doc["head_loader"] = writer.saved_loader() if hasattr(writer, "saved_loader") else writer.head_loader
         doc["files"] = {name: sha256_file(tmp / name) for name in _list_files(tmp)}
         text = json.dumps(doc, indent=2, default=_json_default, allow_nan=True)
         with open(tmp / MODEL_JSON, "w", encoding="utf-8") as fh:
@@ -310,7 +311,7 @@ def verify_model_dir(path, meta: dict | None = None) -> dict:
     return meta
 
 
-def load_model_dir(path, *, trust_pickle: bool = False):
+def load_model_dir(path, *, trust_pickle: bool = False, scoring: bool = False):
     """Load a model directory: verify checksums, then load the head. Returns (head, meta).
 
     Every file listed in ``model.json`` is checked against its sha256 first; a missing or
@@ -323,9 +324,25 @@ def load_model_dir(path, *, trust_pickle: bool = False):
     (anything else is refused, naming the type); ``head.keras`` is checked and loaded with Keras
     ``safe_mode=True`` (:func:`pipeline.heads.load_keras_file`). ``head.joblib`` (format v1) is a
     pickle, and unpickling runs arbitrary code: it is refused unless ``trust_pickle=True``.
+
+    ``scoring=True`` is for callers that only score features (evaluate, report): a linear head saved as
+    arrays then comes back as a numpy-only :class:`pipeline.heads.arrays.LinearScorer`, computing the
+    same labels and scores without importing scikit-learn.
     """
     path = Path(path)
     meta = verify_model_dir(path)
+    if scoring and meta.get("head_loader") == "arrays":
+        from pipeline.heads.arrays import ARRAYS_FILE, PARAMS_FILE, LinearScorer
+
+        for name in (ARRAYS_FILE, PARAMS_FILE):
+            if name not in meta["files"]:
+                raise ModelDirError(f"{path}: {name} is not listed in {MODEL_JSON}")
+        from pipeline.heads.base import UnsafeHeadFile
+
+        try:
+            return LinearScorer.from_dir(path, str(meta.get("head"))), meta
+        except (UnsafeHeadFile, KeyError) as exc:
+            raise ModelDirError(f"{path}: {exc}") from None
     if meta.get("head") == "finetuned":
         raise ModelDirError(f"{path} is a fine-tuned model (one network from pixels to outputs): it works on "
                             "images, use `bneck predict`, `bneck export` or `bneck evaluate-images`")
@@ -419,5 +436,7 @@ def needs_tensorflow(path) -> bool:
         return False
     if meta.get("head_loader") == "keras":
         return True
+    if meta.get("head_loader") == "arrays":  # linear heads as plain arrays: never Keras
+        return False
     head = meta.get("head")
     return head in HEAD_NAMES and head_class(head).loads_tensorflow(meta)

@@ -119,9 +119,10 @@ def test_model_dirs_written_before_the_registry_load_with_trust_pickle(tmp_path,
         load_model_dir(old)
     head, _ = load_model_dir(old, trust_pickle=True)
     np.testing.assert_array_equal(head.predict(X), fitted.predict(X))
-    # Saved again, a bneck head is no pickle: head.skops, format 2, loaded without any trust.
+    # Saved again, a bneck head is no pickle: plain arrays, format 2, loaded without any trust.
     new = save_model_dir(tmp_path / "new", fitted, {"head": "logreg"})
-    assert new["head_loader"] == "skops" and new["format_version"] == 2 and set(new["files"]) == {"head.skops"}
+    assert new["head_loader"] == "arrays" and new["format_version"] == 2
+    assert set(new["files"]) == {"head.npz", "head.json"}
     np.testing.assert_array_equal(load_model_dir(tmp_path / "new")[0].predict_proba(X), fitted.predict_proba(X))
     # Dense directories were "keras" (head.keras + head.json) and still go to the dense head's loader,
     # whatever their head name; unknown loaders have none, nor has a skops file of no registered head.
@@ -129,6 +130,7 @@ def test_model_dirs_written_before_the_registry_load_with_trust_pickle(tmp_path,
     assert heads.DenseHead.saved_files == ("head.keras", "head.json")
     assert loader_for("logreg", "joblib") is heads.PickledHead and loader_for(None, "torch") is None
     assert loader_for("logreg", "skops") is LogRegHead and loader_for("mine", "skops") is None
+    assert loader_for("logreg", "arrays") is LogRegHead and loader_for("svm", "arrays") is heads.SVMHead
 
 
 def test_a_pickle_is_never_opened_without_trust(tmp_path, rng):
@@ -157,9 +159,10 @@ def test_upgrade_rewrites_a_pickle_dir_safely(tmp_path, rng):
         modeldir.upgrade_model_dir(old)
     assert (old / "head.joblib").exists()
     report = modeldir.upgrade_model_dir(old, trust_pickle=True)
-    assert report["upgraded"] and report["new_head_loader"] == "skops" and report["format_version"] == 2
+    assert report["upgraded"] and report["new_head_loader"] == "arrays" and report["format_version"] == 2
     doc = json.loads((old / "model.json").read_text())
-    assert set(doc["files"]) == {"head.skops", "history.csv", "grid_results.csv"} and not (old / "head.joblib").exists()
+    assert set(doc["files"]) == {"head.npz", "head.json", "history.csv", "grid_results.csv"}
+    assert not (old / "head.joblib").exists()
     assert doc["upgraded_from"] == {"head_loader": "joblib", "format_version": 1} and doc["class_names"] == ["a", "b"]
     head, _ = load_model_dir(old)  # no trust needed any more
     np.testing.assert_array_equal(head.predict_proba(X), fitted.predict_proba(X))
@@ -194,11 +197,12 @@ class _Marker:
 def test_a_skops_head_with_an_untrusted_type_is_refused_naming_it(tmp_path, rng):
     import os
 
-    fitted = LogRegHead().fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
+    # An rbf SVM is saved with skops (a linear head is plain arrays: see the next test).
+    fitted = heads.SVMHead(kernel="rbf").fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
     d = tmp_path / "m"
-    save_model_dir(d, fitted, {"head": "logreg"})
+    assert save_model_dir(d, fitted, {"head": "svm"})["head_loader"] == "skops"
     marker = tmp_path / "ran"
-    evil = LogRegHead().fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
+    evil = heads.SVMHead(kernel="rbf").fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
     evil.pipeline_ = {"call": os.system, "obj": _Marker(str(marker))}
     _rewrite_skops(d, evil)
     with pytest.raises(ModelDirError, match=r"refusing to load type\(s\) .*posix\.system"
@@ -220,6 +224,30 @@ def test_a_skops_head_with_an_untrusted_type_is_refused_naming_it(tmp_path, rng)
         load_model_dir(d)
 
 
+def test_a_linear_head_is_plain_arrays_and_a_pickle_hidden_in_them_is_refused(tmp_path, rng):
+    X, y = rng.normal(size=(30, 4)).astype(np.float32), np.arange(30) % 3
+    fitted = LogRegHead(C=0.3).fit(X, y)
+    d = tmp_path / "m"
+    save_model_dir(d, fitted, {"head": "logreg"})
+    head, _ = load_model_dir(d)
+    assert isinstance(head, LogRegHead) and head.C == 0.3
+    np.testing.assert_array_equal(head.predict_proba(X), fitted.predict_proba(X))
+    scorer, _ = load_model_dir(d, scoring=True)  # numpy only: what evaluate scores with
+    np.testing.assert_array_equal(scorer.predict(X), fitted.predict(X))
+    np.testing.assert_allclose(scorer.predict_proba(X), fitted.predict_proba(X), rtol=1e-5, atol=1e-6)
+    marker = tmp_path / "ran"
+    with np.load(d / "head.npz") as z:
+        arrays = dict(z)
+    np.savez(d / "head.npz", **{**arrays, "classes": np.array([_Marker(str(marker))], dtype=object)})
+    doc = json.loads((d / "model.json").read_text())
+    doc["files"]["head.npz"] = sha256_file(d / "head.npz")
+    (d / "model.json").write_text(json.dumps(doc))
+    for scoring in (False, True):
+        with pytest.raises(ModelDirError, match="refusing to load it: Object arrays cannot be loaded"):
+            load_model_dir(d, scoring=scoring)
+    assert not marker.exists()
+
+
 def test_saving_a_head_with_an_untrusted_part_fails_at_save(tmp_path, rng):
     """A head that could not be loaded back safely is refused when written, not on the machine it is sent to."""
     from sklearn.ensemble import RandomForestRegressor
@@ -232,9 +260,9 @@ def test_saving_a_head_with_an_untrusted_part_fails_at_save(tmp_path, rng):
 
 
 def test_links_out_of_the_directory_and_huge_or_deep_model_json_are_refused(tmp_path, rng):
-    fitted = LogRegHead().fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
+    fitted = heads.SVMHead(kernel="rbf").fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
     d = tmp_path / "m"
-    save_model_dir(d, fitted, {"head": "logreg"})
+    save_model_dir(d, fitted, {"head": "svm"})
     outside = tmp_path / "outside.skops"
     (d / "head.skops").rename(outside)
     (d / "head.skops").symlink_to(outside)  # same bytes, same sha256: only the link gives it away

@@ -42,10 +42,12 @@ def v1_model(tmp_path):
     assert main(["-q", "train", str(tmp_path / "f.h5"), "-o", str(tmp_path / "m"), "--head", "logreg"]) == 0
     m = tmp_path / "m"
     head, _ = load_model_dir(m)
-    (m / "head.skops").unlink()
+    for name in ("head.npz", "head.json"):
+        (m / name).unlink()
     joblib.dump(head, m / "head.joblib")
     doc = json.loads((m / "model.json").read_text())
-    doc["files"].pop("head.skops")
+    doc["files"].pop("head.npz")
+    doc["files"].pop("head.json")
     doc.update(format_version=1, head_loader="joblib")
     doc["files"]["head.joblib"] = sha256_file(m / "head.joblib")
     (m / "model.json").write_text(json.dumps(doc))
@@ -65,8 +67,8 @@ def test_a_pickled_head_is_refused_then_loaded_with_trust_pickle_then_upgraded(v
     assert "it is a pickle" in caplog.text and (v1_model / "head.joblib").exists()
     assert main(["-q", "upgrade-model", str(v1_model), "--trust-pickle", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["upgraded"] and report["new_head_loader"] == "skops"
-    assert not (v1_model / "head.joblib").exists() and (v1_model / "head.skops").exists()
+    assert report["upgraded"] and report["new_head_loader"] == "arrays"
+    assert not (v1_model / "head.joblib").exists() and (v1_model / "head.npz").exists()
     assert main(["-q", "evaluate", str(v1_model), feats, "--json"]) == 0  # no trust needed any more
     assert json.loads(capsys.readouterr().out) == before
     assert main(["-q", "upgrade-model", str(v1_model), "--json"]) == 0

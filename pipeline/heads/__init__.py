@@ -77,7 +77,7 @@ def loader_for(head_name, head_loader):
 
     heads = _registry()
     cls = heads.get(head_name)
-    if cls is not None and cls.head_loader == head_loader:
+    if cls is not None and cls.reads(head_loader):
         return cls
     if head_loader == PickledHead.head_loader:
         return PickledHead

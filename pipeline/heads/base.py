@@ -196,6 +196,15 @@ class Head:
         """:data:`SAFE_TYPES` plus the class's own ``trusted_types``: all its skops file may name."""
         return frozenset(SAFE_TYPES + cls.trusted_types + (type_name(cls),))
 
+    def saved_loader(self) -> str:
+        """The ``head_loader`` that :meth:`save` writes for this very head (some heads have two forms)."""
+        return self.head_loader
+
+    @classmethod
+    def reads(cls, head_loader: str) -> bool:
+        """Whether :meth:`load` reads a directory saved as ``head_loader``."""
+        return head_loader == cls.head_loader
+
     def save(self, dirpath) -> None:
         """Write the fitted head into the (temporary) model directory ``dirpath``: ``head.skops`` (no pickle).
 

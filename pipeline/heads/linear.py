@@ -8,6 +8,7 @@ a fitted head can be turned into a Keras ``Dense`` layer on top of a backbone.
 """
 
 import functools
+import os
 import re
 
 import numpy as np
@@ -20,7 +21,8 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .base import Head, dense_on_features, type_name
+from .arrays import ARRAYS_FILE, PARAMS_FILE, read_linear, write_linear
+from .base import SKOPS_FILE, Head, dense_on_features, type_name
 
 __all__ = ["SVMHead", "LogRegHead", "grid_search", "parse_grid", "as_array", "as_2d", "check_features", "BLAS_THREADS",
            "DEFAULT_C"]
@@ -96,8 +98,55 @@ class _LinearHead(Head, ClassifierMixin, BaseEstimator):
     """Shared fit/predict plumbing for the Pipeline-based heads."""
 
     tasks = ("classification",)
+    #: A linear model is saved as plain arrays (head.npz + head.json: no code, loads in microseconds,
+    #: scored by numpy alone); an rbf SVC, whose state is libsvm's, as skops.
+    head_loader = "arrays"
+    saved_files = (ARRAYS_FILE, PARAMS_FILE)
     #: What its head.skops may hold (beside containers and arrays): the Pipeline and its two steps.
     trusted_types = tuple(type_name(c) for c in (Pipeline, StandardScaler, LinearSVC, SVC, LogisticRegression))
+
+    # -- the model directory: arrays for linear models, skops otherwise ----------------------------
+    def _is_linear(self) -> bool:
+        return getattr(self, "kernel", "linear") == "linear"
+
+    def saved_loader(self) -> str:
+        return "arrays" if self._is_linear() else "skops"
+
+    @classmethod
+    def reads(cls, head_loader: str) -> bool:
+        return head_loader in ("arrays", "skops")
+
+    @classmethod
+    def files_to_read(cls, dirpath) -> tuple[str, ...]:
+        return cls.saved_files if os.path.exists(os.path.join(dirpath, ARRAYS_FILE)) else (SKOPS_FILE,)
+
+    def save(self, dirpath) -> None:
+        """``head.npz`` + ``head.json`` for a linear model (no pickle can hide in them), else ``head.skops``."""
+        if not self._is_linear():
+            return super().save(dirpath)
+        check_is_fitted(self, "pipeline_")
+        scaler, clf = self.pipeline_.named_steps["scale"], self.pipeline_.named_steps["clf"]
+        write_linear(dirpath, params=self.get_params(), fitted={"n_samples_seen": int(scaler.n_samples_seen_)},
+                     arrays={"mean": scaler.mean_, "scale": scaler.scale_, "var": scaler.var_, "coef": clf.coef_,
+                             "intercept": clf.intercept_, "classes": clf.classes_,
+                             "n_iter": np.asarray(clf.n_iter_)})
+
+    @classmethod
+    def load(cls, dirpath):
+        """The fitted head rebuilt from its arrays (or read from its checked skops file)."""
+        if not os.path.exists(os.path.join(dirpath, ARRAYS_FILE)):
+            return super().load(dirpath)
+        params, fitted, a = read_linear(dirpath)
+        head = cls(**params)
+        scaler = StandardScaler()
+        scaler.mean_, scaler.scale_, scaler.var_ = a["mean"], a["scale"], a["var"]
+        scaler.n_samples_seen_, scaler.n_features_in_ = fitted["n_samples_seen"], len(a["mean"])
+        clf = head._make_model()
+        clf.coef_, clf.intercept_, clf.classes_ = a["coef"], a["intercept"], a["classes"]
+        clf.n_iter_, clf.n_features_in_ = a["n_iter"] if a["n_iter"].ndim else a["n_iter"].item(), a["coef"].shape[1]
+        head.pipeline_ = Pipeline([("scale", scaler), ("clf", clf)])
+        head.classes_, head.n_iter_, head.n_features_in_ = clf.classes_, clf.n_iter_, clf.n_features_in_
+        return head
 
     def _make_model(self):  # pragma: no cover - overridden
         raise NotImplementedError
