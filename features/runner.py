@@ -20,6 +20,7 @@ from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, sha
 from features.faults import fault_point
 from features.mapper import batches, int8
 from features.mapper.runtimes import make_extractor, resolve_runtime, resolve_xla
+from features.reader.fs import absolute
 from features.reader.manifest import Manifest, parse_shard
 from features.reader.sources import read_source
 from features.writer import assemble, finished, partial
@@ -57,7 +58,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     input_size = backbones.parse_input_size(cfg.input_size, spec)
     layer = cfg.layer or spec.default_layer
     source_options = {k: v for k, v in cfg.source.items() if v is not None}
-    manifest = read_source(cfg.data, **source_options)
+    manifest = read_source(cfg.data, progress=cfg.progress, **source_options)
     start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
     out = shard_output(cfg.output, cfg.shard)
     runtime = resolve_runtime(cfg.runtime)
@@ -252,7 +253,7 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
                                            {"target_names": names})
     attrs = {k: v for k, v in settings.items() if k not in ("batch_size", "chunk_rows")}
     attrs.update(preprocessing=spec.preprocessing, task=manifest.task, n_rows=len(manifest),
-                 feature_shape=list(extractor.feature_shape), source_root=os.path.abspath(manifest.root),
+                 feature_shape=list(extractor.feature_shape), source_root=absolute(manifest.root),
                  weights_path=winfo.path or "", **{f"run_{k}": v for k, v in run.items() if k != "xla"})
     if manifest.class_names is not None:
         attrs["class_names"] = list(manifest.class_names)

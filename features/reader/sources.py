@@ -163,10 +163,18 @@ def _holds(suffix):
     return detect
 
 
+#: File names that say "an image" when ``auto`` looks at a folder's top level (decoding still sniffs content).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
 def _has_class_folders(path, options) -> bool:
+    """Subfolders and no images beside them (Keras ignores top-level files, so a stray README still is one)."""
     if options.get("recursive") or not fs.isdir(path) or fs.is_url(path):
         return False
-    return any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(path))
+    entries = [e for e in os.scandir(path) if not e.name.startswith(".")]
+    if any(e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) for e in entries):
+        return False  # photos/ with a subfolder or two: a folder of images, not classes
+    return any(e.is_dir() for e in entries)
 
 
 #: Every kind of source, in the order ``auto`` tries them; each entry carries its own behaviour.

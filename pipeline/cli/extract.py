@@ -13,7 +13,8 @@ def add_arguments(p) -> None:
     from features.backbones import REGISTRY
     from features.mapper.int8 import DEFAULT_IMAGES as DEFAULT_CALIBRATION_IMAGES
 
-    p.add_argument("data", help="image folder DATA/<class>/<image>, a CSV, a Kaggle keypoint CSV, or a list file")
+    p.add_argument("data", help="class folders DATA/<class>/<image>, a folder of images, a CSV, a Kaggle keypoint "
+                                "CSV, a list file, webdataset .tar shards or .parquet files (see --source-kind)")
     p.add_argument("-o", "--output", required=True, help="output HDF5 file (written atomically)")
     p.add_argument("--backbone", default="vgg16", help=f"backbone name: {', '.join(REGISTRY)} (default vgg16)")
     p.add_argument("--layer", help="bottleneck layer (default: the backbone's last conv/pool block)")
