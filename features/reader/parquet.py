@@ -72,7 +72,7 @@ def read_parquet(path, *, image_root=None, image_column=None, label_column=None,
     for f_index, location in enumerate(bar):
         try:
             pf = _open(location)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise SourceError(f"{location}: not a readable parquet file ({exc})") from None
         schema = pf.schema_arrow
         cols = schema.names
