@@ -57,6 +57,16 @@ CASES = [
     (["visualize-filters", "--backbone", "vgg16", "--layer", "block1_conv1", "-o", "f.png", "--filters", "x"],
      "--filters must look like 0-15"),
     (["frames", "videos"], "the following arguments are required"),
+    (["extract", *E, "--source-kind", "tar"], "invalid choice: 'tar'"),
+    (["extract", *E, "--label-key"], "expected one argument"),
+    (["extract", *E, "--label-key", "y", "--target-columns", "a,b"], "--label-key (webdataset) names the class"),
+    (["extract", *E, "--label-column", "y", "--target-columns", "a"], "either --label-column or --target-columns"),
+    (["extract", *E, "--source-kind", "folder", "--recursive"], "--recursive do not apply to --source-kind folder"),
+    (["extract", *E, "--source-kind", "webdataset", "--image-column", "img"], "--image-column do not apply"),
+    (["extract", *E, "--source-kind", "parquet", "--categories", "c.txt"], "--categories do not apply"),
+    (["evaluate-images", "m", "data", "--source-kind", "csv", "--label-key", "y"], "--label-key do not apply"),
+    (["finetune", "m", "data", "-o", "ft", "--unfreeze-last", "2", "--source-kind", "images", "--path-column", "p"],
+     "--path-column do not apply to --source-kind images"),
 ]
 
 

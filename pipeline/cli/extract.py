@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
-from pipeline.cli.source_args import add_source_args, source_options
+from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import batch_size, fraction, non_negative_float, positive_int
 
 
@@ -88,6 +88,7 @@ def config(args):
 
 def check(args) -> None:
     """The config's own checks (backbone, --input-size, --shard, --chunk-rows...) as usage errors: exit 2."""
+    check_source_args(args)
     try:
         config(args).check()
     except ValueError as exc:

@@ -33,3 +33,27 @@ def source_options(args: argparse.Namespace, *, drop_unset: bool = False) -> dic
                "target_columns": args.target_columns.split(",") if args.target_columns else None,
                "recursive": args.recursive, "label_key": args.label_key, "image_column": args.image_column}
     return {k: v for k, v in options.items() if v is not None} if drop_unset else options
+
+
+def check_source_args(args: argparse.Namespace) -> None:
+    """Source flags that can never work together, or that the chosen ``--source-kind`` would ignore: exit 2.
+
+    Which flags a kind takes is its reader's signature (the registry entry), so a new kind needs no edit here.
+    """
+    import inspect
+
+    from features.reader.sources import SOURCES
+    from pipeline.cli.errors import UsageError
+
+    given = {k: v for k, v in source_options(args, drop_unset=True).items() if k != "kind"}
+    if "label_key" in given and ("target_columns" in given or "label_column" in given):
+        raise UsageError("--label-key (webdataset) names the class field; it cannot be combined with "
+                         "--label-column or --target-columns")
+    if "label_column" in given and "target_columns" in given:
+        raise UsageError("give either --label-column or --target-columns, not both")
+    if args.source_kind != "auto":
+        takes = set(inspect.signature(SOURCES[args.source_kind].read).parameters)
+        unused = sorted(set(given) - takes)
+        if unused:
+            flags = ", ".join("--" + u.replace("_", "-") for u in unused)
+            raise UsageError(f"{flags} do not apply to --source-kind {args.source_kind}")
