@@ -179,16 +179,16 @@ def _has_class_folders(path, options) -> bool:
 
 #: Every kind of source, in the order ``auto`` tries them; each entry carries its own behaviour.
 SOURCES: dict[str, Source] = {
-    "webdataset": Source(read_webdataset, "either", "webdataset tar shards: a .tar, a folder of them, or "
+    "webdataset": Source(read_webdataset, "either", "tar shards: a .tar, a folder of them, or "
                          "shards/{00000..00099}.tar; label from .cls or a json field (--label-key)",
                          _holds(".tar")),
-    "parquet": Source(read_parquet, "either", "parquet files with an image column (bytes, or a Hugging Face "
+    "parquet": Source(read_parquet, "either", "files with an image column (bytes, or a Hugging Face "
                       "{bytes, path} struct): a .parquet, a folder of them or a brace pattern", _holds(".parquet")),
-    "kaggle_keypoints": Source(read_kaggle_keypoints, "file", "Kaggle facial keypoints CSV (Image pixels, *_x/*_y "
+    "kaggle_keypoints": Source(read_kaggle_keypoints, "file", "facial keypoints CSV (Image pixels, *_x/*_y "
                                "columns); a test.csv with ImageId,Image only is unlabelled", _is_kaggle),
     "csv": Source(read_csv, "file", "CSV of image paths plus a label column, numeric target columns, or nothing "
                   "else (unlabelled)", lambda path, _o: _suffix(path) == ".csv"),
-    "places365": Source(read_places365, "file", "Places365 list file ('<image> <label>' lines) with --categories",
+    "places365": Source(read_places365, "file", "list file ('<image> <label>' lines) with --categories",
                         _is_labelled_list),
     "list": Source(read_list, "file", "plain text file of image paths, one a line (unlabelled)",
                    lambda path, _o: _suffix(path) in (".txt", ".lst") and not fs.isdir(path)),
