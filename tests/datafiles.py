@@ -46,9 +46,10 @@ def write_shards(root, n_shards=2, per_shard=3, *, seed=0) -> list[str]:
 
 def write_parquet(path, n=6, *, struct=True, labels=True, row_group_size=4, seed=0, **extra_columns) -> None:
     """A parquet file with an ``image`` column (Hugging Face ``{bytes, path}`` structs, or plain bytes)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pytest
 
+    pa = pytest.importorskip("pyarrow")  # the [parquet] extra
+    pq = pytest.importorskip("pyarrow.parquet")
     images = [png_bytes(seed + i) for i in range(n)]
     cols = {"image": [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)] if struct else images}
     if labels:
