@@ -22,7 +22,7 @@ from features.mapper import batches, int8
 from features.mapper.runtimes import make_extractor, resolve_runtime, resolve_xla
 from features.reader.fs import absolute
 from features.reader.manifest import Manifest, parse_shard
-from features.reader.sources import read_source
+from features.reader.sources import check_found, read_source
 from features.writer import assemble, finished, partial
 from features.writer.commit import ChunkWriter, check_signal, install_signal_handlers, restore_signal_handlers
 
@@ -59,6 +59,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     layer = cfg.layer or spec.default_layer
     source_options = {k: v for k, v in cfg.source.items() if v is not None}
     manifest = read_source(cfg.data, progress=cfg.progress, **source_options)
+    check_found(cfg.data, manifest)  # a wrong --image-root fails here, before the backbone is built
     start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
     out = shard_output(cfg.output, cfg.shard)
     runtime = resolve_runtime(cfg.runtime)

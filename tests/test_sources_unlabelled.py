@@ -64,3 +64,18 @@ def test_kaggle_test_csv_is_unlabelled_and_a_lone_coordinate_is_refused(tmp_path
     (tmp_path / "train.csv").write_text(f"nose_tip_x,left_eye_center_x,left_eye_center_y,Image\n1,2,3,{px}\n")
     with pytest.raises(SourceError, match=r"train\.csv: keypoint column 'nose_tip_x' has no matching 'nose_tip_y'"):
         read_source(str(tmp_path / "train.csv"))
+
+
+def test_most_files_missing_is_refused_naming_where_they_were_sought(tmp_path):
+    from features.reader.sources import check_found
+
+    _touch(tmp_path / "img" / "a.png")
+    (tmp_path / "l.txt").write_text("a.png\nb.png\nc.png\n")
+    m = read_source(str(tmp_path / "l.txt"))  # the list's folder holds none of them
+    with pytest.raises(SourceError, match=r"l\.txt: 3 of 3 image files are missing: looked under .*"
+                                          r"\(e\.g\. .*a\.png\); if the images live elsewhere, pass --image-root"):
+        check_found(str(tmp_path / "l.txt"), m)
+    (tmp_path / "l.txt").write_text("a.png\nb.png\na.png\n")
+    one_of_three = read_source(str(tmp_path / "l.txt"), image_root=str(tmp_path / "img"))
+    assert one_of_three.row_errors == {1: "missing"}
+    check_found(str(tmp_path / "l.txt"), one_of_three)  # a row problem: kept, marked, the run goes on

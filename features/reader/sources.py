@@ -271,3 +271,21 @@ def _cells(path, header, rows, col, what):
     return cells
 
 
+
+
+def check_found(path, manifest: Manifest) -> None:
+    """Fail before any backbone work when most of a source's image files are missing, naming where they were sought.
+
+    One missing file is a row problem (kept, marked ``missing``); most of them missing is a wrong
+    ``--image-root`` or a list used on another machine, which a full run would only reveal after building
+    the model and decoding nothing.
+    """
+    missing = sorted(i for i, r in manifest.row_errors.items() if r == "missing")
+    if not missing or len(missing) * 2 <= len(manifest):
+        return
+    first = manifest.paths[missing[0]]
+    hint = ""
+    if manifest.kind in SOURCES and "image_root" in inspect.signature(SOURCES[manifest.kind].read).parameters:
+        hint = "; if the images live elsewhere, pass --image-root DIR"
+    raise SourceError(f"{path}: {len(missing)} of {len(manifest)} image files are missing: looked under "
+                      f"{manifest.root} (e.g. {fs.join(manifest.root, first)}){hint}")
