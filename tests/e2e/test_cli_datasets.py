@@ -116,6 +116,10 @@ def test_unlabelled_folder_resumes_and_predicts_from_cached_features(tmp_path, c
     assert main(["train", str(tmp_path / "p.h5"), "-o", str(tmp_path / "m"), "--head", "logreg",
                  "--val-split", "0"]) == 0
     assert main(["evaluate", str(tmp_path / "m"), str(out)]) == 1
+    caplog.clear()
+    assert main(["evaluate-images", str(tmp_path / "m"), str(photos)]) == 1
+    assert main(["finetune", str(tmp_path / "m"), str(photos), "-o", str(tmp_path / "ft"), "--unfreeze-last", "1"]) == 1
+    assert caplog.text.count("has no labels or targets (task none)") == 2 and not (tmp_path / "ft").exists()
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "m"), str(out), "--json", "--top-k", "2"]) == 0
     lines = _json_lines(capsys.readouterr().out)
