@@ -144,3 +144,20 @@ def test_a_source_error_exits_1_before_any_backbone_work(tmp_path, caplog, text)
     (tmp_path / "d.csv").write_text(text)
     assert main(["extract", str(tmp_path / "d.csv"), "-o", str(tmp_path / "o.h5"), *FAST]) == 1
     assert "d.csv" in caplog.text and not os.path.exists(f"{tmp_path / 'o.h5'}.partial")
+
+
+def test_a_csv_and_its_images_on_an_fsspec_filesystem(tmp_path, capsys):
+    fsspec = pytest.importorskip("fsspec")
+    mem = fsspec.filesystem("memory")
+    root = "/bneck-e2e-datasets"
+    for i in range(3):
+        mem.pipe(f"{root}/img/{i}.png", png_bytes(i))
+    mem.pipe(f"{root}/l.csv", b"path,label\n0.png,a\n1.png,b\n2.png,a\n")
+    try:
+        args = (f"memory://{root}/l.csv", tmp_path / "m.h5", "--image-root", f"memory://{root}/img")
+        first = _extract(capsys, *args)
+        assert first["rows"] == 3 and first["bad"] == 0
+        assert _extract(capsys, *args)["skipped_existing"] is True  # the fingerprint (sizes) is stable
+        assert _info(capsys, tmp_path / "m.h5")["attrs"]["source_root"] == f"memory://{root}/img"
+    finally:
+        mem.rm(root, recursive=True)
