@@ -106,14 +106,23 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def is_pattern(location: str) -> bool:
-    """Whether ``location`` is a brace pattern such as ``shards/{00000..00099}.tar``."""
-    return isinstance(location, str) and re.search(r"\{[^{}]*(\.\.|,)[^{}]*\}", location) is not None
+    """Whether ``location`` is a brace pattern (``shards/{00000..00099}.tar``) or a glob (``data/train-*.parquet``)."""
+    if not isinstance(location, str):
+        return False
+    if re.search(r"\{[^{}]*(\.\.|,)[^{}]*\}", location) is None and not any(c in location for c in "*?["):
+        return False
+    # A local name that exists as typed ("photos [2024]/") is that file or folder, not a pattern.
+    return is_url(location) or not os.path.exists(location)
 
 
 def shard_files(data: str, suffix: str) -> list[str]:
     """The shard files ``data`` names: itself, the ``suffix`` files under a directory (sorted), or a brace pattern."""
     if is_pattern(data):
-        files = expand_braces(data)
+        files = []
+        for one in expand_braces(data):
+            files += _glob(one) if any(c in one for c in "*?[") else [one]
+        if not files:
+            raise SourceError(f"{data}: the pattern matches no file")
         absent = [f for f in files if not exists(f)]
         if absent:
             raise SourceError(f"{data}: {len(absent)} of {len(files)} shards do not exist, e.g. {absent[0]}")
@@ -130,6 +139,18 @@ def shard_files(data: str, suffix: str) -> list[str]:
             raise SourceError(f"{data}: no {suffix} files in this directory")
         return [join(absolute(data), r) for r in sorted(rels)]
     return [absolute(data)]
+
+
+def _glob(pattern: str) -> list[str]:
+    """Sorted matches of a glob, local or on an fsspec filesystem (URLs keep their protocol)."""
+    if is_url(pattern):
+        fsys, path = filesystem(pattern)
+        protocol = pattern.split("://", 1)[0]
+        found = sorted(fsys.glob(path))
+        return [f"file://{m}" if protocol == "file" else f"{protocol}://{m.lstrip('/')}" for m in found]
+    import glob
+
+    return sorted(glob.glob(pattern))
 
 
 def common_parent(files) -> str:

@@ -9,7 +9,7 @@ regression, neither task ``none``.
 
 Only the small columns are read while indexing. Image bytes are read one row group at a time by
 the decode pool (:class:`RowGroups` keeps the few groups in use), so memory stays flat in the
-number of rows (``bench/extract.py --layout parquet`` measures it). Row ids are
+number of rows (``bench/source_rss.py`` measures it). Row ids are
 ``<file>.parquet#row=<i>``, i counted within the file.
 """
 
