@@ -46,13 +46,15 @@ demo() {
   bneck train "$out/digits_train.h5" -o "$out/m_dense" --head dense --no-flipped --epochs 30 --overwrite
   bneck train "$out/faces_train.h5" -o "$out/m_specialists" --head specialists --val "$out/faces_val.h5" --jobs 2 --overwrite
   bneck train "$out/faces_train.h5" -o "$out/m_faces_dense" --head dense --val "$out/faces_val.h5" --epochs 40 --overwrite
-  for m in m_svm m_logreg m_dense; do bneck evaluate "$out/$m" "$out/digits_test.h5" --json > "$out/$m.eval.json"; done
-  for m in m_specialists m_faces_dense; do bneck evaluate "$out/$m" "$out/faces_val.h5" --json > "$out/$m.eval.json"; done
   local three seven
   three=$(find "$data/digits/test/3" -name '*.png' | sort | sed -n 1p)
   seven=$(find "$data/digits/test/7" -name '*.png' | sort | sed -n 1p)
   bneck predict "$out/m_svm" "$three" "$seven" --top-k 3
-  "$VENV/bin/python" -m pipeline.tools.report "$out" --data "$data"
+  # A page per model (card, curves, confusion matrix, wrong images, keypoints on faces) and all five side by side.
+  local page
+  page=$(bneck report "$out/m_svm" "$out/m_logreg" "$out/m_dense" "$out/digits_test.h5" \
+    "$out/m_specialists" "$out/m_faces_dense" "$out/faces_val.h5" -o "$out/report" --no-progress)
+  echo "the models side by side: $page"
 }
 
 case "${1:-demo}" in

@@ -101,21 +101,22 @@ def metrics_for(head, X, y, meta, *, top_k=5, sizes=None) -> dict:
     return regression_metrics(y, pred, meta["target_names"])
 
 
-def evaluate(model_dir, features, *, top_k: int = 5) -> dict:
+def evaluate(model_dir, features, *, top_k: int = 5, trust_pickle: bool = False) -> dict:
     """Evaluate a trained model directory on a feature file; refuses features that don't fit the model.
 
     Returns a dict with the headline metric (``accuracy`` or ``rmse_px``) at the top level.
+    ``trust_pickle`` allows a format-v1 ``head.joblib`` (a pickle: it runs code; see ``load_model_dir``).
     """
-    return evaluate_rows(model_dir, features, top_k=top_k)[0]
+    return evaluate_rows(model_dir, features, top_k=top_k, trust_pickle=trust_pickle)[0]
 
 
-def evaluate_rows(model_dir, features, *, top_k: int = 5):
+def evaluate_rows(model_dir, features, *, top_k: int = 5, trust_pickle: bool = False):
     """:func:`evaluate` and what it scored: ``(result, meta, rows, outputs)``.
 
     ``rows`` are the feature file's valid row indices, ``outputs`` the head's class scores (N, C) or
     keypoints in each image's own pixels (N, K), so a report's per-row figures add up to ``result``.
     """
-    head, meta = load_model_dir(model_dir)
+    head, meta = load_model_dir(model_dir, trust_pickle=trust_pickle)
     with FeatureFile(features) as ff:
         refuse_unlabelled(ff, "evaluate against")
         check_compatible(meta["features"], ff.attrs, path=str(features),

@@ -4,8 +4,9 @@ Layout::
 
     model_dir/
         model.json      # format, head_loader, caller metadata, sha256 of every other file
-        head.keras ...  # Keras heads: whatever head.save(dir) writes
-        head.joblib     # other heads (scikit-learn...): joblib pickle
+        head.keras ...  # Keras heads: whatever head.save(dir) writes (head.keras + head.json)
+        head.skops      # scikit-learn heads: skops.io, no pickle; only the head's trusted types are loaded
+        head.joblib     # format v1 (and estimators of the caller's own): a pickle, read only with trust_pickle
 
 A model directory is built in a hidden temporary directory next to its destination and moved
 into place with one ``os.replace``, so ``path`` is either absent, the previous model, or the
@@ -28,18 +29,30 @@ import numpy as np
 from features.faults import fault_point  # testing hook (BNECK_TEST_KILL_AT), no-op when unset
 from features.fsutil import fsync_dir, walk_files
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelDirError", "load_model_dir", "save_model_dir",
-           "sha256_file"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelDirError", "load_model_dir", "save_model_dir", "upgrade_model_dir",
+           "sha256_file", "pickle_refusal"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "bneck-model"
-FORMAT_VERSION = 1
+#: The newest format this bneck reads (and writes for skops heads); v1 directories are read too.
+FORMAT_VERSION = 2
 MODEL_JSON = "model.json"
+#: A model.json larger than this is refused unread (a model.json is a few kB; this bounds memory and time).
+MAX_MODEL_JSON_BYTES = 16 * 2**20
 
 
 class ModelDirError(ValueError):
-    """A model directory is missing, malformed, tampered with, or cannot be written."""
+    """A model directory is missing, malformed, tampered with, unsafe to load, or cannot be written."""
+
+
+def pickle_refusal(path, name="head.joblib") -> str:
+    """Why a pickled head is not loaded, and the explicit opt-ins."""
+    return (f"{path}: refusing to load {name}: it is a pickle, and loading a pickle runs whatever code it "
+            "contains, so a model directory from someone else could take over this machine (the sha256 in "
+            f"{MODEL_JSON} show the files are intact, not who wrote them). If you made it or trust its source, "
+            "pass --trust-pickle (trust_pickle=True in Python), or rewrite it once in the safe format with "
+            f"`bneck upgrade-model {path} --trust-pickle`")
 
 
 def sha256_file(path) -> str:
@@ -102,9 +115,11 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
 
     Args:
         path: destination directory (its parent is created if needed).
-        head: the trained head. A registered head (:class:`pipeline.heads.Head`) writes itself with
+        head: the trained head. A registered head (:class:`pipeline.heads.Head`), or any object with
+            ``save(dirpath)`` and a ``head_loader`` (the fine-tuned network), writes itself with
             ``head.save(dirpath)`` (the dense head: ``head.keras`` + ``head.json``; the others
-            ``head.joblib``); any other estimator is pickled with joblib to ``head.joblib``.
+            ``head.skops``, no pickle); any other estimator is pickled with joblib to ``head.joblib``,
+            which :func:`load_model_dir` reads back only with ``trust_pickle=True``.
         meta: JSON-serialisable metadata (head type, params, feature provenance, class or
             target names, metrics...); numpy scalars/arrays are converted.
         extra_files: ``{relative name: bytes or path of a file to copy}`` added to the dir
@@ -113,8 +128,9 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
             ``path`` is an error. For safety only an empty directory or one containing a
             ``model.json`` is ever replaced.
 
-    ``model.json`` gets ``meta`` plus ``format``, ``format_version``, ``head_loader`` (the head
-    class's ``head_loader``: "keras" or "joblib") and ``files`` (sha256 of every other file). Everything is written to a
+    ``model.json`` gets ``meta`` plus ``format``, ``format_version`` (the lowest that reads this head: 1 for
+    keras and joblib heads, 2 for skops ones), ``head_loader`` (the head class's ``head_loader``: "keras",
+    "skops" or "joblib") and ``files`` (sha256 of every other file). Everything is written to a
     temporary directory next to ``path`` and moved into place at the end; on any error the
     temporary directory is removed and ``path`` is left as it was. Returns the model.json dict.
     """
@@ -128,16 +144,18 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
     tmp = path.parent / f".{path.name}.{_OWNER}-{os.getpid()}-{uuid.uuid4().hex[:12]}.partial"
     os.mkdir(tmp)
     try:
-        from pipeline.heads import Head
+        from pipeline.heads import Head, PickledHead
 
-        # A registered head writes itself (dense: head.keras + head.json), and so does anything else
-        # that says how it is read back (a fine-tuned network: model.keras).
-        if isinstance(head, Head) or (callable(getattr(head, "save", None)) and hasattr(head, "head_loader")):
+        # A registered head writes itself (dense: head.keras + head.json; scikit-learn: head.skops), as
+        # does an object declaring its head_loader (the fine-tuned network: model.keras); any other
+        # estimator is pickled as format v1 did.
+        writes_itself = isinstance(head, Head) or (callable(getattr(head, "save", None))
+                                                   and isinstance(getattr(head, "head_loader", None), str))
+        writer = head if writes_itself else PickledHead
+        if writes_itself:
             head.save(tmp)
-            loader = head.head_loader
-        else:  # any other estimator: the same pickle a joblib head writes
-            Head.save(head, tmp)
-            loader = Head.head_loader
+        else:
+            PickledHead.save(head, tmp)
         for name, content in (extra_files or {}).items():
             rel = _safe_relpath(name, path)
             if rel.as_posix() == MODEL_JSON:
@@ -148,10 +166,10 @@ def save_model_dir(path, head, meta: dict, *, extra_files: dict | None = None,
                 dest.write_bytes(bytes(content))
             else:
                 shutil.copyfile(content, dest)
-        doc = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        doc = {"format": FORMAT, "format_version": getattr(writer, "format_version", 1)}
         doc.update({k: v for k, v in meta.items() if k not in ("files", "format",
                                                                  "format_version")})
-        doc["head_loader"] = loader  # how the head was written decides how it is read back
+        doc["head_loader"] = writer.head_loader  # how the head was written decides how it is read back
         doc["files"] = {name: sha256_file(tmp / name) for name in _list_files(tmp)}
         text = json.dumps(doc, indent=2, default=_json_default, allow_nan=True)
         with open(tmp / MODEL_JSON, "w", encoding="utf-8") as fh:
@@ -255,8 +273,12 @@ def read_model_json(path) -> dict:
     mj = path / MODEL_JSON
     if not mj.is_file():
         raise ModelDirError(f"{path}: not a bneck model directory (no {MODEL_JSON})")
+    if mj.stat().st_size > MAX_MODEL_JSON_BYTES:
+        raise ModelDirError(f"{mj}: {mj.stat().st_size} bytes, too large for a {MODEL_JSON} (refused unread)")
     try:
         meta = json.loads(mj.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ModelDirError(f"{mj}: unreadable (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelDirError(f"{mj}: unreadable ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -274,8 +296,12 @@ def verify_model_dir(path, meta: dict | None = None) -> dict:
     """Check every file listed in model.json against its sha256; return the metadata."""
     path = Path(path)
     meta = read_model_json(path) if meta is None else meta
+    root = path.resolve()
     for name, digest in meta["files"].items():
         file = path.joinpath(*_safe_relpath(name, path).parts)
+        if (file.exists() or file.is_symlink()) and not file.resolve().is_relative_to(root):
+            raise ModelDirError(f"{path}: file {name!r} listed in {MODEL_JSON} is a link to "
+                                f"{file.resolve()}, outside the model directory")
         if not file.is_file():
             raise ModelDirError(f"{path}: file {name!r} listed in {MODEL_JSON} is missing")
         if sha256_file(file) != digest:
@@ -284,7 +310,7 @@ def verify_model_dir(path, meta: dict | None = None) -> dict:
     return meta
 
 
-def load_model_dir(path):
+def load_model_dir(path, *, trust_pickle: bool = False):
     """Load a model directory: verify checksums, then load the head. Returns (head, meta).
 
     Every file listed in ``model.json`` is checked against its sha256 first; a missing or
@@ -292,41 +318,106 @@ def load_model_dir(path):
     of the registered class named by ``model.json["head"]`` (``pipeline.heads.loader_for``), so
     directories written before the registry existed load the same way.
 
-    Security: ``head.joblib`` is a pickle, and unpickling runs arbitrary code. The checksums
-    only detect accidental corruption (anyone can rewrite model.json too), so load model
-    directories from trusted sources only.
+    Security: the checksums prove integrity, not trust (anyone can rewrite model.json too), so
+    what is loaded must be safe by itself. ``head.skops`` holds only the head class's trusted types
+    (anything else is refused, naming the type); ``head.keras`` is checked and loaded with Keras
+    ``safe_mode=True`` (:func:`pipeline.heads.load_keras_file`). ``head.joblib`` (format v1) is a
+    pickle, and unpickling runs arbitrary code: it is refused unless ``trust_pickle=True``.
     """
     path = Path(path)
     meta = verify_model_dir(path)
     if meta.get("head") == "finetuned":
         raise ModelDirError(f"{path} is a fine-tuned model (one network from pixels to outputs): it works on "
                             "images, use `bneck predict`, `bneck export` or `bneck evaluate-images`")
-    from pipeline.heads import loader_for
+    from pipeline.heads import UnsafeHeadFile, loader_for
 
     loader = meta.get("head_loader")
     cls = loader_for(meta.get("head"), loader)
     if cls is None:
-        raise ModelDirError(f"{path}: unknown head_loader {loader!r} in {MODEL_JSON}")
-    for name in cls.saved_files:  # an unlisted file was never checked: a pickle there could be anything
-        if name not in meta["files"]:
-            raise ModelDirError(f"{path}: {name} is not listed in {MODEL_JSON}")
-    head = cls.load(path)
+        raise ModelDirError(f"{path}: unknown head_loader {loader!r} for head {meta.get('head')!r} in {MODEL_JSON}")
+    if cls.runs_code and not trust_pickle:
+        raise ModelDirError(pickle_refusal(path, cls.saved_files[0]))
+    try:
+        for name in cls.files_to_read(path):  # an unlisted file was never checked: refuse to read it
+            if name not in meta["files"]:
+                raise ModelDirError(f"{path}: {name} is not listed in {MODEL_JSON}")
+        head = cls.load(path)
+    except UnsafeHeadFile as exc:
+        raise ModelDirError(str(exc)) from None
     return head, meta
 
 
-def needs_tensorflow(path) -> bool:
-    """Whether loading the head of model directory ``path`` imports TensorFlow (read from model.json only).
+def upgrade_model_dir(path, *, trust_pickle: bool = False, output=None, overwrite: bool = False) -> dict:
+    """Rewrite a model directory whose head is a pickle (``head.joblib``) in the safe format (``head.skops``).
 
-    The registered head class decides from the options it was trained with; a directory that
-    cannot be read says False, and loading it then reports what is wrong.
+    Loading the pickle runs its code, so this needs ``trust_pickle=True`` like any other load of it.
+    The head is written with its class's own ``save``, read back the safe way and checked to predict
+    the same as the pickle on random rows before anything is replaced. The other files (history,
+    grid results, plots) and the metadata are kept; ``model.json`` records ``upgraded_from``. With
+    ``output`` the new directory goes there (``overwrite`` to replace one); else ``path`` is replaced
+    atomically. A directory with nothing to upgrade is left as it is. Returns a report dict.
+    """
+    import tempfile
+
+    from pipeline.heads import Head, loader_for
+
+    path = Path(path)
+    meta = verify_model_dir(path)
+    cls = loader_for(meta.get("head"), meta.get("head_loader"))
+    report = {"model": str(path), "head": meta.get("head"), "head_loader": meta.get("head_loader")}
+    if meta.get("head") == "finetuned" or cls is None or not cls.runs_code:
+        return {**report, "upgraded": False, "reason": "no pickle in it: nothing to upgrade"}
+    head, meta = load_model_dir(path, trust_pickle=trust_pickle)
+    if not isinstance(head, Head):
+        raise ModelDirError(f"{path}: the pickled head is a {type(head).__name__}, not a bneck head; it has no "
+                            "safe format (keep loading it with trust_pickle=True, or retrain with bneck)")
+    with tempfile.TemporaryDirectory() as tmp:  # the safe form must give the same answers as the pickle
+        type(head).save(head, tmp)
+        again = type(head).load(tmp)
+        _check_same_predictions(head, again, path)
+    extra = {name: path.joinpath(*_safe_relpath(name, path).parts) for name in meta["files"]
+             if name not in cls.saved_files}
+    keep = {k: v for k, v in meta.items() if k not in ("files", "head_loader", "format", "format_version")}
+    keep["upgraded_from"] = {"head_loader": meta["head_loader"], "format_version": meta["format_version"]}
+    dest = Path(output) if output is not None else path
+    doc = save_model_dir(dest, head, keep, extra_files=extra, overwrite=overwrite if output is not None else True)
+    log.info("upgraded %s: %s -> %s", path, meta["head_loader"], doc["head_loader"])
+    return {**report, "upgraded": True, "output": str(dest), "new_head_loader": doc["head_loader"],
+            "format_version": doc["format_version"], "files": sorted(doc["files"])}
+
+
+def _check_same_predictions(head, again, path) -> None:
+    """Raise :class:`ModelDirError` unless ``again`` predicts exactly what ``head`` does on seeded random rows."""
+    n = getattr(head, "n_features_in_", None)
+    if not isinstance(n, (int, np.integer)):
+        return
+    shape = tuple(getattr(head, "input_shape_", ()) or (int(n),))
+    x = np.random.default_rng(0).normal(size=(16, *shape)).astype(np.float32)
+    for method in ("predict_proba", "predict"):
+        if callable(getattr(head, method, None)):
+            a, b = np.asarray(getattr(head, method)(x)), np.asarray(getattr(again, method)(x))
+            if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+                raise ModelDirError(f"{path}: the head rewritten safely does not predict what the pickle does; "
+                                    "left unchanged")
+            return
+
+
+def needs_tensorflow(path) -> bool:
+    """Whether loading the head of model directory ``path`` imports TensorFlow (a cheap read of model.json).
+
+    A Keras head always does; otherwise the registered head class decides from what it was saved with
+    (``Head.loads_tensorflow``). A directory that cannot be read says False: loading it then fails and
+    says why.
     """
     from pipeline.heads import HEAD_NAMES, head_class
 
     try:
         meta = json.loads((Path(path) / MODEL_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(meta, dict):
         return False
     if meta.get("head_loader") == "keras":
         return True
     head = meta.get("head")
-    return head in HEAD_NAMES and head_class(head).needs_tensorflow(meta.get("head_options") or {})
+    return head in HEAD_NAMES and head_class(head).loads_tensorflow(meta)

@@ -77,13 +77,17 @@ def _jsonable(params: dict) -> dict:
 def train(features, output, *, head: str = "dense", pooling: str = "none", use_flipped=None, val=None,
           val_split: float = 0.2, seed: int = 0, memory_budget="2GiB", params: dict | None = None,
           grid: dict | None = None, cv: int = 3, jobs: int = 1, groups=None, specialist_base: str = "ridge",
-          overwrite: bool = False) -> dict:
+          refit: bool = True, overwrite: bool = False) -> dict:
     """Train ``head`` on ``features`` and save it to the model directory ``output``.
 
     Parameters mirror ``bneck train``: ``pooling`` is applied on load; ``use_flipped`` (None = auto)
     adds the mirrored views as training rows; validation comes from ``val`` (a feature file) or a
     stratified ``val_split`` by source row; ``grid`` (e.g. ``{"C": [0.1, 1]}``) runs a parallel
-    cross-validated grid search with ``jobs`` workers. Returns the saved ``model.json`` content.
+    cross-validated grid search with ``jobs`` workers; without ``grid`` and without a value for it the
+    head searches its own small default grid (linear heads: C). With ``refit`` (default) a head whose
+    settings were chosen on a validation split is fitted again, with those settings, on every training
+    row (the split's rows and their mirrors too); model.json keeps the validation metrics of the
+    selection step. Returns the saved ``model.json`` content.
     """
     check_writable(output, overwrite=overwrite)  # before loading and fitting, not after
     t0 = time.time()
@@ -97,6 +101,7 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
                      specialist_base=specialist_base, jobs=jobs, seed=seed)
     extra: dict = {}
     grid_info = None
+    grid = grid or est.default_grid(params)  # a value the user gave is never searched over
     if grid:
         from pipeline.heads import grid_search
 
@@ -109,13 +114,17 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
         est.fit(data.X, data.y, validation_data=(data.X_val, data.y_val) if data.X_val is not None else None)
     else:
         est.fit(data.X, data.y)
-    fit_seconds = time.time() - t0
     meta_core = {"task": data.task, "class_names": data.class_names, "target_names": data.target_names,
                  "target_frame": data.target_frame, "pooling": pooling}
     metrics = metrics_for(est, data.X_val, data.y_val, meta_core) if data.X_val is not None else {}
-    if hasattr(est, "history_"):
-        extra["history.csv"] = history_csv(est.history_)
-        png = learning_curve_png(est.history_)
+    refit_info, selected = None, est
+    if refit and val is None and data.n_val_rows:
+        est, refit_info = _refit_on_every_row(est, features, pooling=pooling, use_flipped=data.used_flipped,
+                                              memory_budget=memory_budget)
+    fit_seconds = time.time() - t0
+    if hasattr(selected, "history_"):  # the selection run's curves: train and validation side by side
+        extra["history.csv"] = history_csv(selected.history_)
+        png = learning_curve_png(selected.history_)
         if png:
             extra["learning_curve.png"] = png
     options = head_options(head, specialist_base=specialist_base)
@@ -131,15 +140,36 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
                      "n_train_rows": data.n_train_rows, "n_val_rows": data.n_val_rows,
                      "n_training_samples": len(data.X), "n_invalid_skipped": data.n_invalid_skipped,
                      "n_missing_targets_skipped": getattr(data, "n_missing_targets_skipped", 0),
-                     "in_memory": data.in_memory, "seconds": round(fit_seconds, 2), "grid": grid_info},
+                     "in_memory": data.in_memory, "seconds": round(fit_seconds, 2), "grid": grid_info,
+                     # The metrics below are the selection step's, on the split; the saved head was then
+                     # refitted on every row (refit.n_training_samples), so it never saw them held out.
+                     "refit": refit_info},
         "metrics": metrics,
     }
-    meta["training"].update(est.training_record())
+    meta["training"].update(selected.training_record())
     if hasattr(est, "groups_"):  # keypoint groups by name: what a reader of model.json can check by eye
         meta["groups"] = {g: [data.target_names[i] for i in cols] for g, cols in est.groups_.items()}
     saved = save_model_dir(output, est, meta, extra_files=extra, overwrite=overwrite)
     data.close() if hasattr(data, "close") else None
     return saved
+
+
+def _refit_on_every_row(est, features, *, pooling, use_flipped, memory_budget):
+    """A clone of ``est`` with what it chose on validation, fitted on every usable row of ``features``."""
+    from sklearn.base import clone
+
+    chosen = est.selected_for_refit()  # e.g. the dense head's best epoch count
+    final = clone(est).set_params(**chosen)
+    everything = load_training_data(features, pooling=pooling, use_flipped=use_flipped, val_split=0,
+                                    memory_budget=memory_budget)
+    try:
+        log.info("refitting on every training row: %d rows%s", len(everything.X),
+                 f" with {_jsonable(chosen)}" if chosen else "")
+        final.fit(everything.X, everything.y)
+        return final, {"n_training_samples": len(everything.X), "n_train_rows": everything.n_train_rows,
+                       "params": _jsonable(chosen)}
+    finally:
+        everything.close()
 
 
 def _grid_csv(search) -> str:

@@ -80,6 +80,7 @@ def test_offline_missing_class_index_only(monkeypatch, full_weights):
     assert cl.CLASS_INDEX_FILE in msg and cl.top_file(SPEC) not in msg
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_classify_with_cached_files(monkeypatch, tmp_path, full_weights, capsys):
     _refuse_downloads(monkeypatch)
     path, x, ref = full_weights

@@ -42,7 +42,13 @@ CASES = [
     (["train", *X, "--head", "nope"], "invalid choice: 'nope'"),
     (["predict", "m", "img.png", "--top-k", "0"], "must be at least 1, got 0"),
     (["evaluate", "m", "f.h5", "--top-k", "-1"], "must be at least 1"),
+    (["report", "m", "-o", "out"], "no feature file after m"),
+    (["report", "f.h5", "-o", "out"], "f.h5: no such feature file"),
+    (["report", "m", "f.h5"], "the following arguments are required: -o"),
+    (["report", "m", "f.h5", "-o", "out", "--gallery", "0"], "must be at least 1, got 0"),
     (["export", "m", "-o", "m.keras", "--format", "onnx"], "invalid choice: 'onnx'"),
+    (["export", "m", "-o", "m.keras", "--bundle-weights"], "--bundle-weights applies to --format dir only"),
+    (["export", "m", "-o", "copy", "--format", "dir", "--quantize", "int8"], "do not apply to --format dir"),
     (["finetune", "m", "data", "-o", "ft", "--epochs", "0"], "must be at least 1"),
     (["merge", "a.h5", "-o", "m.h5", "--nonsense"], "unrecognized arguments: --nonsense"),
     (["info"], "give a feature file, or --system"),
@@ -67,6 +73,9 @@ CASES = [
     (["evaluate-images", "m", "data", "--source-kind", "csv", "--label-key", "y"], "--label-key do not apply"),
     (["finetune", "m", "data", "-o", "ft", "--unfreeze-last", "2", "--source-kind", "images", "--path-column", "p"],
      "--path-column do not apply to --source-kind images"),
+    (["upgrade-model"], "the following arguments are required: model"),
+    (["upgrade-model", "m", "--overwrite"], "--overwrite applies to -o OUTPUT only"),
+    (["predict", "m", "img.png", "--trust-pickle=yes"], "ignored explicit argument"),
 ]
 
 

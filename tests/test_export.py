@@ -115,7 +115,7 @@ def test_tflite_float32_matches_predict(models, name, tmp_path):
     _close(_run(tmp_path / "m.tflite", "tflite", models["x"]), models["want"][name], 1e-3, name == "specialists")
 
 
-@pytest.mark.parametrize("name", ["logreg", "specialists"])
+@pytest.mark.parametrize("name", ["logreg", pytest.param("specialists", marks=pytest.mark.slow)])
 def test_tflite_float16_within_1e_2(models, name, tmp_path):
     report = ex.export(models["dir"] / name, tmp_path / "h.tflite", format="tflite", quantize="float16")
     full = ex.export(models["dir"] / name, tmp_path / "f.tflite", format="tflite", check=False)

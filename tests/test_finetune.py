@@ -168,6 +168,7 @@ def test_finetune_end_to_end(stage2, tmp_path):
     assert report["max_abs_diff"] < 1e-5 and report["output_names"] == ["scores"]
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_train_bn_updates_moving_statistics(stage2, tmp_path):
     meta = ft.finetune(stage2["model"], stage2["data"], str(tmp_path / "bn"), unfreeze_last=3, train_bn=True,
                        epochs=1, batch_size=8, augment=False)

@@ -14,7 +14,7 @@ from pipeline.modeldir import ModelDirError, load_model_dir, save_model_dir, sha
 
 
 class PlainHead:
-    """A head without save(): persisted with joblib."""
+    """A head without save(): persisted with joblib, so read back only with trust_pickle=True."""
 
     def __init__(self, w):
         self.w = w
@@ -68,13 +68,13 @@ def test_joblib_round_trip(tmp_path):
     out = tmp_path / "models" / "m1"
     doc = save_model_dir(out, PlainHead([1, 2]), META,
                          extra_files={"report/cm.csv": b"1,2\n", "notes.txt": str(src)})
-    assert doc["format"] == "bneck-model" and doc["format_version"] == 1
+    assert doc["format"] == "bneck-model" and doc["format_version"] == 1  # v1 readers read a pickle dir
     assert doc["head_loader"] == "joblib" and doc["params"] == {"C": 0.5}
     assert doc["provenance"]["input_size"] == [32, 32]
     assert set(doc["files"]) == {"head.joblib", "report/cm.csv", "notes.txt"}
     assert doc["files"]["report/cm.csv"] == hashlib.sha256(b"1,2\n").hexdigest()
     assert json.loads((out / "model.json").read_text()) == doc
-    head, meta = load_model_dir(out)
+    head, meta = load_model_dir(out, trust_pickle=True)
     assert isinstance(head, PlainHead) and head.w == [1, 2] and meta == doc
     assert _listing(out.parent) == ["m1"]  # no temp leftovers
 
@@ -85,36 +85,170 @@ def test_a_registered_head_saves_and_loads_itself(tmp_path, fake_registered):
     doc = save_model_dir(out, FakeKerasHead(np.arange(3.0)), {"head": "fake"})
     assert doc["head_loader"] == "fake"
     assert set(doc["files"]) == {"head.npy", "sub/cfg.txt"}
-    head, meta = load_model_dir(out)
+    head, meta = load_model_dir(out, trust_pickle=True)
     assert isinstance(head, FakeKerasHead) and meta["head"] == "fake"
     np.testing.assert_array_equal(head.w, np.arange(3.0))
     # A file the head needs but model.json does not list was never checked: refused, not read.
     doc["files"].pop("head.npy")
     (out / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ModelDirError, match="head.npy is not listed"):
-        load_model_dir(out)
+        load_model_dir(out, trust_pickle=True)
 
 
-def test_model_dirs_written_before_the_registry_still_load(tmp_path, rng):
+def _v1_logreg_dir(d, fitted, extra=None):
+    """A directory as bneck wrote it before heads saved themselves: head.joblib, a pickle of the estimator."""
+    d.mkdir()
+    joblib.dump(fitted, d / "head.joblib")
+    files = {"head.joblib": sha256_file(d / "head.joblib")}
+    for name, data in (extra or {}).items():
+        (d / name).write_bytes(data)
+        files[name] = sha256_file(d / name)
+    (d / "model.json").write_text(json.dumps({
+        "format": "bneck-model", "format_version": 1, "head": "logreg", "head_loader": "joblib",
+        "task": "classification", "class_names": ["a", "b"], "files": files}))
+    return d
+
+
+def test_model_dirs_written_before_the_registry_load_with_trust_pickle(tmp_path, rng):
     """The v1 layout: a joblib head is head.joblib, a pickle of the estimator itself; dense dirs say "keras"."""
     X, y = rng.normal(size=(40, 5)), np.arange(40) % 2
     fitted = LogRegHead().fit(X, y)
-    old = tmp_path / "old"
-    old.mkdir()
-    joblib.dump(fitted, old / "head.joblib")  # what save_model_dir wrote before heads saved themselves
-    (old / "model.json").write_text(json.dumps({
-        "format": "bneck-model", "format_version": 1, "head": "logreg", "head_loader": "joblib",
-        "files": {"head.joblib": sha256_file(old / "head.joblib")}}))
-    head, _ = load_model_dir(old)
+    old = _v1_logreg_dir(tmp_path / "old", fitted)
+    with pytest.raises(ModelDirError, match=r"refusing to load head\.joblib: it is a pickle.*runs whatever code.*"
+                                            r"--trust-pickle.*bneck upgrade-model"):
+        load_model_dir(old)
+    head, _ = load_model_dir(old, trust_pickle=True)
     np.testing.assert_array_equal(head.predict(X), fitted.predict(X))
+    # Saved again, a bneck head is no pickle: head.skops, format 2, loaded without any trust.
     new = save_model_dir(tmp_path / "new", fitted, {"head": "logreg"})
-    assert new["head_loader"] == "joblib" and set(new["files"]) == {"head.joblib"}
-    assert isinstance(joblib.load(tmp_path / "new" / "head.joblib"), LogRegHead)
+    assert new["head_loader"] == "skops" and new["format_version"] == 2 and set(new["files"]) == {"head.skops"}
+    np.testing.assert_array_equal(load_model_dir(tmp_path / "new")[0].predict_proba(X), fitted.predict_proba(X))
     # Dense directories were "keras" (head.keras + head.json) and still go to the dense head's loader,
-    # whatever their head name; unknown loaders have none.
+    # whatever their head name; unknown loaders have none, nor has a skops file of no registered head.
     assert loader_for("dense", "keras") is heads.DenseHead and loader_for(None, "keras") is heads.DenseHead
     assert heads.DenseHead.saved_files == ("head.keras", "head.json")
-    assert loader_for("logreg", "joblib") is LogRegHead and loader_for(None, "torch") is None
+    assert loader_for("logreg", "joblib") is heads.PickledHead and loader_for(None, "torch") is None
+    assert loader_for("logreg", "skops") is LogRegHead and loader_for("mine", "skops") is None
+
+
+def test_a_pickle_is_never_opened_without_trust(tmp_path, rng):
+    """Even with model.json rewritten to match it, a pickle that would run code is refused unread."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    d = _v1_logreg_dir(tmp_path / "evil", LogRegHead().fit(rng.normal(size=(20, 3)), np.arange(20) % 2))
+    joblib.dump(Evil(), d / "head.joblib")
+    doc = json.loads((d / "model.json").read_text())
+    doc["files"]["head.joblib"] = sha256_file(d / "head.joblib")
+    (d / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelDirError, match="it is a pickle"):
+        load_model_dir(d)
+    assert not marker.exists()
+
+
+def test_upgrade_rewrites_a_pickle_dir_safely(tmp_path, rng):
+    X, y = rng.normal(size=(40, 5)), np.arange(40) % 2
+    fitted = LogRegHead().fit(X, y)
+    old = _v1_logreg_dir(tmp_path / "old", fitted, extra={"history.csv": b"epoch\n", "grid_results.csv": b"C\n"})
+    with pytest.raises(ModelDirError, match="it is a pickle"):  # upgrading unpickles: the same opt-in
+        modeldir.upgrade_model_dir(old)
+    assert (old / "head.joblib").exists()
+    report = modeldir.upgrade_model_dir(old, trust_pickle=True)
+    assert report["upgraded"] and report["new_head_loader"] == "skops" and report["format_version"] == 2
+    doc = json.loads((old / "model.json").read_text())
+    assert set(doc["files"]) == {"head.skops", "history.csv", "grid_results.csv"} and not (old / "head.joblib").exists()
+    assert doc["upgraded_from"] == {"head_loader": "joblib", "format_version": 1} and doc["class_names"] == ["a", "b"]
+    head, _ = load_model_dir(old)  # no trust needed any more
+    np.testing.assert_array_equal(head.predict_proba(X), fitted.predict_proba(X))
+    assert modeldir.upgrade_model_dir(old)["upgraded"] is False  # nothing left to do
+    # The caller's own estimator has no safe format: refused, the directory left as it was.
+    mine = tmp_path / "mine"
+    save_model_dir(mine, PlainHead(1), {})
+    with pytest.raises(ModelDirError, match="not a bneck head"):
+        modeldir.upgrade_model_dir(mine, trust_pickle=True)
+    assert (mine / "head.joblib").exists()
+
+
+def _rewrite_skops(d, obj):
+    import skops.io as sio
+
+    sio.dump(obj, d / "head.skops")
+    doc = json.loads((d / "model.json").read_text())
+    doc["files"]["head.skops"] = sha256_file(d / "head.skops")
+    (d / "model.json").write_text(json.dumps(doc))
+
+
+class _Marker:
+    """Would create a file when unpickled (skops stores it as an ObjectNode of an untrusted type)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __setstate__(self, state):
+        open(state["path"], "w").close()
+
+
+def test_a_skops_head_with_an_untrusted_type_is_refused_naming_it(tmp_path, rng):
+    import os
+
+    fitted = LogRegHead().fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
+    d = tmp_path / "m"
+    save_model_dir(d, fitted, {"head": "logreg"})
+    marker = tmp_path / "ran"
+    evil = LogRegHead().fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
+    evil.pipeline_ = {"call": os.system, "obj": _Marker(str(marker))}
+    _rewrite_skops(d, evil)
+    with pytest.raises(ModelDirError, match=r"refusing to load type\(s\) .*posix\.system"
+                                            r"|refusing to load type\(s\) .*_Marker"):
+        load_model_dir(d)
+    assert not marker.exists()
+    # A trusted scikit-learn estimator that is not this head's own (the file says svm, holds a forest).
+    from sklearn.ensemble import RandomForestClassifier
+
+    _rewrite_skops(d, RandomForestClassifier(n_estimators=2).fit(rng.normal(size=(20, 3)), np.arange(20) % 2))
+    with pytest.raises(ModelDirError, match="RandomForestClassifier"):
+        load_model_dir(d)
+    # What is not a skops file at all (a pickle renamed head.skops) is refused, not unpickled.
+    joblib.dump(fitted, d / "head.skops")
+    _doc = json.loads((d / "model.json").read_text())
+    _doc["files"]["head.skops"] = sha256_file(d / "head.skops")
+    (d / "model.json").write_text(json.dumps(_doc))
+    with pytest.raises(ModelDirError, match="not a skops file"):
+        load_model_dir(d)
+
+
+def test_saving_a_head_with_an_untrusted_part_fails_at_save(tmp_path, rng):
+    """A head that could not be loaded back safely is refused when written, not on the machine it is sent to."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    Y = rng.normal(size=(30, 2))
+    head = heads.SpecialistsHead(base=RandomForestRegressor(n_estimators=2)).fit(rng.normal(size=(30, 3)), Y)
+    with pytest.raises(heads.UnsafeHeadFile, match="RandomForestRegressor"):
+        save_model_dir(tmp_path / "m", head, {"head": "specialists"})
+    assert _listing(tmp_path) == []
+
+
+def test_links_out_of_the_directory_and_huge_or_deep_model_json_are_refused(tmp_path, rng):
+    fitted = LogRegHead().fit(rng.normal(size=(20, 3)), np.arange(20) % 2)
+    d = tmp_path / "m"
+    save_model_dir(d, fitted, {"head": "logreg"})
+    outside = tmp_path / "outside.skops"
+    (d / "head.skops").rename(outside)
+    (d / "head.skops").symlink_to(outside)  # same bytes, same sha256: only the link gives it away
+    with pytest.raises(ModelDirError, match="is a link to .*outside the model directory"):
+        load_model_dir(d)
+    (d / "head.skops").unlink()
+    outside.rename(d / "head.skops")
+    doc = (d / "model.json").read_text()
+    (d / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelDirError, match="unreadable"):
+        load_model_dir(d)
+    (d / "model.json").write_text(doc[:-2] + ', "pad": "' + "x" * (17 * 2**20) + '"}')
+    with pytest.raises(ModelDirError, match="too large"):
+        load_model_dir(d)
 
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
@@ -127,7 +261,7 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     save_model_dir(out, PlainHead(1), {"v": 1})
     with pytest.raises(RuntimeError):
         save_model_dir(out, FakeKerasHead(np.zeros(2)), {"v": 2}, overwrite=True)
-    assert _listing(tmp_path) == ["m"] and load_model_dir(out)[1]["v"] == 1
+    assert _listing(tmp_path) == ["m"] and load_model_dir(out, trust_pickle=True)[1]["v"] == 1
 
 
 def test_unserialisable_meta_leaves_nothing(tmp_path):
@@ -141,9 +275,9 @@ def test_overwrite_semantics(tmp_path):
     save_model_dir(out, PlainHead(1), {"v": 1}, extra_files={"old.txt": b"old"})
     with pytest.raises(ModelDirError, match="already exists"):
         save_model_dir(out, PlainHead(2), {"v": 2})
-    assert load_model_dir(out)[0].w == 1
+    assert load_model_dir(out, trust_pickle=True)[0].w == 1
     save_model_dir(out, PlainHead(2), {"v": 2}, overwrite=True)
-    head, meta = load_model_dir(out)
+    head, meta = load_model_dir(out, trust_pickle=True)
     assert head.w == 2 and meta["v"] == 2 and not (out / "old.txt").exists()
     assert _listing(tmp_path) == ["m"]
     # overwrite never deletes a directory that is not a model directory
@@ -155,7 +289,7 @@ def test_overwrite_semantics(tmp_path):
     assert _listing(precious) == ["cat.jpg"]
     (tmp_path / "empty").mkdir()
     save_model_dir(tmp_path / "empty", PlainHead(4), {}, overwrite=True)
-    assert load_model_dir(tmp_path / "empty")[0].w == 4
+    assert load_model_dir(tmp_path / "empty", trust_pickle=True)[0].w == 4
 
 
 def test_bad_extra_file_names(tmp_path):
@@ -170,16 +304,16 @@ def test_tampering_detected(tmp_path):
     save_model_dir(out, PlainHead(1), {}, extra_files={"a/b.txt": b"data"})
     (out / "a" / "b.txt").write_bytes(b"evil")
     with pytest.raises(ModelDirError, match=r"'a/b\.txt' does not match its sha256"):
-        load_model_dir(out)
+        load_model_dir(out, trust_pickle=True)
     (out / "a" / "b.txt").unlink()
     with pytest.raises(ModelDirError, match=r"'a/b\.txt' .* is missing"):
-        load_model_dir(out)
+        load_model_dir(out, trust_pickle=True)
 
 
 def test_bad_model_json(tmp_path):
     out = tmp_path / "m"
     with pytest.raises(ModelDirError, match="no model.json"):
-        load_model_dir(out)
+        load_model_dir(out, trust_pickle=True)
     doc = save_model_dir(out, PlainHead(1), {})
     for broken, message in [("{not json", "unreadable"),
                             (json.dumps(dict(doc, format="x")), "not a bneck model"),
@@ -188,7 +322,7 @@ def test_bad_model_json(tmp_path):
                             (json.dumps(dict(doc, files={"../x": "0"})), "invalid file name")]:
         (out / "model.json").write_text(broken)
         with pytest.raises(ModelDirError, match=message):
-            load_model_dir(out)
+            load_model_dir(out, trust_pickle=True)
 
 
 class _Killed(BaseException):
@@ -225,7 +359,7 @@ def test_overwrite_killed_between_renames_is_cleaned_up_by_the_next_save(tmp_pat
     assert old in _listing(tmp_path)
     save_model_dir(out, PlainHead(4), {"v": 4})
     assert _listing(tmp_path) == sorted(["m", *decoys])
-    assert load_model_dir(out)[1]["v"] == 4
+    assert load_model_dir(out, trust_pickle=True)[1]["v"] == 4
 
 
 def test_leftovers_are_removed_by_an_overwrite_too(tmp_path):
@@ -243,7 +377,8 @@ def test_parent_dir_fsynced_after_the_final_rename(tmp_path, monkeypatch, overwr
     if overwrite:
         save_model_dir(out, PlainHead(1), {})
     calls = []
-    monkeypatch.setattr(modeldir, "_fsync_dir", lambda d: calls.append((d, load_model_dir(out)[0].w)))
+    monkeypatch.setattr(modeldir, "_fsync_dir",
+                        lambda d: calls.append((d, load_model_dir(out, trust_pickle=True)[0].w)))
     save_model_dir(out, PlainHead(2), {}, overwrite=overwrite)
     assert calls == [(tmp_path, 2)]  # once, with the new model already in place
 

@@ -118,6 +118,7 @@ def test_flip_is_the_mirror_image_and_no_flip_splits_requests(models, cache):
     assert _rel_err(short, no_flip(x)[0][:1]).max() <= 1e-5
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_a_mirrored_batch_from_the_caller_gives_the_same_features(models, cache):
     spec = backbones.get("mobilenet")
     ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
@@ -195,6 +196,7 @@ def test_converted_model_cache_is_reused_and_keyed(models, tmp_path, caplog):
     np.testing.assert_array_equal(healed(x)[0], first(x)[0])
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_submitted_batches_complete_in_order(models, cache):
     spec = backbones.get("mobilenet")
     ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",

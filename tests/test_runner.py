@@ -99,6 +99,7 @@ def test_rerun_is_noop_and_changed_settings_are_refused(dataset, tmp_path):
     assert redo.computed == 12
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_resume_after_interrupt_equals_uninterrupted_run(dataset, tmp_path, monkeypatch):
     data, _ = dataset
     full = tmp_path / "full.h5"
@@ -117,6 +118,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(dataset, tmp_path, monk
     assert not os.path.exists(partial_dir(str(out)))
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_partial_run_with_other_settings_is_refused(dataset, tmp_path, monkeypatch):
     data, _ = dataset
     out = tmp_path / "f.h5"
@@ -207,6 +209,7 @@ def test_extract_gives_the_caller_its_sigterm_handler_back(tmp_path):
         signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_rerun_of_a_finished_extract_does_not_build_the_backbone(dataset, tmp_path, monkeypatch):
     data, _ = dataset
     out = tmp_path / "f.h5"

@@ -28,7 +28,8 @@ def cls_file(tmp_path_factory):
 def test_each_classification_head_trains_and_saves(cls_file, tmp_path, head, kw):
     meta = train(cls_file, tmp_path / "m", head=head, **kw)
     files = set(meta["files"])
-    assert ("head.keras" in files) == (head == "dense") and ("head.joblib" in files) == (head != "dense")
+    assert ("head.keras" in files) == (head == "dense") and ("head.skops" in files) == (head != "dense")
+    assert "head.joblib" not in files  # no pickle: model directories are safe to open (issue 21)
     assert meta["features"]["backbone"] == "mobilenet" and meta["class_names"] == ["a", "b", "c"]
     assert meta["training"]["n_invalid_skipped"] == 1 and meta["training"]["used_flipped"]
     assert meta["training"]["n_train_rows"] + meta["training"]["n_val_rows"] == 30

@@ -96,8 +96,11 @@ class ChunkBuffer:
         """True once every row of the chunk has been put."""
         return self.filled == self.n_rows
 
-    def put(self, offset: int, results, orig: np.ndarray, flipped: np.ndarray | None) -> None:
-        """Store a batch of consecutive rows starting at ``offset``; bad rows get zero features."""
+    def put(self, offset: int, results, orig: np.ndarray, flipped: np.ndarray | None) -> int:
+        """Store a batch of consecutive rows starting at ``offset``; bad rows get zero features.
+
+        Returns how many good rows the store dtype destroyed (:func:`lost_rows`).
+        """
         n = len(results)
         if self.features is None or self.features.shape[1:] != orig.shape[1:]:  # known from the first batch
             self.features = np.zeros((self.n_rows,) + orig.shape[1:], dtype=self.store_dtype)
@@ -117,6 +120,11 @@ class ChunkBuffer:
                 self.valid[offset + j] = True
                 self.image_size[offset + j] = size
         self.filled += n
+        good = self.valid[rows]
+        lost = lost_rows(self.features[rows][good])
+        if flipped is not None:
+            lost = max(lost, lost_rows(self.features_flipped[rows][good]))
+        return lost
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The chunk's named arrays (features, features_flipped, valid, reason, image_size)."""
@@ -149,14 +157,30 @@ class BufferPool:
             self._free.append(chunk)
 
 
-def store_rows(results, features, buf: dict, chunk_range, pool: BufferPool) -> None:
-    """Put a collected batch (rows of one chunk, in order) into that chunk's buffer in ``buf``."""
+def lost_rows(stored: np.ndarray) -> int:
+    """Rows of ``stored`` (good images only) that the store dtype destroyed: all zero, or not finite.
+
+    Only float16 can do this (its range is 6e-8 .. 65504): a backbone whose activations are tiny
+    (a random-initialised MobileNet gives ~1e-19) is stored as exact zeros, and a head trained on
+    them learns nothing. A float32 row of zeros is a real (if odd) feature row and is not counted.
+    """
+    if stored.dtype != np.float16 or not len(stored):
+        return 0
+    flat = stored.reshape(len(stored), -1)
+    return int((~np.isfinite(flat).all(axis=1) | ~flat.any(axis=1)).sum())
+
+
+def store_rows(results, features, buf: dict, chunk_range, pool: BufferPool) -> int:
+    """Put a collected batch (rows of one chunk, in order) into that chunk's buffer in ``buf``.
+
+    Returns the number of good rows the float16 store destroyed (:func:`lost_rows`).
+    """
     orig, flipped = features
     k, first = results[0][0], results[0][1]
     a, b = chunk_range(k)
     if k not in buf:
         buf[k] = pool.get(b - a)
-    buf[k].put(first - a, results, orig, flipped)
+    return buf[k].put(first - a, results, orig, flipped)
 
 
 def mirror_batch(x: np.ndarray) -> np.ndarray:

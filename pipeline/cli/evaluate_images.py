@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
+from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import fraction, positive_int
 
@@ -17,6 +18,7 @@ def add_arguments(p) -> None:
                    help="exit 3 when more than this fraction of images cannot be decoded (default 0.05); "
                         "below it they are left out, named on stderr and in the JSON's bad_images")
     p.add_argument("--json", action="store_true", help="one JSON object; headline accuracy or rmse_px at top level")
+    add_model_args(p)
     add_source_args(p)
 
 
@@ -25,7 +27,8 @@ def run(args) -> int:
     from pipeline.serve.evaluate_images import evaluate_on_images
 
     r = evaluate_on_images(args.model, args.data, top_k=args.top_k, batch_size=args.batch_size,
-                           source=source_options(args, drop_unset=True), max_bad_fraction=args.max_bad_fraction)
+                           source=source_options(args, drop_unset=True), max_bad_fraction=args.max_bad_fraction,
+                           **model_options(args))
     print(json_text(r) if args.json else format_report({**r, "features": r["data"],
                                                            "n_invalid_skipped": r["n_bad_skipped"]}))
     return 0

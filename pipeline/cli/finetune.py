@@ -6,6 +6,7 @@ import argparse
 
 from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
+from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import fraction_below_one, non_negative_int, positive_float, positive_int
 
@@ -38,6 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the augmentation and training (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--json", action="store_true", help="print the result summary as one JSON object")
+    add_model_args(p)
     add_source_args(p)
 
 
@@ -48,7 +50,7 @@ def run(args) -> int:
                     train_bn=args.train_bn, lr=args.lr, momentum=args.momentum, epochs=args.epochs,
                     batch_size=args.batch_size, val=args.val, val_split=args.val_split, augment=args.augment,
                     flip=args.flip, seed=args.seed, source=source_options(args, drop_unset=True),
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, **model_options(args))
     f, m = meta["finetune"], meta["metrics"]
     key = "accuracy" if meta["task"] == "classification" else "rmse_px"
     if args.json:

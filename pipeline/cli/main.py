@@ -25,7 +25,9 @@ from pipeline.cli import (
     info,
     merge,
     predict,
+    report,
     train,
+    upgrade_model,
     visualize_filters,
 )
 from pipeline.cli.errors import EXIT_BAD_IMAGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, UsageError
@@ -35,9 +37,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter 
 log = logging.getLogger("bneck")
 
 #: Every subcommand, in the order of ``bneck --help``.
-COMMANDS = [extract.COMMAND, info.COMMAND, backbones.COMMAND, train.COMMAND, evaluate.COMMAND, predict.COMMAND,
-            export.COMMAND, merge.COMMAND, finetune.COMMAND, evaluate_images.COMMAND, classify.COMMAND,
-            visualize_filters.COMMAND, frames.COMMAND]
+COMMANDS = [extract.COMMAND, info.COMMAND, backbones.COMMAND, train.COMMAND, evaluate.COMMAND, report.COMMAND,
+            predict.COMMAND, export.COMMAND, merge.COMMAND, finetune.COMMAND, evaluate_images.COMMAND,
+            classify.COMMAND, visualize_filters.COMMAND, frames.COMMAND, upgrade_model.COMMAND]
 
 
 def build_parser() -> argparse.ArgumentParser:

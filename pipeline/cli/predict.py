@@ -8,6 +8,7 @@ import sys
 from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
+from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.types import positive_int
 
 
@@ -21,6 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     p.add_argument("--json", action="store_true", help="JSON lines: path plus label/scores, or image_size and targets "
                    "(keypoints in each image's own pixels); a feature file's lines carry their row too")
+    add_model_args(p)
 
 
 def _features_input(args) -> bool:
@@ -38,12 +40,13 @@ def run(args) -> int:
     if _features_input(args):
         from pipeline.serve.predict import predict_features
 
-        results = predict_features(args.model, args.inputs[0], top_k=args.top_k, tta_flip=args.tta_flip)
+        results = predict_features(args.model, args.inputs[0], top_k=args.top_k, tta_flip=args.tta_flip,
+                                   trust_pickle=args.trust_pickle)
     else:
         from pipeline.serve.predict import predict
 
         results = predict(args.model, args.inputs, top_k=args.top_k, tta_flip=args.tta_flip,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, **model_options(args))
     failed = 0
     for r in results:
         failed += "error" in r

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
@@ -31,6 +33,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the head (default 0)")
     p.add_argument("--memory-budget", default="2GiB",
                    help="load features into RAM below this size, else stream from HDF5 (default 2GiB)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                   help="after choosing settings on the --val-split rows (epochs, C, alpha), fit the head again on "
+                        "every training row; model.json keeps the validation metrics (default --refit)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     g = p.add_argument_group("dense head")
     g.add_argument("--units", type=non_negative_int, help="hidden units, 0 for none (default 256)")
@@ -135,7 +140,8 @@ def run(args) -> int:
     meta = train(args.features, args.output, head=args.head, pooling=args.pooling, use_flipped=args.use_flipped,
                  val=args.val, val_split=args.val_split, seed=args.seed, memory_budget=args.memory_budget,
                  params=params, grid=parse_grid(args.grid) if args.grid else None, cv=args.cv, jobs=args.jobs,
-                 groups=args.groups, specialist_base=args.specialist_base, overwrite=args.overwrite)
+                 groups=args.groups, specialist_base=args.specialist_base, refit=args.refit,
+                 overwrite=args.overwrite)
     m = meta.get("metrics", {})
     if args.json:
         print(json_text({"model": args.output, "head": args.head, **{k: v for k, v in m.items()
@@ -144,8 +150,12 @@ def run(args) -> int:
         headline = (f"val accuracy {m['accuracy']:.4f}" if "accuracy" in m else
                     f"val RMSE {m['rmse_px']:.3f} px" if "rmse_px" in m else "no validation rows")
         t = meta["training"]
-        print(f"{args.head} head -> {args.output}: {headline}; {t['n_training_samples']} training samples, "
-              f"{t['n_invalid_skipped']} invalid rows skipped, {t['seconds']:.1f} s")
+        chosen = (f", best of grid {t['grid']['best_params']}" if t.get("grid") else "")
+        refit = (f", then refitted on all {t['refit']['n_training_samples']} training samples"
+                 if t.get("refit") else "")
+        print(f"{args.head} head -> {args.output}: {headline} on {t['n_val_rows']} held-out rows{chosen}; "
+              f"{t['n_training_samples']} training samples{refit}, {t['n_invalid_skipped']} invalid rows skipped, "
+              f"{t['seconds']:.1f} s")
     return 0
 
 

@@ -80,7 +80,10 @@ def temper_normalization(layers, rel_floor: float = 1e-2) -> int:
 
 
 class _Saved:
-    """What ``save_model_dir`` stores as the head: the whole fine-tuned network."""
+    """What ``save_model_dir`` stores as the head: the whole fine-tuned network (``model.keras``, no pickle)."""
+
+    head_loader = "keras"  # read back by pipeline.serve.finetuned.load_finetuned (checked, safe_mode=True)
+    format_version = 1
 
     head_loader = "keras"  # read back by pipeline.serve.finetuned, never unpickled
 
@@ -96,7 +99,7 @@ class _Saved:
 
 def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, train_bn=False, lr=1e-4,
              momentum=0.9, epochs=10, batch_size=32, val=None, val_split=0.2, augment=True, flip=True,
-             seed=0, source=None, overwrite=False) -> dict:
+             seed=0, source=None, overwrite=False, weights_dirs=(), trust_pickle=False) -> dict:
     """Fine-tune the model directory ``model_dir`` on the images of ``data`` and save it to ``output``.
 
     Args:
@@ -115,6 +118,8 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
             keypoints. Applied in the input pipeline only, never saved in the model.
         seed: seeds the split, the shuffling, the augmentation and Keras; ``source``: read_source options.
         overwrite: replace an existing model directory at ``output`` (checked before training starts).
+        weights_dirs: more folders to find the backbone weights in (by sha256).
+        trust_pickle: allow a format-v1 ``head.joblib`` in ``model_dir`` (a pickle, which runs code).
 
     The best epoch is the highest ``val_accuracy`` (classes) or lowest ``val_loss`` (masked MSE,
     keypoints); without validation rows, the training loss. Returns the saved model.json content.
@@ -136,7 +141,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
     vman = read_source(val, **(source or {})) if val else None
     if vman is not None:
         refuse_unlabelled_source(vman, val)
-    model, _, meta, _, backbone = stitch(model_dir)
+    model, _, meta, _, backbone = stitch(model_dir, weights_dirs=weights_dirs, trust_pickle=trust_pickle)
     keras.utils.set_random_seed(seed)  # after stitch, which seeds the backbone's own construction
     task, size = meta["task"], tuple(int(v) for v in meta["features"]["input_size"])
     trained = select_trainable(backbone, unfreeze=unfreeze, unfreeze_last=unfreeze_last, train_bn=train_bn)

@@ -21,7 +21,8 @@ HEAD_CLASSES = {"dense": "dense:DenseHead", "svm": "linear:SVMHead", "logreg": "
 HEAD_NAMES = tuple(HEAD_CLASSES)
 
 #: What ``from pipeline.heads import NAME`` finds, and in which module (loaded on first use).
-_LAZY = {"Head": "base", "DenseHead": "dense", "SVMHead": "linear", "LogRegHead": "linear",
+_LAZY = {"Head": "base", "PickledHead": "base", "UnsafeHeadFile": "base", "DenseHead": "dense",
+         "load_keras_file": "dense", "SVMHead": "linear", "LogRegHead": "linear",
          "SpecialistsHead": "specialists", "default_groups": "specialists", "DEFAULT_ALPHAS": "specialists",
          "check_grid": "linear", "grid_search": "linear", "parse_grid": "linear", "DEFAULT_C": "linear"}
 
@@ -65,16 +66,21 @@ def make_head(name, **params):
 def loader_for(head_name, head_loader):
     """The class whose ``load(dirpath)`` reads a model directory saved as ``head_loader``, else None.
 
-    The head's own class when ``head_name`` is registered with that loader. Otherwise :class:`Head`
-    for ``"joblib"`` (a pickle of any estimator: ``save_model_dir`` writes one for heads of the
-    caller's own), or the registered class saving that way (``"keras"``: only ever the dense head).
+    The head's own class when ``head_name`` is registered with that loader. Otherwise
+    :class:`PickledHead` for ``"joblib"`` (a pickle of any estimator: format v1 wrote every scikit-learn
+    head so, and ``save_model_dir`` still writes one for estimators of the caller's own; reading it
+    needs ``trust_pickle``), or the registered class saving that way (``"keras"``: only ever the dense
+    head). A ``"skops"`` file is read only by the registered class it names: its trusted types are that
+    class's own.
     """
-    from .base import Head
+    from .base import Head, PickledHead
 
     heads = _registry()
     cls = heads.get(head_name)
     if cls is not None and cls.head_loader == head_loader:
         return cls
+    if head_loader == PickledHead.head_loader:
+        return PickledHead
     if head_loader == Head.head_loader:
-        return Head
+        return None
     return next((c for c in heads.values() if c.head_loader == head_loader), None)

@@ -12,6 +12,9 @@ decides whether TensorFlow is needed.
 import csv
 import json
 import os
+import stat
+import zipfile
+from pathlib import PurePosixPath
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -20,11 +23,107 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from .base import Head, frozen_dense
+from .base import Head, UnsafeHeadFile, frozen_dense
 from .linear import check_features
 from .tasks import CLASSIFICATION, infer_task, neg_rmse
 
-__all__ = ["DenseHead"]
+__all__ = ["DenseHead", "load_keras_file", "check_keras_file", "KERAS_FLOOR"]
+
+#: The oldest Keras trusted to load a ``.keras`` file: earlier ones have published ``safe_mode`` bypasses
+#: (CVE-2025-1550, CVE-2025-8747, CVE-2025-9906, CVE-2025-9905, CVE-2025-12060, CVE-2026-1462).
+KERAS_FLOOR = (3, 14)
+
+#: What a ``.keras`` archive holds; anything else (a member outside these, a link) is refused unread.
+_KERAS_MEMBERS = ("config.json", "metadata.json", "model.weights.h5", "model.weights.npz")
+#: Layers that run code or load another model from a path: never in a bneck network.
+_CODE_LAYERS = ("Lambda", "TFSMLayer")
+_MAX_CONFIG_BYTES = 64 * 2**20
+
+
+def _keras_version_ok() -> tuple[bool, str]:
+    import keras
+
+    version = keras.version()
+    parts = [int("".join(c for c in p if c.isdigit()) or 0) for p in version.split(".")[:2]]
+    return tuple(parts) >= KERAS_FLOOR, version
+
+
+def _refuse(path, why):
+    raise UnsafeHeadFile(f"{path}: refusing to load: {why}")
+
+
+def check_keras_file(path) -> None:
+    """Refuse a ``.keras`` file that is not a plain archive of built-in Keras objects, without loading it.
+
+    This is checked before Keras sees the file, so these hold whatever Keras version is installed:
+    the file is a zip (a legacy HDF5 ``.h5`` model is refused: Keras ignores ``safe_mode`` for those),
+    its members are the archive's own files (no absolute path, no ``..``, no link), and every object
+    ``config.json`` names is a Keras built-in (``module`` is ``keras`` or ``keras.*``; no ``Lambda``,
+    no ``TFSMLayer``, no function). Raises :class:`pipeline.heads.UnsafeHeadFile` naming what it found.
+    """
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic == b"\x89HDF\r\n\x1a\n":
+        _refuse(path, "a legacy HDF5 (.h5) Keras model: Keras does not apply safe_mode to those (CVE-2025-9905); "
+                      "only .keras archives are read")
+    if not zipfile.is_zipfile(path):
+        _refuse(path, "not a .keras archive (a zip of config.json, metadata.json and model.weights.h5)")
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            name = info.filename
+            rel = PurePosixPath(name.replace("\\", "/"))
+            if rel.is_absolute() or ".." in rel.parts or ":" in name or not rel.parts:
+                _refuse(path, f"archive member {name!r} points outside the archive (path traversal, CVE-2025-12060)")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                _refuse(path, f"archive member {name!r} is a symbolic link")
+            if name not in _KERAS_MEMBERS and not (rel.parts[0] == "assets" and len(rel.parts) > 1):
+                _refuse(path, f"unexpected archive member {name!r} (a .keras file holds {', '.join(_KERAS_MEMBERS)})")
+        try:
+            info = z.getinfo("config.json")
+        except KeyError:
+            _refuse(path, "no config.json in the archive")
+        if info.file_size > _MAX_CONFIG_BYTES:
+            _refuse(path, f"config.json is {info.file_size} bytes")
+        try:
+            config = json.loads(z.read(info))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            _refuse(path, f"config.json is not readable JSON ({type(exc).__name__})")
+    if isinstance(config, dict):  # compile=False: the compile config (optimizer, loss) is never deserialised
+        config = {k: v for k, v in config.items() if k != "compile_config"}
+    stack = [config]
+    while stack:  # iterative: a deeply nested config cannot exhaust the stack here
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            module, cls = node.get("module"), node.get("class_name")
+            if cls in _CODE_LAYERS:
+                _refuse(path, f"config.json holds a {cls} layer, which can run code or load files "
+                              "(arbitrary code execution); bneck networks use built-in layers only")
+            keras_module = isinstance(module, str) and (module == "keras" or module.startswith("keras."))
+            if module is not None and not keras_module:
+                _refuse(path, f"config.json names {module}.{cls}, which is not a Keras built-in "
+                              "(a module or function outside Keras could run arbitrary code)")
+            registered = node.get("registered_name")
+            if isinstance(registered, str) and ">" in registered:  # "package>Name": a custom registered object
+                _refuse(path, f"config.json names the custom object {registered!r}; bneck networks use built-ins only")
+            stack.extend(node.values())
+
+
+def load_keras_file(path):
+    """``keras.saving.load_model(path, safe_mode=True, compile=False)`` after :func:`check_keras_file`.
+
+    Refuses to run on a Keras older than :data:`KERAS_FLOOR`, whose ``safe_mode`` has known bypasses.
+    """
+    import keras
+
+    ok, version = _keras_version_ok()
+    if not ok:
+        raise UnsafeHeadFile(f"{path}: refusing to load with Keras {version}: releases before "
+                             f"{'.'.join(map(str, KERAS_FLOOR))} have published safe_mode bypasses "
+                             "(CVE-2025-1550 ... CVE-2026-1462); pip install 'keras>=3.14'")
+    check_keras_file(path)
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
 
 _FITTED = ("task_", "n_outputs_", "best_epoch_", "history_", "input_shape_", "y_ndim_")
 
@@ -294,9 +393,7 @@ class DenseHead(Head, BaseEstimator):
 
     @classmethod
     def load(cls, dirpath):
-        """Rebuild a fitted head saved by :meth:`save` (Keras ``safe_mode=True``, not compiled)."""
-        import keras
-
+        """Rebuild a fitted head saved by :meth:`save` (:func:`load_keras_file`: checked, ``safe_mode=True``)."""
         with open(os.path.join(dirpath, "head.json")) as f:
             meta = json.load(f)
         head = cls(**meta["params"])
@@ -306,8 +403,7 @@ class DenseHead(Head, BaseEstimator):
             head.classes_ = np.array(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
         # Not stored by directories written before the estimator checks: it follows from the input shape.
         head.n_features_in_ = int(np.prod(head.input_shape_))
-        head.model_ = keras.saving.load_model(os.path.join(dirpath, "head.keras"),
-                                              safe_mode=True, compile=False)
+        head.model_ = load_keras_file(os.path.join(dirpath, "head.keras"))
         return head
 
     def keras_output(self, x, task: str):

@@ -20,7 +20,7 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .base import Head, dense_on_features
+from .base import Head, dense_on_features, type_name
 
 __all__ = ["SVMHead", "LogRegHead", "grid_search", "parse_grid", "as_array", "as_2d", "check_features", "BLAS_THREADS",
            "DEFAULT_C"]
@@ -96,6 +96,8 @@ class _LinearHead(Head, ClassifierMixin, BaseEstimator):
     """Shared fit/predict plumbing for the Pipeline-based heads."""
 
     tasks = ("classification",)
+    #: What its head.skops may hold (beside containers and arrays): the Pipeline and its two steps.
+    trusted_types = tuple(type_name(c) for c in (Pipeline, StandardScaler, LinearSVC, SVC, LogisticRegression))
 
     def _make_model(self):  # pragma: no cover - overridden
         raise NotImplementedError

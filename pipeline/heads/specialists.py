@@ -8,6 +8,11 @@ group of related keypoints gets its own regressor, trained on every row in which
 *that group's* keypoints are present, so no labelled row is wasted.
 """
 
+import copy
+import json
+import os
+import re
+
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin, clone
@@ -16,11 +21,17 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from .base import Head, dense_on_features
+from .base import Head, UnsafeHeadFile, dense_on_features, type_name
+from .dense import DenseHead
 from .linear import check_features, single_blas
 from .tasks import neg_rmse
 
-__all__ = ["SpecialistsHead", "default_groups", "KAGGLE_GROUPS", "DEFAULT_ALPHAS", "linear_regressor_weights"]
+__all__ = ["SpecialistsHead", "default_groups", "KAGGLE_GROUPS", "DEFAULT_ALPHAS", "linear_regressor_weights",
+           "SUBHEADS_FILE"]
+
+#: Written beside ``head.skops`` when specialists are dense heads: group -> the folder holding its head.keras.
+SUBHEADS_FILE = "specialists.json"
+_SUBHEAD_DIR = re.compile(r"specialists/[0-9]{1,6}")
 
 #: Ridge alphas searched per group by RidgeCV's efficient leave-one-out (GCV) when no alpha is given.
 #: Standardised bottleneck features are wide (VGG16 block4_pool at 96 px: 18,432 columns), so useful
@@ -147,6 +158,8 @@ class SpecialistsHead(Head, MultiOutputMixin, RegressorMixin, BaseEstimator):
     tasks = ("regression",)
     user_params = ("alpha",)
     user_options = ("groups", "specialist_base")
+    #: What its head.skops may hold: the ridge specialists' pipelines, and an unfitted dense ``base`` (its params).
+    trusted_types = tuple(type_name(c) for c in (Pipeline, StandardScaler, Ridge, RidgeCV, DenseHead))
 
     def __init__(self, base=None, groups=None, n_jobs=1, alpha=None, alphas=None):
         self.base = base
@@ -174,6 +187,12 @@ class SpecialistsHead(Head, MultiOutputMixin, RegressorMixin, BaseEstimator):
     @classmethod
     def needs_tensorflow(cls, options=None) -> bool:
         return (options or {}).get("specialist_base", "ridge") == "dense"
+
+    @classmethod
+    def loads_tensorflow(cls, meta: dict) -> bool:
+        # Directories from before head_options: train records the dense base's repr in params.
+        base = (meta.get("params") or {}).get("base")
+        return super().loads_tensorflow(meta) or (isinstance(base, str) and base.startswith("DenseHead("))
 
     @classmethod
     def build(cls, task, params=None, *, seed=0, jobs=1, target_names=None, options=None):
@@ -278,6 +297,59 @@ class SpecialistsHead(Head, MultiOutputMixin, RegressorMixin, BaseEstimator):
         return neg_rmse(y, self.predict(X))
 
     # -- the model directory and export ------------------------------------------------------------
+    def save(self, dirpath) -> None:
+        """``head.skops``; dense specialists (Keras networks) each save themselves into ``specialists/<i>/``.
+
+        Their groups hold None in ``head.skops`` and :data:`SUBHEADS_FILE` maps each group to its folder.
+        """
+        dense = {g: est for g, est in getattr(self, "estimators_", {}).items() if isinstance(est, DenseHead)}
+        if not dense:
+            return super().save(dirpath)
+        shell = copy.copy(self)
+        shell.estimators_ = {g: None if g in dense else est for g, est in self.estimators_.items()}
+        Head.save(shell, dirpath)
+        folders = {g: f"specialists/{i}" for i, g in enumerate(dense)}
+        for g, est in dense.items():
+            est.save(os.path.join(dirpath, *folders[g].split("/")))
+        with open(os.path.join(dirpath, SUBHEADS_FILE), "w", encoding="utf-8") as fh:
+            json.dump({"dense": folders}, fh, indent=1)
+
+    @classmethod
+    def _folders(cls, dirpath) -> dict:
+        """group -> folder of a dense specialist, from :data:`SUBHEADS_FILE` (absent: none), each name checked."""
+        path = os.path.join(dirpath, SUBHEADS_FILE)
+        if not os.path.isfile(path):
+            return {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                folders = json.load(fh).get("dense")
+        except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
+            folders = None
+        if not isinstance(folders, dict) or not all(isinstance(f, str) and _SUBHEAD_DIR.fullmatch(f)
+                                                    for f in folders.values()):
+            raise UnsafeHeadFile(f"{path}: malformed (expected {{\"dense\": {{group: \"specialists/<i>\"}}}})")
+        return folders
+
+    @classmethod
+    def files_to_read(cls, dirpath) -> tuple[str, ...]:
+        """``head.skops``, and with dense specialists :data:`SUBHEADS_FILE` and each one's head.keras + head.json."""
+        folders = cls._folders(dirpath)
+        extra = [f"{f}/{n}" for f in folders.values() for n in DenseHead.saved_files]
+        return (*cls.saved_files, *([SUBHEADS_FILE] if folders else []), *extra)
+
+    @classmethod
+    def load(cls, dirpath):
+        """Read ``head.skops`` (types checked), then each dense specialist with :meth:`DenseHead.load`."""
+        head = super().load(dirpath)
+        for g, folder in cls._folders(dirpath).items():
+            if head.estimators_.get(g, 0) is not None:
+                raise UnsafeHeadFile(f"{os.path.join(dirpath, SUBHEADS_FILE)}: group {g!r} is not a dense specialist")
+            head.estimators_[g] = DenseHead.load(os.path.join(dirpath, *folder.split("/")))
+        missing = [g for g, est in head.estimators_.items() if est is None]
+        if missing:
+            raise UnsafeHeadFile(f"{dirpath}: no saved network for specialist group(s) {', '.join(missing)}")
+        return head
+
     def training_record(self) -> dict:
         return {"rows_used_per_group": {g: int(n) for g, n in self.n_rows_used_.items()},
                 "alpha_per_group": dict(getattr(self, "alphas_", {}))}

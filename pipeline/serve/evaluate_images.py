@@ -13,7 +13,7 @@ from pipeline.serve.rows import decode_rows, refuse_unlabelled_source, targets_f
 
 
 def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32, source=None,
-                       max_bad_fraction: float = 0.05) -> dict:
+                       max_bad_fraction: float = 0.05, weights_dirs=(), trust_pickle: bool = False) -> dict:
     """Metrics of any model directory on labelled images (class folder, CSV, Kaggle CSV), decoded end to end.
 
     Returns a dict with the headline ``accuracy`` or ``rmse_px`` at the top level, like
@@ -24,7 +24,7 @@ def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32,
     """
     man = read_source(data, **(source or {}))  # a malformed CSV fails before the model is built
     refuse_unlabelled_source(man, data)
-    pred = predictor_for(model_dir, batch_size=batch_size)
+    pred = predictor_for(model_dir, batch_size=batch_size, weights_dirs=weights_dirs, trust_pickle=trust_pickle)
     x, hw, rows, bad = decode_rows(man, pred.input_size)
     if len(man) and len(bad) / len(man) > max_bad_fraction:
         raise TooManyBadImages(f"{data}: {len(bad)} of {len(man)} images ({len(bad) / len(man):.1%}) could not be "

@@ -25,15 +25,17 @@ def is_finetuned(model_dir) -> bool:
 
 
 def load_finetuned(model_dir):
-    """(keras model, meta) of a fine-tuned model directory, checksums verified, ``safe_mode=True``."""
-    import keras
-
+    """(keras model, meta) of a fine-tuned model directory, checksums verified, checked and ``safe_mode=True``."""
+    from pipeline.heads import UnsafeHeadFile, load_keras_file
     from pipeline.modeldir import ModelDirError, verify_model_dir
 
     meta = verify_model_dir(model_dir)
     if meta.get("head") != "finetuned" or MODEL_FILE not in meta["files"]:
         raise ModelDirError(f"{model_dir}: not a fine-tuned model directory (no {MODEL_FILE})")
-    return keras.saving.load_model(os.path.join(model_dir, MODEL_FILE), safe_mode=True, compile=False), meta
+    try:
+        return load_keras_file(os.path.join(model_dir, MODEL_FILE)), meta
+    except UnsafeHeadFile as exc:
+        raise ModelDirError(str(exc)) from None
 
 
 class FinetunedPredictor(Predictor):
@@ -42,8 +44,9 @@ class FinetunedPredictor(Predictor):
     >>> FinetunedPredictor("models/finetuned").predict_files(["cat.jpg"], top_k=3)
     """
 
-    def __init__(self, model_dir, *, tta_flip: bool = False, batch_size: int = 32, weights_dirs=()):
-        # weights_dirs: accepted like Predictor's; the whole network, weights included, is in model.keras.
+    def __init__(self, model_dir, *, tta_flip: bool = False, batch_size: int = 32, weights_dirs=(),
+                 trust_pickle: bool = False):
+        # weights_dirs, trust_pickle: accepted like Predictor's; the whole network is in model.keras, no pickle.
         self.model, self.meta = load_finetuned(model_dir)
         self.prov, self.tta_flip, self.batch_size = self.meta["features"], tta_flip, batch_size
         self.input_size = tuple(int(v) for v in self.prov["input_size"])

@@ -17,10 +17,16 @@ from pipeline.serve.predictor import result_for
 FEATURE_BATCH = 4096
 
 
-def predict(model_dir, inputs, *, top_k: int = 5, tta_flip: bool = False, batch_size: int = 32):
-    """Predict on image files/directories; yields result dicts (the ``bneck predict --json`` lines)."""
+def predict(model_dir, inputs, *, top_k: int = 5, tta_flip: bool = False, batch_size: int = 32, weights_dirs=(),
+            trust_pickle: bool = False):
+    """Predict on image files/directories; yields result dicts (the ``bneck predict --json`` lines).
+
+    ``weights_dirs``: more folders to find the backbone weights in, by sha256; ``trust_pickle``: allow a
+    format-v1 ``head.joblib`` (a pickle, which runs code).
+    """
     check_top_k(top_k)  # before the model is built: a typo should not cost a backbone build
-    predictor = predictor_for(model_dir, tta_flip=tta_flip, batch_size=batch_size)
+    predictor = predictor_for(model_dir, tta_flip=tta_flip, batch_size=batch_size, weights_dirs=weights_dirs,
+                              trust_pickle=trust_pickle)
     yield from predictor.predict_files(expand_paths(inputs, keep_missing=True), top_k=top_k)
 
 
@@ -33,7 +39,7 @@ def is_feature_file(path) -> bool:
         return False
 
 
-def predict_features(model_dir, features, *, top_k: int = 5, tta_flip: bool = False):
+def predict_features(model_dir, features, *, top_k: int = 5, tta_flip: bool = False, trust_pickle: bool = False):
     """Run a trained head on a feature file's cached rows (any task, ``none`` included); no backbone is built.
 
     Yields one dict per row, in row order, as :func:`predict` does per image, plus its ``row``; a row

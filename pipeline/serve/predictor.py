@@ -22,8 +22,9 @@ class Predictor:
     >>> p.predict_files(["cat.jpg"], top_k=3)   # list of result dicts
     """
 
-    def __init__(self, model_dir, *, tta_flip: bool = False, batch_size: int = 32, weights_dirs=()):
-        self.head, self.meta = load_model_dir(model_dir)
+    def __init__(self, model_dir, *, tta_flip: bool = False, batch_size: int = 32, weights_dirs=(),
+                 trust_pickle: bool = False):
+        self.head, self.meta = load_model_dir(model_dir, trust_pickle=trust_pickle)
         self.prov = self.meta["features"]
         self.tta_flip, self.batch_size = tta_flip, batch_size
         self.spec, self.extractor = make_extractor(self.prov, flip=tta_flip, batch_size=batch_size, model_dir=model_dir,

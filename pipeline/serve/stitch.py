@@ -54,15 +54,18 @@ def _head_output(head, meta, x):
     return head.keras_output(x, meta["task"])
 
 
-def stitch(model_dir, *, weights_dirs=()):
-    """(keras.Model pixels -> scores/targets, head, meta, spec, backbone) for a trained model directory."""
+def stitch(model_dir, *, weights_dirs=(), trust_pickle: bool = False):
+    """(keras.Model pixels -> scores/targets, head, meta, spec, backbone) for a trained model directory.
+
+    ``trust_pickle`` allows a format-v1 ``head.joblib`` (a pickle, which runs code: see ``load_model_dir``).
+    """
     import keras
     from keras import layers
 
     from pipeline.modeldir import load_model_dir
     from pipeline.serve.backbone import build_backbone_from
 
-    head, meta = load_model_dir(model_dir)
+    head, meta = load_model_dir(model_dir, trust_pickle=trust_pickle)
     prov = meta["features"]
     if prov.get("precision", "fp32") != "fp32":
         log.info("features were extracted in %s; the exported backbone runs in fp32", prov["precision"])

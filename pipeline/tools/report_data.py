@@ -64,9 +64,9 @@ class Run:
         return list(self.meta["class_names"] if self.task == "classification" else self.meta["target_names"])
 
 
-def collect(model_dir, features, *, top_k: int = 5, name: str | None = None) -> Run:
+def collect(model_dir, features, *, top_k: int = 5, name: str | None = None, trust_pickle: bool = False) -> Run:
     """Score ``model_dir`` on ``features`` and gather its card, curves, grid and bad rows into a :class:`Run`."""
-    result, meta, rows, outputs = evaluate_rows(model_dir, features, top_k=top_k)
+    result, meta, rows, outputs = evaluate_rows(model_dir, features, top_k=top_k, trust_pickle=trust_pickle)
     with FeatureFile(features) as ff:
         attrs = ff.attrs
         paths = ff.paths

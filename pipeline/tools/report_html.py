@@ -63,17 +63,19 @@ def _previous_files(output) -> list[str] | None:
     return list(doc.get("files", [])) if isinstance(doc, dict) and doc.get("generator") == GENERATOR else None
 
 
-def write_report(pairs, output, *, top_k: int = 5, gallery: int = GALLERY, progress: bool = True) -> list[Run]:
+def write_report(pairs, output, *, top_k: int = 5, gallery: int = GALLERY, progress: bool = True,
+                 trust_pickle: bool = False) -> list[Run]:
     """Score each ``(model_dir, features)`` pair (or take a ready :class:`Run`) and write the report to ``output``.
 
     Returns the runs, whose ``result`` is exactly what ``bneck evaluate --json`` prints for that pair.
+    ``trust_pickle`` loads old ``head.joblib`` heads (see :func:`pipeline.modeldir.load_model_dir`).
     Raises :class:`~pipeline.tools.report_plots.MissingPlots` without matplotlib and
     :class:`ReportError` for an ``output`` it must not overwrite, both before any scoring.
     """
     plots.require_matplotlib()
     check_output(output)
     pairs = list(pairs)
-    runs = [p if isinstance(p, Run) else collect(p[0], p[1], top_k=top_k)
+    runs = [p if isinstance(p, Run) else collect(p[0], p[1], top_k=top_k, trust_pickle=trust_pickle)
             for p in tqdm(pairs, desc="report: scoring", unit="model", disable=not progress or len(pairs) < 2)]
     _unique_names(runs)
     out = _Folder(output)

@@ -102,6 +102,7 @@ def test_sigterm_commits_and_exits_nonzero(data, reference, tmp_path):
     _same_file(reference, out)
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_too_many_bad_images_exit_code(data, tmp_path):
     r = bneck("extract", str(data), "-o", str(tmp_path / "x.h5"), *COMMON[:-1], "0.01")
     assert r.returncode == 3 and "--max-bad-fraction" in r.stderr

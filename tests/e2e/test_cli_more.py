@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_finetune_then_evaluate_images(trained, capsys):
     out = trained / "ft"
     r = bneck("finetune", str(trained / "m"), str(trained / "data"), "-o", str(out), "--unfreeze", "conv_pw_2",

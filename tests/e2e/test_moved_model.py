@@ -67,3 +67,23 @@ def test_weights_path_env_and_a_clear_error_when_missing(trained, tmp_path, caps
         assert len(_predict_json(capsys, tmp_path / "model", moved / "data")) == 10
     finally:
         os.rename(moved, trained)
+
+
+def test_export_dir_with_bundled_weights_is_self_contained(trained, tmp_path, capsys):
+    """`bneck export --format dir --bundle-weights`: one folder to send; it predicts the same with nothing else."""
+    before = _predict_json(capsys, trained / "model", trained / "data")
+    copy = tmp_path / "to_send"
+    assert main(["-q", "export", str(trained / "model"), "-o", str(copy), "--format", "dir", "--bundle-weights",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["weights"] == "mine.weights.h5" and "mine.weights.h5" in report["files"]
+    doc = json.loads((copy / "model.json").read_text())
+    assert "mine.weights.h5" in doc["files"] and doc["head_loader"] == "skops"
+    shutil.copytree(trained / "data", tmp_path / "data")
+    moved = trained.parent / (trained.name + "_gone3")
+    os.rename(trained, moved)  # neither the old tree nor its weights file exist any more
+    try:
+        after = _predict_json(capsys, copy, tmp_path / "data")
+    finally:
+        os.rename(moved, trained)
+    assert [r["scores"] for r in after] == [r["scores"] for r in before]

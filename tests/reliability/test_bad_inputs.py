@@ -23,6 +23,9 @@ from tests.imagefolders import make_class_folder
 from tests.reliability import badcorpus
 from tests.reliability.helpers import FAST, bneck, bneck_cmd, child_env, json_line, leftovers, run_with_rusage
 
+# One extract over a corpus of hostile files (~30 s here): the slow stage runs it.
+pytestmark = pytest.mark.slow
+
 CASES = badcorpus.build(np.random.default_rng(7))
 #: Every case tried, for README/summary.py: (path, expected outcome, description).
 BAD_INPUT_KINDS = [(rel, "no row" if reason is None else reason or "valid", desc) for rel, _, reason, desc in CASES]

@@ -153,6 +153,7 @@ PER_ROW = [("csv (labels)", "gone.png", "missing"), ("csv (targets)", "gone.png"
            ("kaggle", "row 2 with no keypoints", "no_targets")]
 
 
+@pytest.mark.slow  # seconds of TensorFlow/subprocess work; the slow stage runs it (issue 18: default suite <= 4 min)
 def test_per_row_problems_are_kept_as_invalid_rows(tmp_path):
     from features.runner import extract
 

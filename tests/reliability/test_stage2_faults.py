@@ -4,7 +4,8 @@
   nothing is ever at the output path but a complete model; the same command rerun succeeds
   and leaves no temp dir behind.
 * A model dir whose files do not match model.json's sha256 is refused before anything in it
-  is loaded (a malicious pickle in head.joblib never runs).
+  is loaded; a malicious pickle in head.joblib never runs, even with model.json rewritten to match
+  (pickles load only with --trust-pickle).
 * A head.keras holding a Lambda layer is refused by Keras safe_mode even when model.json was
   rewritten to match it (the checksums are integrity, safe_mode is the security).
 * HDF5 files that are not complete bneck feature files are refused by train and evaluate with
@@ -38,7 +39,8 @@ TRAIN_KILLS = [("during fit", "SIGKILL ~1 s after training started (epochs 10000
 #: Model-dir attacks and corruptions that must be refused.
 TAMPERING = ["model.json sha256 edited", "head.keras bytes changed", "listed file deleted",
              "'..' file name in model.json", "format_version from the future",
-             "malicious head.joblib pickle (never unpickled)", "Lambda layer in head.keras (safe_mode)"]
+             "malicious head.joblib pickle, model.json rewritten to match (never unpickled)",
+             "Lambda layer in head.keras (safe_mode)"]
 #: Foreign or unfinished HDF5 inputs for train/evaluate.
 FOREIGN_H5 = ["plain HDF5 without bneck attrs", "producer but no format_version", "complete=False (partial)",
               "format_version from the future", "not HDF5 at all", "missing labels dataset"]
@@ -221,7 +223,10 @@ def test_tampered_model_dirs_are_refused(dense_model, logreg_model, tmp_path):
     m = _copy(logreg_model, tmp_path / "evil_pickle")
     with open(m / "head.joblib", "wb") as f:
         pickle.dump(Evil(), f)
-    with pytest.raises(ModelDirError, match="head.joblib.*does not match"):
+    # Even with model.json rewritten to name it, sha256 and all (integrity is not trust), it is refused unread.
+    _edit_json(m, lambda meta: (meta.update(head_loader="joblib", format_version=1),
+                                meta["files"].__setitem__("head.joblib", _sha(m / "head.joblib"))))
+    with pytest.raises(ModelDirError, match="refusing to load head.joblib: it is a pickle"):
         load_model_dir(m)
     assert not marker.exists()
 
