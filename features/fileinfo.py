@@ -39,6 +39,7 @@ def describe_file(path: str, *, max_bad: int = 20) -> dict:
         info = {
             "path": path,
             "rows": n,
+            "task": attrs.get("task", "classification"),
             "valid": int(valid.sum()),
             "bad": int(len(bad_idx)),
             "bad_reasons": dict(collections.Counter(reasons)),
@@ -73,6 +74,8 @@ def format_info(info: dict) -> str:
              f"shard {a.get('shard')} rows [{a.get('row_start')}, {a.get('row_stop')}) "
              f"format v{a.get('format_version')} complete {a.get('complete')}",
              *([f"  int8 calibration: {a['calibration']}"] if a.get("calibration") else []),
+             f"  task {info['task']}" + (" (unlabelled: no labels or targets; `bneck predict MODEL FILE` runs a "
+                                         "trained head on it)" if info["task"] == "none" else ""),
              "  datasets:"]
     for name, d in info["datasets"].items():
         lines.append(f"    {name:18s} {str(tuple(d['shape'])):22s} {d['dtype']}")

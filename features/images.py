@@ -7,6 +7,9 @@ Every image, whatever its origin, goes through the same steps in this order:
    ``(H, W, 3)`` RGB, e.g. Kaggle keypoint CSV rows). A ``bytes`` object is read as encoded
    image data when it contains a NUL byte or is longer than 4096 bytes (every real image
    format has a NUL in its first 16 bytes; a path can never contain one), otherwise as a path.
+   Or a blob (any object with ``read_image_bytes()`` and ``name``: a tar member, a file on an
+   fsspec filesystem, a parquet cell; :mod:`features.reader.fs`), read in the decoding thread:
+   ``OSError`` from it means ``missing``, ``EOFError`` means ``truncated``.
 2. **Format by content.** Pillow sniffs the bytes; the file extension is ignored, so a PNG
    named ``.jpg`` decodes fine and an HTML page named ``.jpg`` is rejected as ``not_image``.
    JPEG, PNG, BMP and GIF (first frame only) are expected; anything else Pillow opens works.
@@ -147,6 +150,8 @@ def _decode(src, target, max_pixels):
         if not data:
             raise BadImage("empty", name)
         return _from_stream(io.BytesIO(data), name, target, max_pixels)
+    if hasattr(src, "read_image_bytes"):  # a tar member, an object on an fsspec filesystem, a parquet cell
+        return _from_blob(src, target, max_pixels)
     if not isinstance(src, (str, bytes, os.PathLike)):
         raise TypeError(f"cannot decode an image from {type(src).__name__}")
     name = _display_name(src)
@@ -158,6 +163,20 @@ def _decode(src, target, max_pixels):
         if os.fstat(f.fileno()).st_size == 0:
             raise BadImage("empty", name)
         return _from_stream(f, name, target, max_pixels)
+
+
+def _from_blob(blob, target, max_pixels):
+    # The bytes are fetched here, in the decode thread, so remote reads overlap like local ones do.
+    name = _display_name(blob.name)
+    try:
+        data = blob.read_image_bytes()
+    except EOFError as exc:
+        raise BadImage("truncated", f"{name}: {exc or 'unexpected end of file'}") from None
+    except (OSError, ValueError) as exc:
+        raise BadImage("missing", f"{name}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not data:
+        raise BadImage("empty", name)
+    return _from_stream(io.BytesIO(data), name, target, max_pixels)
 
 
 def _is_data(b: bytes) -> bool:

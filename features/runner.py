@@ -20,8 +20,9 @@ from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, sha
 from features.faults import fault_point
 from features.mapper import batches, int8
 from features.mapper.runtimes import make_extractor, resolve_runtime, resolve_xla
+from features.reader.fs import absolute
 from features.reader.manifest import Manifest, parse_shard
-from features.reader.sources import read_source
+from features.reader.sources import check_found, read_source
 from features.writer import assemble, finished, partial
 from features.writer.commit import ChunkWriter, check_signal, install_signal_handlers, restore_signal_handlers
 
@@ -57,7 +58,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     input_size = backbones.parse_input_size(cfg.input_size, spec)
     layer = cfg.layer or spec.default_layer
     source_options = {k: v for k, v in cfg.source.items() if v is not None}
-    manifest = read_source(cfg.data, **source_options)
+    manifest = read_source(cfg.data, progress=cfg.progress, **source_options)
+    check_found(cfg.data, manifest)  # a wrong --image-root fails here, before the backbone is built
     start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
     out = shard_output(cfg.output, cfg.shard)
     runtime = resolve_runtime(cfg.runtime)
@@ -269,7 +271,7 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
     attrs = {k: v for k, v in settings.items() if k not in ("batch_size", "chunk_rows")}
     attrs.update(preprocessing=spec.preprocessing, task=manifest.task, n_rows=len(manifest),
                  precision_requested=cfg.precision,  # "auto" picks per task and machine: the file says which
-                 feature_shape=list(extractor.feature_shape), source_root=os.path.abspath(manifest.root),
+                 feature_shape=list(extractor.feature_shape), source_root=absolute(manifest.root),
                  weights_path=winfo.path or "", **{f"run_{k}": v for k, v in run.items() if k != "xla"})
     if manifest.class_names is not None:
         attrs["class_names"] = list(manifest.class_names)

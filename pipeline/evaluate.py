@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data.keypoint_frame import to_image_pixels
-from pipeline.data.training import FeatureFile, check_compatible
+from pipeline.data.training import FeatureFile, check_compatible, refuse_unlabelled
 from pipeline.modeldir import load_model_dir
 
 #: Feature attrs that must agree between a model and the features it is applied to.
@@ -118,6 +118,7 @@ def evaluate_rows(model_dir, features, *, top_k: int = 5, trust_pickle: bool = F
     """
     head, meta = load_model_dir(model_dir, trust_pickle=trust_pickle, scoring=True)
     with FeatureFile(features) as ff:
+        refuse_unlabelled(ff, "evaluate against")
         check_compatible(meta["features"], ff.attrs, path=str(features),
                          keys=[k for k in MODEL_COMPAT_KEYS if k in meta["features"]])
         if ff.task != meta["task"]:

@@ -100,4 +100,4 @@ def test_inconsistent_lengths_rejected(tmp_path):
     with pytest.raises(ValueError, match="labels"):
         Manifest("csv", str(tmp_path), ["a", "b"], labels=[0], class_names=["x"])
     with pytest.raises(ValueError, match="kind"):
-        Manifest("zip", str(tmp_path), [])
+        Manifest("no kind", str(tmp_path), [])

@@ -208,3 +208,18 @@ def test_more_shards_than_images_still_finish_and_merge(tmp_path, copy):
     out = str(tmp_path / "merged.h5")
     merge([s.output for s in parts], out, copy=copy, progress=False)
     _assert_same_as_single_run(full, out)
+
+
+@pytest.mark.slow  # three extracts of their own
+def test_unlabelled_shards_merge_into_the_single_run(tmp_path):
+    # task none: no labels/targets datasets, and the merge must neither need nor invent them.
+    make_class_folder(tmp_path / "data", classes=("flat",), per_class=5)
+    photos = str(tmp_path / "data" / "flat")
+    full = extract(ExtractConfig(data=photos, output=str(tmp_path / "full.h5"), **KW)).output
+    parts = [extract(ExtractConfig(data=photos, output=str(tmp_path / "sh" / "p.h5"), shard=f"{i}/2", **KW)).output
+             for i in range(2)]
+    out = str(tmp_path / "merged.h5")
+    merge(parts, out, copy=True, progress=False)
+    _assert_same_as_single_run(full, out)
+    with FeatureFile(out) as f:
+        assert f.task == "none" and f.n_rows == 5 and f.class_names is None and f.target_names is None

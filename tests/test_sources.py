@@ -51,7 +51,8 @@ def test_folder_non_utf8_name_kept(tmp_path):
 def test_folder_without_classes_names_dir(tmp_path):
     _touch(tmp_path / "flat" / "a.png")
     with pytest.raises(SourceError, match="flat.*no class subfolders"):
-        read_source(str(tmp_path / "flat"))
+        read_source(str(tmp_path / "flat"), kind="folder")
+    assert read_source(str(tmp_path / "flat")).kind == "images"  # auto: a flat folder is unlabelled images
 
 
 def test_folder_broken_link_is_missing_row(tmp_path):
@@ -119,7 +120,9 @@ def test_unknown_option_and_kind_rejected(tmp_path):
         read_source(str(tmp_path / "d.csv"), kind="zip")
     with pytest.raises(SourceError, match="no such file"):
         read_source(str(tmp_path / "nope.csv"))
-    assert set(SOURCES) == {"folder", "csv", "kaggle_keypoints", "places365"}
+    assert {"folder", "csv", "kaggle_keypoints", "places365", "images", "list", "webdataset",
+            "parquet"} <= set(SOURCES)
+    (tmp_path / "cls").mkdir()
     with pytest.raises(SourceError, match="--label-column do not apply to a folder source"):
         read_source(str(tmp_path), label_column="y")
 
@@ -161,7 +164,7 @@ def test_kaggle_keeps_partial_rows(tmp_path, rng):
 def test_kaggle_test_form(tmp_path):
     (tmp_path / "test.csv").write_text("ImageId,Image\n1," + " ".join(["7"] * 9216) + "\n")
     m = read_source(str(tmp_path / "test.csv"))
-    assert m.kind == "kaggle_keypoints" and m.targets.shape == (1, 0) and m.target_names == []
+    assert m.kind == "kaggle_keypoints" and m.targets is None and m.task == "none"
     assert (m.inline == 7).all() and m.row_errors == {}
 
 

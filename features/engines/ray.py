@@ -28,6 +28,7 @@ import time
 
 from features.config import ExtractConfig, ExtractSummary, shard_output
 from features.mapper.device import AUTO_BATCH
+from features.reader.fs import absolute
 from features.engines.shards import merge_shards, plan_shards, reuse_model, shard_config, start_work
 from features.runner import extract
 
@@ -150,8 +151,8 @@ def _absolute(cfg: ExtractConfig) -> ExtractConfig:
     source = dict(cfg.source)
     for key in ("categories", "image_root"):
         if source.get(key):
-            source[key] = os.path.abspath(source[key])
-    return dataclasses.replace(cfg, data=os.path.abspath(cfg.data), output=os.path.abspath(cfg.output),
+            source[key] = absolute(source[key])
+    return dataclasses.replace(cfg, data=absolute(cfg.data), output=os.path.abspath(cfg.output),
                                source=source)
 
 

@@ -22,11 +22,13 @@ from features.fsutil import atomic_write_bytes
 
 def start_work(cfg: ExtractConfig, work: str) -> int:
     """Clear ``work`` when the run overwrites, and return the source's row count (the plan needs it)."""
-    from features.reader.sources import read_source
+    from features.reader.sources import check_found, read_source
 
     if cfg.overwrite:
         shutil.rmtree(work, ignore_errors=True)
-    return len(read_source(cfg.data, **{k: v for k, v in cfg.source.items() if v is not None}))
+    manifest = read_source(cfg.data, progress=cfg.progress, **{k: v for k, v in cfg.source.items() if v is not None})
+    check_found(cfg.data, manifest)
+    return len(manifest)
 
 
 def shard_config(cfg: ExtractConfig, work: str, decode_workers: int) -> ExtractConfig:

@@ -1,4 +1,4 @@
-"""What every dataset reader shares: :class:`SourceError` and the CSV table, missing-file and float parsers.
+"""What every dataset reader shares: the CSV table, missing-file and float parsers, and their structural checks.
 
 Split out of :mod:`features.reader.sources` so the readers of named datasets (:mod:`features.reader.datasets`)
 use the same structural checks without importing the registry that imports them.
@@ -11,16 +11,15 @@ import os
 
 import numpy as np
 
-
-class SourceError(ValueError):
-    """A dataset source is malformed; the message names the file (and line where it applies)."""
+from . import fs
+from .errors import SourceError
 
 
 def read_table(path):
     """Read a CSV into ``(header, [(line_number, row), ...])`` with structural checks."""
     # A Kaggle Image cell holds 9216 numbers; 2**31-1 also fits a 32-bit C long.
     csv.field_size_limit(2**31 - 1)
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with fs.open_text(path) as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         if not any(header):
@@ -42,8 +41,47 @@ def read_table(path):
 
 
 def missing_rows(root, paths):
-    """``{row: "missing"}`` for rows whose file does not exist under ``root``."""
+    """``{row: "missing"}`` for rows whose file does not exist under ``root`` (a local directory)."""
     return {i: "missing" for i, p in enumerate(paths) if not os.path.isfile(os.path.join(root, p))}
+
+
+def file_rows(root, paths) -> dict:
+    """The Manifest fields of rows that are files under ``root``: ``row_errors`` (missing files) and,
+    when ``root`` is an fsspec URL, ``blobs`` reading each object (fingerprinted by size and etag)."""
+    if fs.is_url(root):
+        blobs = fs.FsFiles(root, paths)
+        return {"row_errors": blobs.missing(), "blobs": blobs}
+    return {"row_errors": missing_rows(root, paths)}
+
+
+def root_of(path, given) -> str:
+    """Where the image names of list/CSV ``path`` are resolved: ``given`` (``--image-root``), else its folder."""
+    return fs.absolute(given) if given else fs.parent(path)
+
+
+def sorted_classes(values):
+    """Unique labels sorted as numbers when they are all integers, else as strings."""
+    unique = set(values)
+    try:
+        return sorted(unique, key=lambda v: (int(v), v))
+    except ValueError:
+        return sorted(unique)
+
+
+def check_xy_pairs(path, names):
+    """Refuse keypoint columns that come without their partner: ``nose_tip_x`` needs ``nose_tip_y``.
+
+    A lone ``*_x`` would train and predict one coordinate of a point, and the mirrored view
+    (which pairs ``_x`` with ``_y`` to flip a point) could not be built for it.
+    """
+    lower = {n.lower() for n in names}
+    for n in names:
+        low = n.lower()
+        for mine, other in (("_x", "_y"), ("_y", "_x")):
+            if low.endswith(mine) and low[:-2] + other not in lower:
+                partner = n[:-2] + (other if n[-1].islower() else other.upper())
+                raise SourceError(f"{path}: keypoint column {n!r} has no matching {partner!r} column; "
+                                  f"a point needs both coordinates (drop {n!r} or add its partner)")
 
 
 def parse_floats(path, header, rows, cols):

@@ -12,17 +12,23 @@ import warnings
 
 import numpy as np
 
-from .base import SourceError, missing_rows, parse_floats, read_table
+from . import fs
+from .base import check_xy_pairs, file_rows, parse_floats, read_table, root_of
+from .errors import SourceError
 from .manifest import Manifest
 
 
 def read_kaggle_keypoints(path):
-    """Read a Kaggle Facial Keypoints CSV (keypoint columns plus an inline ``Image`` column)."""
+    """Read a Kaggle Facial Keypoints CSV (keypoint columns plus an inline ``Image`` column).
+
+    Its ``test.csv`` (``ImageId``, ``Image``: no keypoint columns) is unlabelled, task ``none``.
+    """
     header, rows = read_table(path)
     if "Image" not in header:
         raise SourceError(f"{path}: no 'Image' column; not a Kaggle keypoints CSV")
     icol = header.index("Image")
     kcols = [j for j, h in enumerate(header) if h.lower().endswith(("_x", "_y"))]
+    check_xy_pairs(path, [header[j] for j in kcols])
     targets = parse_floats(path, header, rows, kcols)
     name = os.path.basename(path)
     inline, side = None, None
@@ -39,9 +45,11 @@ def read_kaggle_keypoints(path):
         inline[i] = px.reshape(side, side)
         row[icol] = ""  # the pixel text is ~35 kB a row; free it as we go
     # A row with keypoint columns but no value at all is useless for training.
-    errors = {int(i): "no_targets" for i in np.flatnonzero(np.isnan(targets).all(axis=1))} if kcols else {}
-    return Manifest("kaggle_keypoints", os.path.dirname(os.path.abspath(path)),
-                    [f"{name}#row={i}" for i in range(len(rows))], targets=targets,
+    ids = [f"{name}#row={i}" for i in range(len(rows))]
+    if not kcols:  # test.csv: images to predict keypoints on
+        return Manifest("kaggle_keypoints", fs.parent(path), ids, inline=inline)
+    errors = {int(i): "no_targets" for i in np.flatnonzero(np.isnan(targets).all(axis=1))}
+    return Manifest("kaggle_keypoints", fs.parent(path), ids, targets=targets,
                     target_names=[header[j] for j in kcols], inline=inline, row_errors=errors)
 
 
@@ -58,7 +66,7 @@ def read_places365(path, *, categories=None, image_root=None):
     if sorted(by_index) != list(range(len(by_index))):
         raise SourceError(f"{categories}: category indices must be 0..{len(by_index) - 1} without gaps")
     classes = [by_index[k] for k in range(len(by_index))]
-    root = os.path.abspath(image_root or os.path.dirname(os.path.abspath(path)))
+    root = root_of(path, image_root)
     paths, labels = [], []
     for line, (name, value) in _pairs(path):
         if value not in by_index:
@@ -69,7 +77,7 @@ def read_places365(path, *, categories=None, image_root=None):
     if not paths:
         raise SourceError(f"{path}: the list file has no entries")
     return Manifest("places365", root, paths, labels=np.array(labels, np.int64),
-                    class_names=classes, row_errors=missing_rows(root, paths))
+                    class_names=classes, **file_rows(root, paths))
 
 
 def _parse_pixels(path, line, text):
@@ -89,7 +97,7 @@ def _parse_pixels(path, line, text):
 
 def _pairs(path):
     """Yield ``(line_number, (name, int))`` from ``<name> <int>`` lines, skipping blanks."""
-    with open(path, encoding="utf-8") as f:
+    with fs.open_text(path) as f:
         for line, text in enumerate(f, 1):
             if not text.strip():
                 continue

@@ -16,19 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KINDS = ("folder", "csv", "kaggle_keypoints", "places365")
-
-
 @dataclass
 class Manifest:
-    """Rows of a dataset: ids, labels or regression targets, and per-row read errors.
+    """Rows of a dataset: ids, labels or regression targets (or neither: task ``none``), and per-row read errors.
 
     Attributes:
-        kind: Which reader produced it: ``"folder"``, ``"csv"``, ``"kaggle_keypoints"``
-            or ``"places365"``.
-        root: Directory that the relative ``paths`` are resolved against.
+        kind: Which reader produced it: a key of :data:`features.reader.sources.SOURCES`.
+        root: Directory (or fsspec URL) that the relative ``paths`` are resolved against.
         paths: Per row, the id shown to users and stored in HDF5: the path relative
-            to ``root``, or ``"<csvname>#row=<i>"`` for images given inline.
+            to ``root``, ``"<csvname>#row=<i>"`` for images given inline, ``"<shard>.tar#<key>"``
+            for a webdataset sample, ``"<file>.parquet#row=<i>"`` for a parquet row.
         labels: ``int64`` array ``(N,)`` indexing ``class_names`` (classification).
         class_names: Names of the classes, ``labels`` index into it.
         targets: ``float32`` array ``(N, K)``, NaN where a value is missing (regression).
@@ -36,6 +33,10 @@ class Manifest:
         inline: ``uint8`` array ``(N, H, W)`` of grey images given inline in the source.
         row_errors: Row index -> reason code (e.g. ``"missing"``) found while reading;
             such rows are kept so indices stay stable, stage one marks them invalid.
+        blobs: For rows whose bytes are not a local file: an object with ``source(i)`` (what the
+            decoder takes, read in the decode thread) and ``fingerprint_bytes()`` (sizes and
+            etags/mtimes of the files behind the rows), e.g. :class:`features.reader.fs.Blob` rows
+            of an fsspec folder, tar members, parquet cells.
     """
 
     kind: str
@@ -47,11 +48,13 @@ class Manifest:
     target_names: list[str] | None = None
     inline: np.ndarray | None = None
     row_errors: dict[int, str] = field(default_factory=dict)
+    blobs: object | None = None
 
     def __post_init__(self):
         """Normalise dtypes and check that all per-row arrays agree on N."""
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown manifest kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        # The registry (features.reader.sources) decides which kinds exist; here a kind is only a name.
+        if not isinstance(self.kind, str) or not self.kind.isidentifier():
+            raise ValueError(f"a manifest kind is a source name such as 'folder', got {self.kind!r}")
         self.paths = list(self.paths)
         n = len(self.paths)
         if self.labels is not None:
@@ -79,8 +82,10 @@ class Manifest:
 
     @property
     def task(self) -> str:
-        """``"classification"`` when the rows carry labels, else ``"regression"``."""
-        return "classification" if self.labels is not None else "regression"
+        """``"classification"`` with labels, ``"regression"`` with targets, ``"none"`` for unlabelled rows."""
+        if self.labels is not None:
+            return "classification"
+        return "regression" if self.targets is not None else "none"
 
     def __len__(self) -> int:
         """Number of rows."""
@@ -90,6 +95,8 @@ class Manifest:
         """What the image decoder takes for row ``i``: an absolute path or the inline array."""
         if self.inline is not None:
             return self.inline[i]
+        if self.blobs is not None:
+            return self.blobs.source(i)
         return os.path.join(self.root, self.paths[i])
 
     def fingerprint(self) -> str:
@@ -97,7 +104,8 @@ class Manifest:
 
         The digest covers the kind, the row ids, labels or targets, class and target
         names and, for file rows, each file's size and ``mtime_ns`` (``-1`` for a
-        missing file); for inline images it covers the pixel bytes.  ``root`` is
+        missing file); for inline images it covers the pixel bytes; for blob rows (fsspec,
+        tar shards, parquet) the sizes and etags (or mtimes) the filesystem offers.  ``root`` is
         deliberately left out so a dataset moved with its timestamps preserved
         (``rsync -a``, ``cp -p``) keeps its cache.
 
@@ -122,6 +130,9 @@ class Manifest:
         if self.inline is not None:
             _feed(h, b"inline", repr(self.inline.shape).encode()
                   + hashlib.sha256(np.ascontiguousarray(self.inline).tobytes()).digest())
+        elif self.blobs is not None:
+            # Object stores offer sizes and etags, not mtimes: the blobs say what they have.
+            _feed(h, b"blobs", self.blobs.fingerprint_bytes())
         else:
             stats = np.empty((len(self), 2), dtype="<i8")
             for i in range(len(self)):

@@ -1,8 +1,11 @@
-"""Dataset readers: turn a folder, CSV, Kaggle keypoints CSV or Places365 list into a Manifest.
+"""Dataset readers: turn a folder, CSV, list file, tar shards or parquet files into a Manifest.
 
 This module holds the registry (:data:`SOURCES`, :func:`read_source`) and the generic readers
-(class folders, CSV); the Kaggle keypoints and Places365 readers live in
-:mod:`features.reader.datasets`, the shared parsers in :mod:`features.reader.base`.
+(class folders, CSV); the other readers live beside it (:mod:`~features.reader.datasets`: Kaggle
+keypoints and Places365; :mod:`~features.reader.unlabelled`: image folders and path lists;
+:mod:`~features.reader.webdataset`; :mod:`~features.reader.parquet`), the shared parsers in
+:mod:`features.reader.base`. A new kind of source is one reader plus one :class:`Source` entry:
+the entry carries how it is detected, whether it reads a directory or a file, and its ``--help``.
 
 Every reader is deterministic (same input, same row order) and does no image work:
 structural problems (missing columns, unparsable values) raise :class:`SourceError`
@@ -18,15 +21,21 @@ import inspect
 import os
 import re
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from features.fsutil import walk_files
 
-# SourceError and the two named-dataset readers also stay importable from here, where callers look.
-from .base import SourceError, missing_rows, parse_floats, read_table
+from . import fs
+from .base import file_rows, parse_floats, read_table, root_of, sorted_classes
 from .datasets import read_kaggle_keypoints, read_places365
+from .errors import SourceError
 from .manifest import Manifest
+from .parquet import read_parquet
+from .unlabelled import read_images, read_list
+from .webdataset import read_webdataset
 
 PATH_COLUMNS = ("path", "filename", "file", "image")
 LABEL_COLUMNS = ("label", "class", "category")
@@ -52,13 +61,13 @@ def read_folder(path):
     if not paths:
         raise SourceError(f"{path}: the class subfolders contain no files")
     return Manifest("folder", root, paths, labels=np.array(labels, np.int64),
-                    class_names=classes, row_errors=missing_rows(root, paths))
+                    class_names=classes, **file_rows(root, paths))
 
 
 def read_csv(path, *, image_root=None, path_column=None, label_column=None, target_columns=None):
-    """Read a CSV of image paths with either a label column or numeric target columns."""
+    """Read a CSV of image paths with a label column, numeric target columns, or nothing else (task ``none``)."""
     header, rows = read_table(path)
-    root = os.path.abspath(image_root or os.path.dirname(os.path.abspath(path)))
+    root = root_of(path, image_root)
     pcol = _pick_column(path, header, path_column, PATH_COLUMNS, "path")
     if label_column is not None and target_columns is not None:
         raise SourceError(f"{path}: give either a label column or target columns, not both")
@@ -66,13 +75,16 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
     if target_columns is None:
         lcol = _pick_column(path, header, label_column, LABEL_COLUMNS, "label", required=False)
     paths = _cells(path, header, rows, pcol, "path")
-    errors = missing_rows(root, paths)
+    files = file_rows(root, paths)
+    errors = files["row_errors"]
     if lcol is not None:
         values = _cells(path, header, rows, lcol, "label")
-        classes = _sorted_classes(values)
+        classes = sorted_classes(values)
         index = {c: k for k, c in enumerate(classes)}
         return Manifest("csv", root, paths, labels=np.array([index[v] for v in values], np.int64),
-                        class_names=classes, row_errors=errors)
+                        class_names=classes, **files)
+    if target_columns is None and len(header) == 1:
+        return Manifest("csv", root, paths, **files)  # a path column and nothing else: images to predict on
     if target_columns is not None:
         tcols = [_pick_column(path, header, c, (), "target") for c in target_columns]
     else:
@@ -85,72 +97,153 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
     targets = parse_floats(path, header, rows, tcols)
     for i in np.flatnonzero(np.isnan(targets).all(axis=1)):
         errors.setdefault(int(i), "no_targets")
-    return Manifest("csv", root, paths, targets=targets, target_names=[header[j] for j in tcols],
-                    row_errors=errors)
+    return Manifest("csv", root, paths, targets=targets, target_names=[header[j] for j in tcols], **files)
 
 
-#: Reader per source kind; each takes the path plus only the options it understands.
-SOURCES = {"folder": read_folder, "csv": read_csv, "kaggle_keypoints": read_kaggle_keypoints,
-           "places365": read_places365}
+# ---------------------------------------------------------------- the registry
 
 
-def read_source(path, *, kind="auto", categories=None, image_root=None, path_column=None,
-                label_column=None, target_columns=None) -> Manifest:
+@dataclass(frozen=True)
+class Source:
+    """One kind of dataset source: its reader, what it reads, how ``auto`` recognises it, its ``--help`` line.
+
+    ``read(path, **options)`` takes only the options it understands (:func:`read_source` refuses
+    the others by name); ``takes`` is ``"directory"``, ``"file"`` or ``"either"`` (a tar or a folder
+    of tars); ``detect(path, options)`` says whether ``auto`` should pick it, tried in registry order.
+    """
+
+    read: Callable[..., Manifest]
+    takes: str
+    help: str
+    detect: Callable[[str, dict], bool]
+
+
+def _suffix(path) -> str:
+    return os.path.splitext(path.rstrip("/"))[1].lower()
+
+
+def _csv_header(path) -> list[str]:
+    with fs.open_text(path) as f:
+        return [h.strip() for h in next(csv.reader(f), [])]
+
+
+def _is_kaggle(path, _options) -> bool:
+    if _suffix(path) != ".csv" or fs.isdir(path):
+        return False
+    header = _csv_header(path)
+    keypoints = any(h.lower().endswith(("_x", "_y")) for h in header)
+    return "Image" in header and (keypoints or "ImageId" in header)
+
+
+def _first_entry(path) -> str:
+    with fs.open_text(path) as f:
+        for text in f:
+            if text.strip() and not text.strip().startswith("#"):
+                return text.strip()
+    return ""
+
+
+def _is_labelled_list(path, options) -> bool:
+    """A Places365-style list: ``<image> <integer>`` lines (a test list without labels is a plain list)."""
+    if _suffix(path) not in (".txt", ".lst") or fs.isdir(path):
+        return False
+    return "categories" in options or re.fullmatch(r"\S.*\s[+-]?\d+", _first_entry(path)) is not None
+
+
+def _holds(suffix):
+    """Detects ``suffix`` shards: one such file, a brace pattern of them, or a directory holding them."""
+    def detect(path, _options) -> bool:
+        if fs.is_pattern(path) or not fs.isdir(path):
+            return _suffix(path) == suffix
+        if fs.is_url(path):
+            return any(r.endswith(suffix) for r in fs.list_files(path, recursive=False))
+        # The top level and data/ (Hugging Face's layout): an image folder is never walked to find out.
+        return any(e.name.endswith(suffix) and e.is_file() for d in (path, os.path.join(path, "data"))
+                   if os.path.isdir(d) for e in os.scandir(d))
+    return detect
+
+
+#: File names that say "an image" when ``auto`` looks at a folder's top level (decoding still sniffs content).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _has_class_folders(path, options) -> bool:
+    """Subfolders and no images beside them (Keras ignores top-level files, so a stray README still is one)."""
+    if options.get("recursive") or not fs.isdir(path) or fs.is_url(path):
+        return False
+    entries = [e for e in os.scandir(path) if not e.name.startswith(".")]
+    if any(e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) for e in entries):
+        return False  # photos/ with a subfolder or two: a folder of images, not classes
+    return any(e.is_dir() for e in entries)
+
+
+#: Every kind of source, in the order ``auto`` tries them; each entry carries its own behaviour.
+SOURCES: dict[str, Source] = {
+    "webdataset": Source(read_webdataset, "either", "tar shards: a .tar, a folder of them, or "
+                         "shards/{00000..00099}.tar; label from .cls or a json field (--label-key)",
+                         _holds(".tar")),
+    "parquet": Source(read_parquet, "either", "files with an image column (bytes, or a Hugging Face "
+                      "{bytes, path} struct): a .parquet, a folder of them or a brace pattern", _holds(".parquet")),
+    "kaggle_keypoints": Source(read_kaggle_keypoints, "file", "facial keypoints CSV (Image pixels, *_x/*_y "
+                               "columns); a test.csv with ImageId,Image only is unlabelled", _is_kaggle),
+    "csv": Source(read_csv, "file", "CSV of image paths plus a label column, numeric target columns, or nothing "
+                  "else (unlabelled)", lambda path, _o: _suffix(path) == ".csv"),
+    "places365": Source(read_places365, "file", "list file ('<image> <label>' lines) with --categories",
+                        _is_labelled_list),
+    "list": Source(read_list, "file", "plain text file of image paths, one a line (unlabelled)",
+                   lambda path, _o: _suffix(path) in (".txt", ".lst") and not fs.isdir(path)),
+    "folder": Source(read_folder, "directory", "class folders DATA/<class>/<image>", _has_class_folders),
+    "images": Source(read_images, "directory", "a folder of images without classes, its subfolders too with "
+                     "--recursive (unlabelled)", lambda path, _o: fs.isdir(path)),
+}
+
+
+def read_source(path, *, kind="auto", progress=False, **options) -> Manifest:
     """Read a dataset description into a :class:`~features.reader.manifest.Manifest`.
 
     Args:
-        path: A class-folder directory, a CSV file, a Kaggle keypoints CSV or a
-            Places365 list file.
-        kind: A key of :data:`SOURCES`, or ``"auto"`` to detect it: a directory is
-            ``"folder"``; a ``.csv`` whose header has ``Image`` plus ``*_x``/``*_y``
-            columns (or ``ImageId``) is ``"kaggle_keypoints"``; another ``.csv`` is
-            ``"csv"``; a ``.txt`` is ``"places365"``.
-        categories: Places365 categories file (``/a/airfield 0`` lines).
-        image_root: Directory image paths are relative to (default: the list/CSV's directory).
-        path_column, label_column, target_columns: Column choices for ``"csv"``;
-            by default detected from the header.
+        path: A directory, file, brace pattern or fsspec URL (``s3://``, ``memory://``...) that one of
+            the :data:`SOURCES` reads.
+        kind: A key of :data:`SOURCES`, or ``"auto"``: the first entry whose ``detect`` accepts ``path``
+            (a folder with class subfolders is ``"folder"``, a flat one ``"images"``; ``.tar`` and
+            ``.parquet`` shards; a Kaggle keypoints CSV before another ``.csv``; a ``.txt`` of
+            ``<image> <integer>`` lines is ``"places365"``, of bare paths ``"list"``).
+        progress: Show a progress bar while indexing many shards.
+        **options: The reader's options (``categories``, ``image_root``, ``path_column``,
+            ``label_column``, ``target_columns``, ``recursive``, ``label_key``, ``image_column``);
+            ``None`` and ``False`` mean "not given". An option the reader does not take is refused.
 
     Returns:
         The manifest, rows in a deterministic order.
 
     Raises:
-        SourceError: If the source is missing or malformed, naming the file and line.
+        SourceError: If the source is missing or malformed, naming the file and line (or row).
     """
-    if not os.path.exists(path):
+    if not fs.is_pattern(path) and not fs.exists(path):
         raise SourceError(f"{path}: no such file or directory")
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
     if kind == "auto":
-        kind = _detect(path)
+        kind = next((name for name, s in SOURCES.items() if s.detect(path, given)), None)
+        if kind is None:
+            raise SourceError(f"{path}: cannot tell the source kind (expected a directory, .csv, .txt, .tar or "
+                              f".parquet); pass --source-kind, one of {', '.join(SOURCES)}")
     if kind not in SOURCES:
         raise SourceError(f"{path}: unknown source kind {kind!r}; expected one of {', '.join(SOURCES)}")
-    given = {"categories": categories, "image_root": image_root, "path_column": path_column,
-             "label_column": label_column, "target_columns": target_columns}
-    given = {k: v for k, v in given.items() if v is not None}
-    if (kind == "folder") != os.path.isdir(path):
-        raise SourceError(f"{path}: --source-kind {kind} reads a "
-                          f"{'directory of class folders' if kind == 'folder' else 'file'}, and this is "
-                          f"{'a directory' if os.path.isdir(path) else 'a file'}")
+    source = SOURCES[kind]
+    is_dir = not fs.is_pattern(path) and fs.isdir(path)
+    if source.takes != "either" and (source.takes == "directory") != is_dir:
+        what = {"folder": "directory of class folders"}.get(kind, source.takes)
+        raise SourceError(f"{path}: --source-kind {kind} reads a {what}, and this is "
+                          f"{'a directory' if is_dir else 'a file'}")
     # Reject options the reader would ignore: a silently ignored option is a wrong dataset.
-    unused = sorted(set(given) - set(inspect.signature(SOURCES[kind]).parameters))
+    params = inspect.signature(source.read).parameters
+    unused = sorted(set(given) - set(params))
     if unused:
         flags = ", ".join("--" + u.replace("_", "-") for u in unused)
         raise SourceError(f"{path}: option(s) {flags} do not apply to a {kind} source")
-    return SOURCES[kind](path, **given)
-
-
-def _detect(path) -> str:
-    """Guess the source kind of ``path`` from its type, suffix and CSV header."""
-    if os.path.isdir(path):
-        return "folder"
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-        keypoints = any(h.lower().endswith(("_x", "_y")) for h in header)
-        return "kaggle_keypoints" if "Image" in header and (keypoints or "ImageId" in header) else "csv"
-    if suffix == ".txt":
-        return "places365"
-    raise SourceError(f"{path}: cannot tell the source kind (expected a directory, .csv or .txt); "
-                      f"pass kind= one of {', '.join(SOURCES)}")
+    if "progress" in params:
+        given["progress"] = progress
+    return source.read(path, **given)
 
 
 def _pick_column(path, header, wanted, candidates, what, required=True):
@@ -178,10 +271,21 @@ def _cells(path, header, rows, col, what):
     return cells
 
 
-def _sorted_classes(values):
-    """Unique labels sorted as numbers when they are all integers, else as strings."""
-    unique = set(values)
-    try:
-        return sorted(unique, key=lambda v: (int(v), v))
-    except ValueError:
-        return sorted(unique)
+
+
+def check_found(path, manifest: Manifest) -> None:
+    """Fail before any backbone work when most of a source's image files are missing, naming where they were sought.
+
+    One missing file is a row problem (kept, marked ``missing``); most of them missing is a wrong
+    ``--image-root`` or a list used on another machine, which a full run would only reveal after building
+    the model and decoding nothing.
+    """
+    missing = sorted(i for i, r in manifest.row_errors.items() if r == "missing")
+    if not missing or len(missing) * 2 <= len(manifest):
+        return
+    first = manifest.paths[missing[0]]
+    hint = ""
+    if manifest.kind in SOURCES and "image_root" in inspect.signature(SOURCES[manifest.kind].read).parameters:
+        hint = "; if the images live elsewhere, pass --image-root DIR"
+    raise SourceError(f"{path}: {len(missing)} of {len(manifest)} image files are missing: looked under "
+                      f"{manifest.root} (e.g. {fs.join(manifest.root, first)}){hint}")

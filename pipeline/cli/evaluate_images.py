@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.model_args import add_model_args, model_options
-from pipeline.cli.source_args import add_source_args, source_options
+from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import fraction, positive_int
 
 
@@ -38,4 +38,4 @@ COMMAND = Command(
     name="evaluate-images", help="metrics of any model directory on labelled images, end to end",
     description="Decode labelled images, run them through the model (fine-tuned, or backbone + head) and report "
                 "accuracy or keypoint RMSE.",
-    add_arguments=add_arguments, run=run)
+    add_arguments=add_arguments, run=run, check=check_source_args)

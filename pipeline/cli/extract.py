@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
-from pipeline.cli.source_args import add_source_args, source_options
+from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import batch_size, fraction, non_negative_float, positive_int
 
 
@@ -13,7 +13,8 @@ def add_arguments(p) -> None:
     from features.backbones import REGISTRY
     from features.mapper.int8 import DEFAULT_IMAGES as DEFAULT_CALIBRATION_IMAGES
 
-    p.add_argument("data", help="image folder DATA/<class>/<image>, a CSV, a Kaggle keypoint CSV, or a list file")
+    p.add_argument("data", help="class folders DATA/<class>/<image>, a folder of images, a CSV, a Kaggle keypoint "
+                                "CSV, a list file, webdataset .tar shards or .parquet files (see --source-kind)")
     p.add_argument("-o", "--output", required=True, help="output HDF5 file (written atomically)")
     p.add_argument("--backbone", default="vgg16", help=f"backbone name: {', '.join(REGISTRY)} (default vgg16)")
     p.add_argument("--layer", help="bottleneck layer (default: the backbone's last conv/pool block)")
@@ -87,6 +88,7 @@ def config(args):
 
 def check(args) -> None:
     """The config's own checks (backbone, --input-size, --shard, --chunk-rows...) as usage errors: exit 2."""
+    check_source_args(args)
     try:
         config(args).check()
     except ValueError as exc:

@@ -7,7 +7,7 @@ import argparse
 from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.model_args import add_model_args, model_options
-from pipeline.cli.source_args import add_source_args, source_options
+from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import fraction_below_one, non_negative_float, non_negative_int, positive_float, positive_int
 from pipeline.finetune.data import AUGMENT
 
@@ -97,4 +97,4 @@ COMMAND = Command(
     description="Stitch the backbone to a trained head (stage-two weights), unfreeze the top of the backbone and "
                 "train on decoded, augmented images with SGD. Writes a model directory (the whole network as "
                 "model.keras) with the best validation epoch.",
-    add_arguments=add_arguments, run=run)
+    add_arguments=add_arguments, run=run, check=check_source_args)

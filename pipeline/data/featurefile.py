@@ -71,7 +71,8 @@ class FeatureFile:
         if "features" not in self._h5:
             raise FeatureFileError(f"{where}: missing the 'features' dataset")
         n = self._h5["features"].shape[0]
-        need = ["valid", "labels" if attrs.get("task") == "classification" else "targets"]
+        task = plain(attrs.get("task", "classification"))
+        need = ["valid"] + {"classification": ["labels"], "regression": ["targets"]}.get(task, [])
         for name in ("features_flipped", "targets_flipped", "valid", "labels", "targets",
                      "paths", "reason", "image_size"):
             if name in self._h5 and self._h5[name].shape[0] != n:
@@ -105,7 +106,7 @@ class FeatureFile:
 
     @property
     def task(self) -> str:
-        """``"classification"`` or ``"regression"``."""
+        """``"classification"``, ``"regression"`` or ``"none"`` (unlabelled rows: predict on them, never train)."""
         return self._attrs.get("task", "classification")
 
     @property

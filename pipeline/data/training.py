@@ -27,7 +27,7 @@ from pipeline.data.views import ConcatView, FeatureFileError, FeatureView, batch
 
 __all__ = [
     "ConcatView", "FeatureFile", "FeatureFileError", "FeatureView", "TrainingData",
-    "check_compatible", "load_training_data", "make_tf_dataset", "parse_bytes",
+    "check_compatible", "load_training_data", "make_tf_dataset", "parse_bytes", "refuse_unlabelled",
     "train_val_split",
 ]
 
@@ -162,6 +162,16 @@ def _usable_rows(f: FeatureFile) -> tuple[np.ndarray, int, int]:
     return keep, n_invalid, n_missing
 
 
+def refuse_unlabelled(f: FeatureFile, doing: str) -> None:
+    """Refuse a task ``none`` file (extracted from unlabelled images) for work that needs labels or targets."""
+    if f.task == "none":
+        raise FeatureFileError(
+            f"{f.path}: task none: its {f.n_rows} rows have no labels or targets (extracted from an unlabelled "
+            f"source: a folder of images, a list of paths, a CSV with only a path column), so there is nothing "
+            f"to {doing}; extract a labelled source for that, or run a trained model on this file with "
+            f"`bneck predict MODEL {f.path}`")
+
+
 def _check_val_file(train: FeatureFile, val: FeatureFile) -> None:
     """Refuse a validation file whose features or classes differ from the training file."""
     check_compatible(train.attrs, val.attrs, path=val.path, keys=COMPAT_KEYS + ("task",))
@@ -214,6 +224,7 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
     """
     budget = parse_bytes(memory_budget)
     with FeatureFile(path) as f:
+        refuse_unlabelled(f, "train a head on")
         keep, n_invalid, n_missing = _usable_rows(f)
         cls = f.task == "classification"
         if use_flipped is None:

@@ -31,7 +31,7 @@ from pipeline.evaluate import PassThrough
 from pipeline.finetune.data import augment_strengths, image_dataset, make_augment
 from pipeline.finetune.epochs import BestEpoch
 from pipeline.serve.finetuned import MODEL_FILE
-from pipeline.serve.rows import decode_rows, targets_for
+from pipeline.serve.rows import decode_rows, refuse_unlabelled_source, targets_for
 
 log = logging.getLogger("bneck")
 
@@ -179,6 +179,12 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
     strengths = augment_strengths(shift=shift, zoom=zoom, rotation=rotation, brightness=brightness,
                                   channel_shift=channel_shift)
     t0 = time.time()
+    # Read (and check) the sources before the network is stitched: a malformed or unlabelled one fails in ms.
+    man = read_source(data, **(source or {}))
+    refuse_unlabelled_source(man, data)
+    vman = read_source(val, **(source or {})) if val else None
+    if vman is not None:
+        refuse_unlabelled_source(vman, val)
     model, _, meta, _, backbone = stitch(model_dir, weights_dirs=weights_dirs, trust_pickle=trust_pickle)
     keras.utils.set_random_seed(seed)  # after stitch, which seeds the backbone's own construction
     task, size = meta["task"], tuple(int(v) for v in meta["features"]["input_size"])
@@ -191,11 +197,9 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
         raise ValueError(f"{model_dir}: the head has undefined outputs (specialists leaving targets out); "
                          "fine-tune a dense head instead")
 
-    man = read_source(data, **(source or {}))
     x, hw, rows, bad = decode_rows(man, size)
     y = targets_for(man, meta, rows)
     if val:
-        vman = read_source(val, **(source or {}))
         xv, hwv, vrows, _ = decode_rows(vman, size)
         yv = targets_for(vman, meta, vrows)
     else:

@@ -9,7 +9,7 @@ from features.images import name_bad
 from features.reader.sources import read_source
 from pipeline.evaluate import PassThrough, metrics_for
 from pipeline.serve.loader import predictor_for
-from pipeline.serve.rows import decode_rows, targets_for
+from pipeline.serve.rows import decode_rows, refuse_unlabelled_source, targets_for
 
 
 def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32, source=None,
@@ -23,6 +23,7 @@ def evaluate_on_images(model_dir, data, *, top_k: int = 5, batch_size: int = 32,
     over what happened to decode is not the metric of the data set.
     """
     man = read_source(data, **(source or {}))  # a malformed CSV fails before the model is built
+    refuse_unlabelled_source(man, data)
     pred = predictor_for(model_dir, batch_size=batch_size, weights_dirs=weights_dirs, trust_pickle=trust_pickle)
     x, hw, rows, bad = decode_rows(man, pred.input_size)
     if len(man) and len(bad) / len(man) > max_bad_fraction:

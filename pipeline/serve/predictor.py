@@ -75,11 +75,16 @@ class Predictor:
                                              "detail": images.REASONS.get(decoded[i][2], "")}
 
     def _result(self, path, pred, size, top_k):
-        if self.meta["task"] == "classification":
-            names = self.meta["class_names"]
-            order = np.argsort(-pred)[:top_k]
-            return {"path": path, "label": str(names[order[0]]),
-                    "scores": {str(names[i]): round(float(pred[i]), 6) for i in order}}
-        # Keypoints are in this image's own pixels (to_image_pixels), whatever size the head was trained on.
-        return {"path": path, "image_size": [int(v) for v in size],
-                "targets": {str(n): round(float(v), 4) for n, v in zip(self.meta["target_names"], pred)}}
+        return result_for(self.meta, path, pred, size, top_k)
+
+
+def result_for(meta: dict, path: str, pred, size, top_k: int) -> dict:
+    """One ``bneck predict --json`` line: the top classes and scores, or the keypoints in the image's pixels."""
+    if meta["task"] == "classification":
+        names = meta["class_names"]
+        order = np.argsort(-pred)[:top_k]
+        return {"path": path, "label": str(names[order[0]]),
+                "scores": {str(names[i]): round(float(pred[i]), 6) for i in order}}
+    # Keypoints are in this image's own pixels (to_image_pixels), whatever size the head was trained on.
+    return {"path": path, "image_size": [int(v) for v in size],
+            "targets": {str(n): round(float(v), 4) for n, v in zip(meta["target_names"], pred)}}

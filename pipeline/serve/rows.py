@@ -28,8 +28,17 @@ def decode_rows(manifest, size, workers=None):
     return x, np.array([out[i][1] for i in ok], np.float32).reshape(-1, 2), np.array(ok, np.int64), bad
 
 
+def refuse_unlabelled_source(manifest, data) -> None:
+    """Refuse a source without labels or targets (task ``none``) for work that scores or trains against them."""
+    if manifest.task == "none":
+        raise ValueError(f"{data}: this {manifest.kind} source has no labels or targets (task none), so there is "
+                         "nothing to score the model against or train it on; `bneck predict MODEL IMAGES` runs a "
+                         "model on it")
+
+
 def targets_for(manifest, meta, rows):
     """The rows' labels (as the model's class indices) or targets (in the model's column order)."""
+    refuse_unlabelled_source(manifest, manifest.root)
     if meta["task"] == "classification":
         if manifest.labels is None:
             raise ValueError("the model is a classifier but the data has no class labels")

@@ -49,7 +49,7 @@ def row_sources(attrs: dict, paths, rows) -> list:
 
 def _inline_images(csv_path):
     """The inline pixel array of a Kaggle-style CSV, or None when it is gone or no longer such a file."""
-    from features.reader.base import SourceError
+    from features.reader.errors import SourceError
     from features.reader.sources import read_source
 
     if not os.path.isfile(csv_path):

@@ -21,6 +21,7 @@ from tests.reliability import (  # noqa: E402
     test_bad_inputs,
     test_csv_errors,
     test_kill_resume,
+    test_shard_inputs,
     test_signals_and_disk,
     test_stage2_faults,
 )
@@ -49,6 +50,9 @@ def figures() -> dict:
         "settings_changes_refused": test_signals_and_disk.MISMATCHES,
         "bad_input_kinds_tried": len(cases),
         "bad_input_kinds": {kind: n for kind, n in _count(o for _, _, o, _ in cases).items()},
+        "bad_shard_inputs_tried": {"webdataset tars": len(test_shard_inputs.TAR_CASES),
+                                   "parquet cells": len(test_shard_inputs.PARQUET_CASES)},
+        "structural_shard_errors_tried": len(test_shard_inputs.STRUCTURAL),
         "structural_source_errors_tried": len(test_csv_errors.STRUCTURAL),
         "per_row_source_problems_tried": len(test_csv_errors.PER_ROW),
         "model_dir_attacks_refused": len(test_stage2_faults.TAMPERING),

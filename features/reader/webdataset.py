@@ -1,0 +1,228 @@
+"""Read webdataset tar shards (as clip-retrieval reads and img2dataset writes them) into a manifest.
+
+``DATA`` is one ``.tar``, a directory of them, or a brace pattern such as ``shards/{00000..00099}.tar``,
+locally or on any fsspec filesystem. A sample is a run of consecutive members sharing a key (the
+member name up to the first dot of its base name: ``a/000.jpg`` and ``a/000.cls`` are sample
+``a/000``). Its image is the first ``jpg``/``jpeg``/``png``/``webp`` member; its label the integer in
+``cls``, or a field of its ``json`` (``label_key``); its regression targets numeric fields of that
+``json`` (``target_keys``). No label and no targets: task ``none``.
+
+Only the tar headers (512 bytes a member) and the small ``cls``/``json`` members are read here; each
+row remembers its image's byte range, so the decode pool later reads exactly that range of that
+tar, and a resumed or sharded run reads the members of its own rows only. Row ids are
+``<shard>.tar#<key>``, in shard order then member order: deterministic.
+
+A tar that ends early keeps the samples before the break; a sample whose image member is cut off
+is marked ``truncated``, one without an image member ``not_image``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+
+import numpy as np
+
+from . import fs
+from .base import check_xy_pairs, sorted_classes
+from .errors import SourceError
+from .manifest import Manifest
+
+log = logging.getLogger("bneck")
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# The small members worth reading while indexing; images are read later, by the decode pool.
+_META_MAX = 1 << 20
+
+
+def read_webdataset(path, *, label_key=None, target_columns=None, progress=False):
+    """Read webdataset shards into a manifest (see the module docstring); ``target_columns`` are json fields."""
+    target_keys = target_columns
+    if label_key is not None and target_keys is not None:
+        raise SourceError(f"{path}: give either --label-key or --target-columns, not both")
+    shards = fs.shard_files(path, ".tar")
+    # Row ids name the shard relative to the common folder, like the shard list users wrote.
+    base = fs.common_parent(shards)
+    rows = []  # (shard index, key, image member (offset, size, ext) or None, reason, meta)
+    sizes = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(shards, desc="index tar shards", unit="tar", disable=not progress or len(shards) < 2, leave=False)
+    for s, shard in enumerate(bar):
+        size, version, samples = _index_tar(shard, need_json=bool(label_key or target_keys))
+        sizes.append((size, version, len(samples)))
+        rows += [(s, *sample) for sample in samples]
+    if not rows:
+        raise SourceError(f"{path}: the tar shards hold no samples")
+    names = [fs.relative(shard, base) for shard in shards]
+    ids = [f"{names[s]}#{key}" for s, key, *_ in rows]
+    errors = {i: r[3] for i, r in enumerate(rows) if r[3]}
+    blobs = TarMembers(shards, names, [(s, img) for s, _, img, _, _ in rows], sizes)
+    fields = {}
+    if target_keys:
+        keys = list(target_keys)
+        check_xy_pairs(path, keys)
+        targets = np.full((len(rows), len(keys)), np.nan, np.float32)
+        for i, (s, key, _, reason, meta) in enumerate(rows):
+            if reason and "json_text" not in meta:
+                continue  # a cut-off sample: invalid anyway, its targets stay NaN
+            doc = _json_of(shards[s], key, meta)
+            for k, name in enumerate(keys):
+                value = doc.get(name)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise SourceError(f"{shards[s]}#{key}: json field {name!r} is {value!r}, not a number")
+                targets[i, k] = value
+        for i in np.flatnonzero(np.isnan(targets).all(axis=1)):
+            errors.setdefault(int(i), "no_targets")
+        fields = {"targets": targets, "target_names": keys}
+    elif label_key:
+        values = []
+        for s, key, _, reason, meta in rows:
+            if reason and "json_text" not in meta:
+                values.append(None)  # a cut-off sample: invalid anyway, any class will do
+                continue
+            doc = _json_of(shards[s], key, meta)
+            if label_key not in doc:
+                raise SourceError(f"{shards[s]}#{key}: the json has no field {label_key!r} (--label-key); "
+                                  f"fields are {', '.join(sorted(doc)) or 'none'}")
+            values.append(str(doc[label_key]))
+        classes = sorted_classes(v for v in values if v is not None)
+        index = {c: k for k, c in enumerate(classes)}
+        fields = {"labels": np.array([index.get(v, 0) for v in values], np.int64), "class_names": classes}
+    else:
+        cls = [meta.get("cls") for *_, meta in rows]
+        have = [c is not None or bool(r[3]) for c, r in zip(cls, rows)]  # a cut-off sample may have lost it
+        if any(c is not None for c in cls):
+            if not all(have):
+                i = have.index(False)
+                raise SourceError(f"{shards[rows[i][0]]}#{rows[i][1]}: this sample has no .cls member but others "
+                                  "do; give every sample a label, or none")
+            labels = np.array([0 if c is None else c for c in cls], np.int64)
+            if labels.min() < 0:
+                i = int(np.argmin(labels))
+                raise SourceError(f"{shards[rows[i][0]]}#{rows[i][1]}: .cls {labels[i]} is negative")
+            fields = {"labels": labels, "class_names": [str(k) for k in range(int(labels.max()) + 1)]}
+    return Manifest("webdataset", base, ids, row_errors=errors, blobs=blobs, **fields)
+
+
+def _index_tar(shard, *, need_json):
+    """``(size, version, samples)`` of one tar from its headers; samples are (key, image, reason, meta)."""
+    try:
+        with fs.open_binary(shard) as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(0)
+            magic = f.read(2)
+            f.seek(0)
+            if magic == b"\x1f\x8b":
+                raise SourceError(f"{shard}: a gzip-compressed tar; members of a compressed shard cannot be read "
+                                  "by range, so decompress it first (gunzip)")
+            members = _members(shard, f, size)
+            samples = _group(shard, f, members, size, need_json)
+    except OSError as exc:
+        raise SourceError(f"{shard}: cannot read this tar ({exc})") from None
+    version = ""
+    if fs.is_url(shard):
+        fsys, p = fs.filesystem(shard)
+        version = fs.version_of(fsys.info(p))
+    else:
+        version = str(os.stat(shard).st_mtime_ns)
+    return size, version, samples
+
+
+def _members(shard, f, size):
+    """Regular-file members in tar order; a break in the tar ends the list with a warning."""
+    out = []
+    try:
+        tf = tarfile.open(fileobj=f, mode="r:")
+    except tarfile.ReadError as exc:
+        if size == 0:
+            raise SourceError(f"{shard}: an empty file, not a tar") from None
+        raise SourceError(f"{shard}: not a tar file ({exc})") from None
+    while True:
+        try:
+            info = tf.next()
+        except (tarfile.ReadError, EOFError, OSError) as exc:
+            log.warning(f"{shard}: the tar breaks off after {len(out)} members ({exc}); the samples before the "
+                        "break are kept")
+            break
+        if info is None:
+            break
+        if info.isfile():
+            out.append((info.name, info.offset_data, info.size))
+    return out
+
+
+def _group(shard, f, members, size, need_json):
+    samples = []
+    for name, offset, length in members:
+        head, base = name.rsplit("/", 1) if "/" in name else ("", name)
+        if base.startswith(".") or "." not in base:
+            continue  # webdataset skips names without an extension, and hidden files such as __MACOSX
+        stem, ext = base.split(".", 1)
+        key = f"{head}/{stem}" if head else stem
+        if not samples or samples[-1][0] != key:
+            samples.append([key, None, "", {}])
+        sample = samples[-1]
+        ext = ext.lower()
+        cut = offset + length > size
+        if ext in IMAGE_EXTS and sample[1] is None:
+            sample[1] = (offset, length, ext)
+            if cut:
+                sample[2] = "truncated"
+        elif ext == "cls" and not cut:
+            f.seek(offset)
+            text = f.read(min(length, _META_MAX)).decode("utf-8", "replace").strip()
+            try:
+                sample[3]["cls"] = int(text)
+            except ValueError:
+                raise SourceError(f"{shard}#{key}: .cls holds {text[:40]!r}, not an integer class index") from None
+        elif ext == "json" and need_json and not cut:
+            sample[3]["json"] = (offset, length)
+    out = []
+    for key, image, reason, meta in samples:
+        if image is None:
+            reason = "not_image"  # no jpg/jpeg/png/webp member: nothing to decode
+        if need_json and "json" in meta:
+            off, length = meta["json"]
+            f.seek(off)
+            meta["json_text"] = f.read(length)
+        out.append((key, image, reason, meta))
+    return out
+
+
+def _json_of(shard, key, meta):
+    text = meta.get("json_text")
+    if text is None:
+        raise SourceError(f"{shard}#{key}: this sample has no .json member to read labels or targets from")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise SourceError(f"{shard}#{key}: its .json is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise SourceError(f"{shard}#{key}: its .json is not an object")
+    return doc
+
+
+class TarMembers:
+    """Rows whose images are byte ranges of tar shards."""
+
+    def __init__(self, shards, names, images, sizes):
+        self.shards, self.names, self.images, self.sizes = shards, names, images, sizes
+
+    def source(self, i):
+        """A blob reading exactly row ``i``'s image member (``None``-safe: rows without one are marked bad)."""
+        s, image = self.images[i]
+        if image is None:
+            return fs.InlineBytes(b"", f"{self.names[s]} (no image member)")
+        offset, size, ext = image
+        return fs.Blob(self.shards[s], offset, size, name=f"{self.names[s]}#member@{offset}.{ext}")
+
+    def fingerprint_bytes(self) -> bytes:
+        """Each shard's name, size, etag/mtime and sample count."""
+        return "\0".join(f"{n}:{size}:{version}:{count}"
+                         for n, (size, version, count) in zip(self.names, self.sizes)).encode()
