@@ -26,8 +26,10 @@ def add_arguments(p) -> None:
                         "else random, loudly), or a .weights.h5/.h5 file (default imagenet)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init for --weights none/auto (default 0)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
-                   help="auto: bf16 on bf16-capable CPUs, fp16 on GPUs, else fp32; int8: OpenVINO model quantized "
-                        "with NNCF, calibrated on this dataset (extra: pip install 'bneck[int8]') (default auto)")
+                   help="auto: fp32 for keypoint/regression targets (bf16 costs them accuracy: bench/quality.py), "
+                        "else bf16 on bf16-capable CPUs, fp16 on GPUs, fp32 otherwise; int8: OpenVINO model "
+                        "quantized with NNCF, calibrated on this dataset (extra: pip install 'bneck[int8]') "
+                        "(default auto)")
     p.add_argument("--calibration-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                    help="--precision int8: images spread evenly over the whole dataset (never one shard) that "
                         f"calibrate the quantization (default {DEFAULT_CALIBRATION_IMAGES})")
