@@ -40,7 +40,8 @@ def run(args) -> int:
 COMMAND = Command(
     name="upgrade-model", help="rewrite a model directory's pickled head (head.joblib) in the safe format",
     description="Rewrite a model directory written before format 2, whose scikit-learn head is a pickle "
-                "(head.joblib), with the head's safe format (head.skops, types checked on load). Loading the "
+                "(head.joblib), with the head's safe format (plain arrays for linear heads, else head.skops with its "
+                "types checked on load). Loading the "
                 "pickle runs its code, so it needs the --trust-pickle flag; the new head must predict exactly what the "
                 "pickle does on random rows before anything is replaced. Other files and metadata are kept.",
     add_arguments=add_arguments, run=run, check=check, tensorflow=False)
