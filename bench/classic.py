@@ -13,7 +13,6 @@ Weights are seeded random (``--weights none``), which time exactly like ImageNet
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,8 +22,7 @@ import common  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--backbone", default="mobilenet", help="registry name (vgg16, resnet50, mobilenet, ...)")
     p.add_argument("--input-size", default="224", help="N or HxW (default 224)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")

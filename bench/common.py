@@ -36,6 +36,13 @@ DEFAULT_ROOT = os.environ.get("BNECK_BENCH_DIR") or os.path.join(tempfile.gettem
 # ----------------------------------------------------------------------------- output
 
 
+def parser(doc: str, *, epilog_from: int = 1):
+    """The bench's argument parser: its docstring's first paragraph as description, the rest as epilog."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   epilog=doc.split("\n\n", epilog_from)[epilog_from],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def log(*args) -> None:
     """Progress to stderr (stdout carries only the JSON result)."""
     print(*args, file=sys.stderr, flush=True)

@@ -16,7 +16,6 @@ Files are read once before timing so the page cache serves them: this is decodin
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -52,8 +51,7 @@ def _measure(fn, paths, workers, repeat, label):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--n", type=int, default=1000, help="number of 256x256 JPEGs (default 1000)")
     p.add_argument("--classes", type=int, default=4, help="class folders of the fixture (default 4)")
     p.add_argument("--size", type=int, default=224, help="decode target side (default 224)")

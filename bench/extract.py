@@ -12,7 +12,6 @@ the classic approach (`image_dataset_from_directory` + `model.predict` fp32, one
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -71,8 +70,7 @@ def int8_row(directory: str, name: str, d: float, args) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--backbones", default="vgg16,resnet50,mobilenet,mobilenetv2", help="comma-separated names")
     p.add_argument("--n", type=int, default=400, help="256x256 JPEGs in the fixture (default 400)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")

@@ -20,7 +20,6 @@ everything before the cut. Steps:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -52,8 +51,7 @@ def ceiling(backbone, precision, xla, batch, seconds, input_size) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__, epilog_from=2)
     p.add_argument("--backbones", default="vgg16,resnet50,mobilenetv2,efficientnetb0",
                    help="ceilings for these registry names (default: vgg16,resnet50,mobilenetv2,efficientnetb0)")
     p.add_argument("--e2e", default="resnet50,mobilenetv2", help="end-to-end extract for these (default resnet50,"

@@ -15,7 +15,6 @@ block4_pool, seeded random weights and the OpenVINO runtime:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -54,8 +53,7 @@ def agreement(a_path: str, b_path: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--workdir", default=os.path.join(common.DEFAULT_ROOT, "int8-accuracy"),
                    help="where the demo data, feature files and models go (default under the bench dir)")
     p.add_argument("--grid", default="0.01,0.1,1", help="C values of the SVM grid (default 0.01,0.1,1)")

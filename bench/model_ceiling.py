@@ -10,7 +10,6 @@ per image unless --no-flip, so features/s = 2 x images/s. Weights are seeded ran
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -20,8 +19,7 @@ import common  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     common.add_model_args(p)
     p.add_argument("--seconds", type=float, default=15.0, help="time at least this long (default 15)")
     p.add_argument("--min-batches", type=int, default=3, help="and at least this many batches (default 3)")

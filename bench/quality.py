@@ -25,7 +25,6 @@ the `auto` precision within 2 % of fp32 on every task), with the extraction spee
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -125,8 +124,7 @@ def bneck_default(train: str, test: str, work: str, *, task: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--datasets", default="digits,faces", help="demo datasets to run (default digits,faces)")
     p.add_argument("--data", action="append", default=[], metavar="NAME=TRAIN,TEST,TASK",
                    help="your own dataset: train and test sources and classification|keypoints (repeatable)")

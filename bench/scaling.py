@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -51,8 +50,7 @@ def run_extract(args, data: str, out: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--backbone", default="mobilenet", help="registry name (default mobilenet)")
     p.add_argument("--runtime", default="auto", choices=("auto", "tensorflow", "openvino"),
                    help="auto: openvino on a CPU when installed, else tensorflow, as bneck extract (default auto)")

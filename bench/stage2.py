@@ -29,7 +29,6 @@ The feature files are cached in --workdir by their parameters (delete it to rege
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -287,8 +286,7 @@ def bench_retune(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--n", type=int, default=10_000, help="images in the files of (a) and (b) (default 10000)")
     p.add_argument("--epochs", type=int, default=20, help="dense-head epochs in (a), all run (default 20)")
     p.add_argument("--budget", default="256MiB", help="--memory-budget of (c); its file is 4x this (default 256MiB)")

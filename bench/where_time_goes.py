@@ -16,7 +16,6 @@ loop's CPU; anything above ``model + decode`` is the pipeline's own overhead.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sys
@@ -92,8 +91,7 @@ def _delta(after: dict, before: dict) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--backbone", default="mobilenet", help="registry name (default mobilenet)")
     p.add_argument("--n", type=int, default=2000, help="256x256 JPEGs in the fixture (default 2000)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
