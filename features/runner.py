@@ -73,7 +73,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                     "so the file records precision fp32")
         precision = "fp32"
     if precision == "int8" and manifest.task == "regression":
-        log.warning("--precision int8 on keypoint/regression targets: bench/quality.py measured int8 features 42%% "
+        log.warning("--precision int8 on keypoint/regression targets: bench/quality.py measured int8 features 42% "
                     "worse in RMSE than fp32 on the demo faces (1.12 vs 0.79 px); --precision auto uses fp32 here")
     if precision == "int8" and not device.cpu_has_int8_dot():
         log.warning("this CPU has no int8 dot-product instructions (VNNI or AMX): --precision int8 runs, but is "
