@@ -56,7 +56,6 @@ class HubSpec:
     pooled_layer: str = ""  # a layer whose output is the model's own pooled embedding (SigLIP's head)
     vision_attr: str = ""  # presets holding an image-text model: the attribute with the image encoder
     runtimes: tuple[str, ...] = ("tensorflow",)  # OpenVINO's conversion of KerasHub layers is not tested
-    heavy: bool = False
 
     source = "keras-hub"
     notop_file = ""
@@ -218,7 +217,7 @@ def _dinov2(size, layers, hidden, heads, params):
     named = tuple(f"stage{i}" for i in (layers // 2, 3 * layers // 4))
     return HubSpec(f"dinov2_{size}", f"dinov2_{size}", f"keras/dinov2/keras/dinov2_{size}/1", "DINOV2Backbone",
                    tuple(cfg.items()), "torch", (224, 224), 14, "layernorm", named, "DINOv2", params,
-                   fixed_size=False, heavy=size != "small")
+                   fixed_size=False)
 
 
 def _encoder(name, handle_model, cls, preprocessing, size, patch, layers, hidden, heads, params, family, **kw):
@@ -240,7 +239,7 @@ ENTRIES: list[HubSpec] = [
     _encoder("clip_vit_base_patch16", "clip", "CLIPVisionEncoder", "clip", 224, 16, 12, 768, 12, 85_799_621,
              "CLIP", default_layer="layer_norm", version=3),
     _encoder("clip_vit_large_patch14", "clip", "CLIPVisionEncoder", "clip", 224, 14, 24, 1024, 16, 303_180_033,
-             "CLIP", default_layer="layer_norm", version=3, heavy=True),
+             "CLIP", default_layer="layer_norm", version=3),
     HubSpec("vit_base_patch16_224_imagenet", "vit_base_patch16_224_imagenet",
             "keras/vit/keras/vit_base_patch16_224_imagenet/4", "ViTBackbone",
             tuple(dict(patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072).items()),
@@ -248,7 +247,7 @@ ENTRIES: list[HubSpec] = [
     HubSpec("vit_large_patch16_224_imagenet", "vit_large_patch16_224_imagenet",
             "keras/vit/keras/vit_large_patch16_224_imagenet/4", "ViTBackbone",
             tuple(dict(patch_size=16, num_layers=24, num_heads=16, hidden_dim=1024, mlp_dim=4096).items()),
-            "tf", (224, 224), 16, "vit_encoder", (), "ViT", 0, heavy=True),
+            "tf", (224, 224), 16, "vit_encoder", (), "ViT", 0),
 ]
 
 ALIASES = {"dinov2": "dinov2_small", "dinov2_s14": "dinov2_small", "dinov2_b14": "dinov2_base",

@@ -29,13 +29,13 @@ def _resnet(depth, blocks, params, v2=False):
     return BackboneSpec(f"resnet{depth}{suffix}", module, f"ResNet{depth}{suffix.upper()}", "tf" if v2 else "caffe",
                         (224, 224), 32, "post_relu" if v2 else "conv5_block3_out", named,
                         f"resnet{depth}{suffix}_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                        "ResNetV2" if v2 else "ResNet", params=params, heavy=depth == 152)
+                        "ResNetV2" if v2 else "ResNet", params=params)
 
 
 def _densenet(depth, params):
     return BackboneSpec(f"densenet{depth}", "densenet", f"DenseNet{depth}", "torch", (224, 224), 32, "relu",
                         ("pool3_pool", "pool4_pool"), f"densenet{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                        "DenseNet", params=params, heavy=depth == 201)
+                        "DenseNet", params=params)
 
 
 def _block(stage: int, repeats: int) -> str:
@@ -53,8 +53,7 @@ def _efficientnet(b):
     named = ((_block(6, 4) + "_add", "block7a_project_bn") if b == 0 else
              (_block(5, math.ceil(3 * depth)) + "_add", _block(6, math.ceil(4 * depth)) + "_add"))
     return BackboneSpec(f"efficientnetb{b}", "efficientnet", f"EfficientNetB{b}", _IN_MODEL, (size, size), 32,
-                        "top_activation", named, f"efficientnetb{b}_notop.h5", "EfficientNet", params=params,
-                        heavy=b >= 5)
+                        "top_activation", named, f"efficientnetb{b}_notop.h5", "EfficientNet", params=params)
 
 
 # EfficientNetV2: (variant, default size, named layers, notop parameters).
@@ -72,7 +71,7 @@ _EFFICIENTNET_V2 = [
 def _efficientnet_v2(variant, size, named, params):
     return BackboneSpec(f"efficientnetv2{variant}", "efficientnet_v2", f"EfficientNetV2{variant.upper()}", _IN_MODEL,
                         (size, size), 32, "top_activation", named, f"efficientnetv2-{variant}_notop.h5",
-                        "EfficientNetV2", params=params, heavy=variant in ("m", "l"))
+                        "EfficientNetV2", params=params)
 
 
 # ConvNeXt: (size, stage depths, notop parameters). The notop model ends in an auto-named
@@ -88,8 +87,7 @@ def _convnext(size):
     named = tuple(f"{prefix}_stage_{i}_block_{depths[i] - 1}_identity" for i in (1, 2, 3))
     return BackboneSpec(f"convnext{size}", "convnext", f"ConvNeXt{size.capitalize() if size != 'xlarge' else 'XLarge'}",
                         _IN_MODEL, (224, 224), 32, f"{prefix}_final_layernorm", named,
-                        f"{prefix}_notop.h5", "ConvNeXt", params=params, output_name=f"{prefix}_final_layernorm",
-                        heavy=size != "tiny")
+                        f"{prefix}_notop.h5", "ConvNeXt", params=params, output_name=f"{prefix}_final_layernorm")
 
 
 ENTRIES: list[BackboneSpec] = [
@@ -106,7 +104,7 @@ ENTRIES: list[BackboneSpec] = [
                  "Inception", params=21_802_784),
     BackboneSpec("inceptionresnetv2", "inception_resnet_v2", "InceptionResNetV2", "tf", (299, 299), 75, "conv_7b_ac",
                  ("mixed_6a", "mixed_7a"), "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 "Inception", params=54_336_736, heavy=True),
+                 "Inception", params=54_336_736),
     BackboneSpec("xception", "xception", "Xception", "tf", (299, 299), 71, "block14_sepconv2_act",
                  ("block13_sepconv2_bn", "block14_sepconv1_act"),
                  "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "Xception", params=20_861_480),
@@ -129,10 +127,10 @@ ENTRIES: list[BackboneSpec] = [
     # NASNet's notop output is an auto-named ReLU after the last normal cell.
     BackboneSpec("nasnetmobile", "nasnet", "NASNetMobile", "tf", (224, 224), 32, "final_relu",
                  ("normal_concat_8", "normal_concat_12"), "nasnet_mobile_no_top.h5", "NASNet", params=4_269_716,
-                 output_name="final_relu", heavy=True),
+                 output_name="final_relu"),
     BackboneSpec("nasnetlarge", "nasnet", "NASNetLarge", "tf", (331, 331), 32, "final_relu",
                  ("normal_concat_12", "normal_concat_18"), "nasnet_large_no_top.h5", "NASNet", params=84_916_818,
-                 output_name="final_relu", heavy=True),
+                 output_name="final_relu"),
     *(_efficientnet(b) for b in range(8)),
     *(_efficientnet_v2(*row) for row in _EFFICIENTNET_V2),
     _densenet(121, 7_037_504),

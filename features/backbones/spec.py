@@ -81,7 +81,6 @@ class BackboneSpec:
     output_name: str = ""
     # Runtimes whose conversion of this entry works; `--runtime auto` picks among these.
     runtimes: tuple[str, ...] = ("tensorflow", "openvino")
-    heavy: bool = False  # its contract test is `slow` (large graphs take long to build on 2 cores)
 
     source = "keras.applications"
     fixed_size = False  # True: the weights fit the default input size only
@@ -94,6 +93,10 @@ class BackboneSpec:
     def _module(self):
         return importlib.import_module(f"keras.applications.{self.module}")
 
+    def _constructor(self):
+        # The public submodules keep preprocess_input; some (mobilenet_v3, convnext) not the constructor.
+        return getattr(importlib.import_module("keras.applications"), self.constructor)
+
     def check_size(self, h: int, w: int) -> None:
         if min(h, w) < self.min_size:
             raise ValueError(
@@ -103,7 +106,7 @@ class BackboneSpec:
         """Construct the include_top=False Keras model (``weights`` as Keras takes it)."""
         h, w = input_size or self.input_size
         self.check_size(h, w)
-        ctor = getattr(self._module(), self.constructor)
+        ctor = self._constructor()
         with keras_chatter_to_stderr():
             model = ctor(include_top=False, weights=weights, input_shape=(h, w, 3))
         if self.output_name:
@@ -112,7 +115,7 @@ class BackboneSpec:
 
     def build_full(self, *, weights="imagenet"):
         """Construct the full ImageNet classifier (with top) at the default size."""
-        ctor = getattr(self._module(), self.constructor)
+        ctor = self._constructor()
         with keras_chatter_to_stderr():
             return ctor(include_top=True, weights=weights)
 
