@@ -51,6 +51,7 @@ class HubSpec:
     layers: tuple[str, ...] = field(default=())  # earlier blocks' outputs, shallow to deep
     family: str = ""
     params: int = 0  # of the --weights none model at the default size (checked by the slow tests)
+    gflops: float = 0.0  # at the default size, to the default layer (bench/catalogue.py); 0 = not measured
     fixed_size: bool = True  # position embeddings fit the preset's size only (DINOv2 interpolates)
     class_token: bool = True  # token 0 is a class token
     pooled_layer: str = ""  # a layer whose output is the model's own pooled embedding (SigLIP's head)
@@ -198,6 +199,7 @@ class HubSpec:
             "keras_hub_class": self.backbone_class,
             "family": self.family,
             "params": self.params,
+            "gflops": self.gflops,
             "preprocessing": self.preprocessing,
             "input_size": list(self.input_size),
             "min_size": self.min_size,

@@ -76,6 +76,7 @@ class BackboneSpec:
     notop_file: str = ""  # the Keras cache file name of the ImageNet weights without top
     family: str = ""  # free text shown by `bneck backbones`
     params: int = 0  # parameters of the notop model (shown by `bneck backbones`; checked by the tests)
+    gflops: float = 0.0  # at the default size, to the default layer (bench/catalogue.py); 0 = not measured
     # Keras gives some notop outputs a session-counted name ("layer_normalization_3"); the
     # registry renames that last layer so a recorded layer name means the same layer in every run.
     output_name: str = ""
@@ -159,6 +160,7 @@ class BackboneSpec:
             "keras_application": f"keras.applications.{self.constructor}",
             "family": self.family,
             "params": self.params,
+            "gflops": self.gflops,
             "preprocessing": self.preprocessing,
             "input_size": list(self.input_size),
             "min_size": self.min_size,
