@@ -86,6 +86,32 @@ def test_registry_entry_contract(spec):
     _contract(spec, max(spec.min_size, 32))
 
 
+def _runtimes_agree(spec, size, tmp_path):
+    """fp32 OpenVINO features equal TensorFlow's (both original and flipped views) within 1e-4 of their scale."""
+    pytest.importorskip("openvino")
+    from features.mapper.ov_runtime import OpenVINOExtractor
+    from features.mapper.tf_runtime import Extractor
+    from features.weights import build_backbone
+
+    model, _ = build_backbone(spec, input_size=(size, size), layer=spec.all_layers[0], weights="none")
+    x = np.random.default_rng(2).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    want = Extractor(model, spec.preprocess_function, flip=True, batch_size=2, device=None)(x)
+    got = OpenVINOExtractor(model, spec.preprocess_function, flip=True, batch_size=2, precision="fp32",
+                            cache_dir=str(tmp_path))(x)
+    for a, b in zip(want, got):
+        scale = float(np.abs(a).max()) or 1.0
+        np.testing.assert_allclose(b / scale, a / scale, atol=1e-4)
+
+
+OV_FAST: set = set()  # tests/test_openvino_runtime.py covers the runtime itself in the default suite
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.name, marks=() if s.name in OV_FAST else pytest.mark.slow)
+                                  for s in KERAS_SPECS if "openvino" in s.runtimes])
+def test_openvino_runs_what_the_registry_says(spec, tmp_path):
+    _runtimes_agree(spec, max(spec.min_size, 32), tmp_path)
+
+
 def test_required_backbones_present():
     for name in ["vgg16", "vgg19", "resnet50", "inceptionv3", "xception", "mobilenet", "mobilenetv2", "efficientnetb0",
                  "densenet121"]:

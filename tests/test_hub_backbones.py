@@ -46,7 +46,7 @@ def test_hub_entries_are_complete():
     for s in HUB_SPECS:
         assert s.preset in keras_hub.models.Backbone.presets, s.preset  # a preset KerasHub knows
         assert getattr(keras_hub.models, s.backbone_class)
-        assert s.preprocessing in ("torch", "tf", "clip") and s.runtimes == ("tensorflow",)
+        assert s.preprocessing in ("torch", "tf", "clip") and s.runtimes == ("tensorflow", "openvino")
         assert "mean" in s.poolings and "none" in s.poolings
 
 
@@ -212,15 +212,36 @@ def test_fixed_size_entries_refuse_other_sizes_and_bad_poolings():
     ExtractConfig(data="d", output="o.h5", backbone="dinov2_small", pooling="cls").check()
 
 
-def test_openvino_is_not_picked_for_hub_entries(monkeypatch):
+def test_auto_runtime_picks_tensorflow_for_an_entry_openvino_does_not_convert(monkeypatch):
     from features.mapper import device, runtimes
 
     monkeypatch.setattr(device, "openvino_available", lambda: True)
     monkeypatch.setattr(device, "has_gpu", lambda: False)
-    assert runtimes.resolve_runtime("auto", backbones.get("dinov2_small")) == "tensorflow"
-    assert runtimes.resolve_runtime("auto", backbones.get("mobilenet")) == "openvino"
+    tf_only = dataclasses.replace(backbones.get("dinov2_small"), runtimes=("tensorflow",))
+    assert runtimes.resolve_runtime("auto", tf_only) == "tensorflow"
+    assert runtimes.resolve_runtime("auto", backbones.get("dinov2_small")) == "openvino"
     with pytest.raises(ValueError, match="does not run dinov2_small"):
-        runtimes.resolve_runtime("openvino", backbones.get("dinov2_small"))
+        runtimes.resolve_runtime("openvino", tf_only)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TINY_SPECS))
+def test_openvino_matches_tensorflow(name, tmp_path):
+    pytest.importorskip("openvino")
+    from features.mapper.ov_runtime import OpenVINOExtractor
+    from features.mapper.tf_runtime import Extractor
+    from features.weights import build_backbone
+
+    spec = tiny(name)
+    size = spec.input_size[0]
+    x = _x(size)
+    for pooling in ("none", "cls") if "cls" in spec.poolings else ("none",):
+        model, _ = build_backbone(spec, input_size=(size, size), weights="none", pooling=pooling)
+        want = Extractor(model, spec.preprocess_function, pooling=pooling, flip=True, batch_size=2, device=None)(x)
+        got = OpenVINOExtractor(model, spec.preprocess_function, pooling=pooling, flip=True, batch_size=2,
+                                precision="fp32", cache_dir=str(tmp_path))(x)
+        for a, b in zip(want, got):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
