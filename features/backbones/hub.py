@@ -128,10 +128,10 @@ class HubSpec:
             out = PatchGrid(self.grid(h, w), take="cls", name="class_token")(self._layer_output(full, layer))
         else:
             out = PatchGrid(self.grid(h, w), name="patch_grid")(self._layer_output(full, layer))
-        inner = keras.Model(full.input, out, name=f"{self.name}_{layer}_tokens")
-        image = keras.Input((h, w, 3), name="image")
-        y = inner({"images": image} if isinstance(full.input, dict) else image)
-        return keras.Model(image, y, name=f"{self.name}_{layer}")
+        # The image tensor alone as the input (KerasHub's models take a dict): the truncated model is
+        # called on a batch like any Keras application, and its layers stay the hub model's own
+        # (encoder_block_K for SigLIP/CLIP), which `finetune --unfreeze` selects by name.
+        return keras.Model(image_in, out, name=f"{self.name}_{layer}")
 
     def preprocess_input(self, x):
         """The preset's image converter (``x * scale + offset`` on RGB 0..255) on arrays or tensors."""

@@ -66,3 +66,17 @@ def test_export_keras(preset, tmp_path, capsys):
     assert main(["export", str(tmp_path / "m"), "-o", str(tmp_path / "m.keras"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_finetune_unfreezes_the_transformers_own_layers(preset, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    assert main(["extract", str(preset / "data"), "-o", str(out), *FLAGS, "--weights", str(preset / "dinov2_tiny"),
+                 "--pooling", "cls"]) == 0
+    assert main(["train", str(out), "-o", str(tmp_path / "m"), "--head", "dense", "--units", "8",
+                 "--epochs", "1"]) == 0
+    assert main(["finetune", str(tmp_path / "m"), str(preset / "data"), "-o", str(tmp_path / "ft"),
+                 "--unfreeze-last", "1", "--epochs", "1", "--val-split", "0.25"]) == 0
+    meta = json.loads((tmp_path / "ft" / "model.json").read_text())
+    trained = json.dumps(meta)
+    assert "layernorm" in trained  # the truncated model's layers are DINOv2's own, not one nested model
