@@ -292,19 +292,32 @@ def load_legacy_h5_by_name(model, path: str) -> None:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("layer_names", [])]
         if not names:
             raise WeightsError(f"{path}: not a Keras legacy weights file (no 'layer_names' attribute)")
-        missing, bad_shape = [], []
+        def weights_of(name):
+            g = group[name]
+            wnames = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+            return [g[n] for n in wnames]
+
+        missing, bad_shape, unmatched = [], [], []
         for layer in _weighted_layers(model):
             if layer.name not in names:
-                missing.append(layer.name)
+                unmatched.append(layer)
                 continue
-            g = group[layer.name]
-            wnames = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
-            shapes = [tuple(g[n].shape) for n in wnames]
+            values = weights_of(layer.name)
+            shapes = [tuple(v.shape) for v in values]
             want = [tuple(w.shape) for w in layer.weights]
             if shapes != want:
                 bad_shape.append(f"{layer.name}: file {shapes} vs model {want}")
             else:
-                layer.set_weights([g[n][()] for n in wnames])
+                layer.set_weights([v[()] for v in values])
+        # The registry renames a notop model's auto-named last layer (ConvNeXt's LayerNormalization):
+        # one model layer and one file layer left over, with the same shapes, are that layer.
+        used = {layer.name for layer in _weighted_layers(model)}
+        spare = [n for n in names if n not in used and weights_of(n)]
+        if len(unmatched) == 1 and len(spare) == 1 and (
+                [tuple(v.shape) for v in weights_of(spare[0])] == [tuple(w.shape) for w in unmatched[0].weights]):
+            unmatched[0].set_weights([v[()] for v in weights_of(spare[0])])
+            unmatched = []
+        missing = [layer.name for layer in unmatched]
     _raise_mismatch(path, model, missing, bad_shape, names)
 
 

@@ -142,3 +142,31 @@ def test_describe_is_json_ready():
     rows = json.loads(json.dumps(backbones.describe()))
     assert {r["name"] for r in rows} == set(backbones.REGISTRY)
     assert {r["source"] for r in rows} == {"keras.applications", "keras-hub"}
+
+
+def test_classify_refuses_an_entry_without_a_classifier():
+    from pipeline.tools import classify
+
+    with pytest.raises(ValueError, match="without one"):
+        list(classify.classify([], backbone="dinov2_small"))
+
+
+@pytest.mark.slow
+def test_a_keras_notop_file_loads_into_the_renamed_output_layer(tmp_path):
+    """Keras' ConvNeXt notop file names its last LayerNormalization with a counter; it still loads by name."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from features.weights import load_weights_file
+
+    spec = backbones.get("convnexttiny")
+    original = keras.applications.ConvNeXtTiny(include_top=False, weights=None, input_shape=(32, 32, 3))
+    assert original.layers[-1].name.startswith("layer_normalization")
+    original.layers[-1].set_weights([np.full(768, 2.0, np.float32), np.full(768, 0.5, np.float32)])
+    path = str(tmp_path / "convnext_tiny_notop.h5")
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, original)
+    model = spec.build(input_size=(32, 32))
+    load_weights_file(model, path)
+    np.testing.assert_array_equal(model.get_layer(spec.default_layer).get_weights()[0], 2.0)
