@@ -60,13 +60,11 @@ def sha256_dir(path: str) -> str:
 
     Where the directory lies and its files' times do not count, so a copied preset hashes the same.
     """
+    from features.fsutil import walk_files
+
     h = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            if name.startswith(".") or not os.path.isfile(full):
-                continue  # .DS_Store, lock files of a download
+    for full in walk_files(path):  # sorted; hidden files (.DS_Store, a download's lock files) skipped
+        if os.path.isfile(full):
             rel = os.path.relpath(full, path).replace(os.sep, "/")
             h.update(f"{rel}\0{sha256_file(full)}\n".encode())
     return h.hexdigest()
