@@ -170,3 +170,19 @@ def test_a_keras_notop_file_loads_into_the_renamed_output_layer(tmp_path):
     model = spec.build(input_size=(32, 32))
     load_weights_file(model, path)
     np.testing.assert_array_equal(model.get_layer(spec.default_layer).get_weights()[0], 2.0)
+
+
+def test_bneck_backbones_lists_the_whole_catalogue(capsys):
+    import json
+
+    from pipeline.cli.main import main
+
+    assert main(["backbones"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(backbones.REGISTRY) + 2  # a header, one line per entry, the legend
+    assert any(line.startswith("dinov2_small ") and " hub " in line for line in lines)
+    assert main(["backbones", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(backbones.REGISTRY)
+    for r in rows.values():
+        assert {"source", "family", "params", "gflops", "input_size", "preprocessing", "layers", "runtimes"} <= set(r)
