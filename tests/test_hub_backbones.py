@@ -91,6 +91,17 @@ def test_mean_pooling_is_the_mean_patch_token_and_cls_is_token_zero():
     assert model.output_shape == (None, 2, 2, 32)
 
 
+@pytest.mark.parametrize("name", ["dinov2_small", "clip_vit_base_patch16", "vit_base_patch16_224_imagenet"])
+def test_default_layer_is_the_models_own_output(name):
+    """The default patch grid is the last tokens of the model's own call (CLIP's is not its pre_layer_norm)."""
+    spec = tiny(name)
+    full = spec.build(weights=None)
+    x = spec.preprocess_input(_x(28).astype(np.float32))
+    tokens = np.asarray(full({"images": x}) if isinstance(full.input, dict) else full(x))
+    grid = np.asarray(spec.truncate(full, spec.default_layer, "none")(x))
+    np.testing.assert_allclose(grid.reshape(2, 4, 32), tokens[:, -4:], rtol=1e-5, atol=1e-5)
+
+
 def test_siglip_cls_is_its_attention_pooling_head_and_only_at_the_last_layer():
     spec = tiny("siglip_base_patch16_224")
     full = spec.build(weights=None)

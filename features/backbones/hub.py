@@ -104,10 +104,12 @@ class HubSpec:
         pyramid = getattr(full, "pyramid_outputs", None) or {}
         if layer in pyramid:
             return pyramid[layer]
-        # A preset's saved config names its model, and KerasHub prefixes layer names with it.
-        for candidate in full.layers:
-            if candidate.name == layer or candidate.name.endswith("_" + layer):
-                return candidate.output
+        # A preset's saved config names its model, and KerasHub prefixes layer names with it
+        # ("dinov2_backbone_layernorm"). Never a bare suffix match: CLIP's "pre_layer_norm" ends in "_layer_norm".
+        by_name = {candidate.name: candidate for candidate in full.layers}
+        for candidate in (layer, f"{full.name}_{layer}"):
+            if candidate in by_name:
+                return by_name[candidate].output
         raise ValueError(f"{self.name} has no layer {layer!r}; named choices: {', '.join(self.all_layers)}")
 
     def truncate(self, full, layer: str, pooling: str = "none"):
