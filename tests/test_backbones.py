@@ -186,3 +186,25 @@ def test_bneck_backbones_lists_the_whole_catalogue(capsys):
     assert set(rows) == set(backbones.REGISTRY)
     for r in rows.values():
         assert {"source", "family", "params", "gflops", "input_size", "preprocessing", "layers", "runtimes"} <= set(r)
+
+
+def test_flop_count_is_two_per_multiply_add_and_covers_einsum():
+    import keras
+
+    from features.backbones.flops import count_flops
+
+    inp = keras.Input((8, 8, 3))
+    conv = keras.Model(inp, keras.layers.Conv2D(4, 3, use_bias=False)(inp))
+    assert count_flops(conv, (8, 8)) == 2 * 6 * 6 * 4 * 27
+    x = keras.layers.Reshape((64, 3))(inp)
+    einsum = keras.Model(inp, keras.layers.EinsumDense("btc,cd->btd", output_shape=(None, 5))(x))
+    assert count_flops(einsum, (8, 8)) >= 2 * 64 * 3 * 5  # TF's profiler alone counts 0 for Einsum
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg16", "mobilenetv3large", "convnexttiny"])
+def test_recorded_gflops_are_measured(name):
+    from features.backbones.flops import count_flops
+
+    spec = backbones.get(name)
+    assert count_flops(spec.build(weights=None), spec.input_size) / 1e9 == pytest.approx(spec.gflops, abs=0.01)

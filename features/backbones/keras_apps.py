@@ -7,6 +7,7 @@ are Keras' own; ``params`` counts the notop model (the contract tests check both
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from features.backbones.spec import BackboneSpec
@@ -90,7 +91,20 @@ def _convnext(size):
                         f"{prefix}_notop.h5", "ConvNeXt", params=params, output_name=f"{prefix}_final_layernorm")
 
 
-ENTRIES: list[BackboneSpec] = [
+#: GFLOPs of one image at the default size to the default layer (bench/catalogue.py, TF's profiler, 2 per MAC).
+GFLOPS = {
+    "vgg16": 30.71, "vgg19": 39.04, "resnet50": 7.75, "resnet101": 15.19, "resnet152": 22.64, "resnet50v2": 6.99,
+    "resnet101v2": 14.43, "resnet152v2": 21.88, "inceptionv3": 11.46, "inceptionresnetv2": 26.38, "xception":
+    16.77, "mobilenet": 1.15, "mobilenetv2": 0.61, "mobilenetv3small": 0.12, "mobilenetv3large": 0.44,
+    "nasnetmobile": 1.15, "nasnetlarge": 47.79, "efficientnetb0": 0.8, "efficientnetb1": 1.42, "efficientnetb2":
+    2.05, "efficientnetb3": 3.76, "efficientnetb4": 9.02, "efficientnetb5": 21.0, "efficientnetb6": 38.92,
+    "efficientnetb7": 76.86, "efficientnetv2b0": 1.46, "efficientnetv2b1": 2.42, "efficientnetv2b2": 3.44,
+    "efficientnetv2b3": 6.09, "efficientnetv2s": 16.89, "efficientnetv2m": 49.57, "efficientnetv2l": 112.87,
+    "densenet121": 5.7, "densenet169": 6.76, "densenet201": 8.63, "convnexttiny": 8.76, "convnextsmall": 17.11,
+    "convnextbase": 30.37, "convnextlarge": 68.21, "convnextxlarge": 121.16
+}
+
+ENTRIES: list[BackboneSpec] = [dataclasses.replace(s, gflops=GFLOPS.get(s.name, 0.0)) for s in [
     _vgg(16, 3),
     _vgg(19, 4),
     _resnet(50, (3, 4, 6, 3), 23_587_712),
@@ -137,7 +151,7 @@ ENTRIES: list[BackboneSpec] = [
     _densenet(169, 12_642_880),
     _densenet(201, 18_321_984),
     *(_convnext(size) for size in _CONVNEXT),
-]
+]]
 
 #: Other spellings people type; every recorded name is an entry's own name.
 ALIASES = {"vgg-16": "vgg16", "resnet": "resnet50", "inception": "inceptionv3", "mobilenet_v2": "mobilenetv2",
