@@ -50,7 +50,8 @@ def test_hub_entries_are_complete():
         assert "mean" in s.poolings and "none" in s.poolings
 
 
-@pytest.mark.parametrize("name", list(TINY_SPECS))
+@pytest.mark.parametrize("name", [n if n == "dinov2_small" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in TINY_SPECS])
 def test_token_model_poolings_and_flip(name):
     from features.mapper.tf_runtime import Extractor
     from features.weights import build_backbone
