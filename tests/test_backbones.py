@@ -86,6 +86,12 @@ def test_registry_entry_contract(spec):
     _contract(spec, max(spec.min_size, 32))
 
 
+# With random weights EfficientNetV2L's activations grow ~10x every few blocks (5.7e6 at block6y_add), and
+# float32 rounding differences with them: TF and OpenVINO agree to 1.7e-6 at block2g_add, 1.6e-4 at
+# block4j_add and not at all at block6y_add. ImageNet weights keep the activations bounded.
+OV_LAYER = {"efficientnetv2l": "block2g_add"}
+
+
 def _runtimes_agree(spec, size, tmp_path):
     """fp32 OpenVINO features equal TensorFlow's (both original and flipped views) within 1e-4 of their scale."""
     pytest.importorskip("openvino")
@@ -93,7 +99,8 @@ def _runtimes_agree(spec, size, tmp_path):
     from features.mapper.tf_runtime import Extractor
     from features.weights import build_backbone
 
-    model, _ = build_backbone(spec, input_size=(size, size), layer=spec.all_layers[0], weights="none")
+    layer = OV_LAYER.get(spec.name, spec.all_layers[0])
+    model, _ = build_backbone(spec, input_size=(size, size), layer=layer, weights="none")
     x = np.random.default_rng(2).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     want = Extractor(model, spec.preprocess_function, flip=True, batch_size=2, device=None)(x)
     got = OpenVINOExtractor(model, spec.preprocess_function, flip=True, batch_size=2, precision="fp32",
