@@ -15,6 +15,7 @@ takes a preset directory (``backbone.save_to_preset(DIR)``), hashed like a weigh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -232,10 +233,17 @@ def _encoder(name, handle_model, cls, preprocessing, size, patch, layers, hidden
                    vision_attr="vision_encoder", **kw)
 
 
-ENTRIES: list[HubSpec] = [
+#: GFLOPs of one image at the default size to the default layer (bench/catalogue.py, TF's profiler, 2 per MAC).
+GFLOPS = {
+    "dinov2_small": 12.33, "dinov2_base": 46.49, "dinov2_large": 162.48, "siglip_base_patch16_224": 35.08,
+    "siglip2_base_patch16_224": 35.08, "clip_vit_base_patch16": 35.23, "clip_vit_large_patch14": 162.41,
+    "vit_base_patch16_224_imagenet": 35.24, "vit_large_patch16_224_imagenet": 123.42
+}
+
+ENTRIES: list[HubSpec] = [dataclasses.replace(s, gflops=GFLOPS.get(s.name, 0.0)) for s in [
     _dinov2("small", 12, 384, 6, 22_155_264),
-    _dinov2("base", 12, 768, 12, 0),
-    _dinov2("large", 24, 1024, 16, 0),
+    _dinov2("base", 12, 768, 12, 86_777_856),
+    _dinov2("large", 24, 1024, 16, 304_631_808),
     _encoder("siglip_base_patch16_224", "siglip", "SigLIPVisionEncoder", "tf", 224, 16, 12, 768, 12, 92_884_420,
              "SigLIP", default_layer="post_layer_norm", class_token=False, pooled_layer="head"),
     _encoder("siglip2_base_patch16_224", "siglip", "SigLIPVisionEncoder", "tf", 224, 16, 12, 768, 12, 92_884_420,
@@ -251,8 +259,8 @@ ENTRIES: list[HubSpec] = [
     HubSpec("vit_large_patch16_224_imagenet", "vit_large_patch16_224_imagenet",
             "keras/vit/keras/vit_large_patch16_224_imagenet/4", "ViTBackbone",
             tuple(dict(patch_size=16, num_layers=24, num_heads=16, hidden_dim=1024, mlp_dim=4096).items()),
-            "tf", (224, 224), 16, "vit_encoder", (), "ViT", 0),
-]
+            "tf", (224, 224), 16, "vit_encoder", (), "ViT", 303_301_632),
+]]
 
 ALIASES = {"dinov2": "dinov2_small", "dinov2_s14": "dinov2_small", "dinov2_b14": "dinov2_base",
            "dinov2_l14": "dinov2_large", "siglip": "siglip_base_patch16_224", "siglip2": "siglip2_base_patch16_224",
