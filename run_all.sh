@@ -63,12 +63,12 @@ case "${1:-demo}" in
     demo
     ;;
   test)
-    install "test,plots,openvino,int8,video,ray,parquet,fsspec"
+    install "test,plots,openvino,int8,video,ray,parquet,fsspec,hub"
     shift
     "$VENV/bin/python" -m pytest -q "$@"
     ;;
   test-slow)
-    install "test,plots,openvino,int8,video,ray,parquet,fsspec"
+    install "test,plots,openvino,int8,video,ray,parquet,fsspec,hub"
     shift
     "$VENV/bin/python" -m pytest -q -m "slow and not cluster" "$@"
     ;;

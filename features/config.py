@@ -70,6 +70,9 @@ class ExtractConfig:
         except KeyError as exc:
             raise ValueError(exc.args[0]) from None
         backbones.parse_input_size(self.input_size, spec)
+        if self.pooling not in spec.poolings:
+            raise ValueError(f"--pooling {self.pooling} does not apply to {spec.name}; choose one of "
+                             f"{', '.join(spec.poolings)}")
         if self.shard:
             parse_shard(self.shard)
         if self.store_dtype not in ("float16", "float32"):

@@ -62,7 +62,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     check_found(cfg.data, manifest)  # a wrong --image-root fails here, before the backbone is built
     start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
     out = shard_output(cfg.output, cfg.shard)
-    runtime = resolve_runtime(cfg.runtime)
+    runtime = resolve_runtime(cfg.runtime, spec)
     from features import weights as W
     from features.mapper import device
 
@@ -116,7 +116,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     # OpenVINO takes a float32 graph and applies bf16 itself; TensorFlow needs the Keras policy.
     policy = None if runtime == "openvino" else device.dtype_policy(precision)
     model, winfo = W.build_backbone(spec, input_size=input_size, layer=layer, weights=cfg.weights,
-                                    seed=cfg.seed, dtype_policy=policy)
+                                    seed=cfg.seed, dtype_policy=policy, pooling=cfg.pooling)
     fault_point("model_built")
     settings = settings_for(winfo)
     # --overwrite deletes the old output and chunks only under the partial dir's lock (in

@@ -45,12 +45,34 @@ class WeightsInfo:
 
 
 def sha256_file(path: str, bufsize: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
+    """Hex sha256 of a file, read in 1 MiB blocks; of a directory (a KerasHub preset), see :func:`sha256_dir`."""
+    if os.path.isdir(path):
+        return sha256_dir(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(bufsize), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_dir(path: str) -> str:
+    """Hex sha256 over every file of a directory: its relative path and content, in sorted order.
+
+    Where the directory lies and its files' times do not count, so a copied preset hashes the same.
+    """
+    from features.fsutil import walk_files
+
+    h = hashlib.sha256()
+    for full in walk_files(path):  # sorted; hidden files (.DS_Store, a download's lock files) skipped
+        if os.path.isfile(full):
+            rel = os.path.relpath(full, path).replace(os.sep, "/")
+            h.update(f"{rel}\0{sha256_file(full)}\n".encode())
+    return h.hexdigest()
+
+
+def is_hub(spec) -> bool:
+    """Whether ``spec`` is a KerasHub entry (weights are preset directories, not notop files)."""
+    return getattr(spec, "source", "") == "keras-hub"
 
 
 def cache_dirs() -> list[str]:
@@ -63,7 +85,9 @@ def cache_dirs() -> list[str]:
 
 
 def find_cached(spec: BackboneSpec) -> str | None:
-    """The cached ImageNet notop file for ``spec``, or None."""
+    """The cached ImageNet notop file for ``spec`` (a KerasHub entry: its preset directory), or None."""
+    if is_hub(spec):
+        return spec.find_preset()
     for d in cache_dirs():
         p = os.path.join(d, spec.notop_file)
         if os.path.isfile(p) and os.path.getsize(p) > 0:
@@ -72,7 +96,9 @@ def find_cached(spec: BackboneSpec) -> str | None:
 
 
 def prefetch_help(spec: BackboneSpec) -> str:
-    """Instructions for getting ImageNet weights onto an offline machine."""
+    """Instructions for getting ImageNet weights (a KerasHub entry: its preset) onto an offline machine."""
+    if is_hub(spec):
+        return spec.prefetch_help()
     return (
         f"ImageNet weights for {spec.name} are not cached and could not be downloaded.\n"
         f"  Either, on a machine with internet access, run\n"
@@ -96,14 +122,17 @@ def known_weights(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) 
     if choice.lower() in ("imagenet", "auto"):
         path = find_cached(spec)
         return WeightsInfo("imagenet", path, sha256_file(path), seed) if path else None
-    if os.path.isfile(choice):
+    if os.path.isfile(choice) or (is_hub(spec) and os.path.isdir(choice)):
         return WeightsInfo("file", os.path.abspath(choice), sha256_file(choice), seed)
     return None
 
 
 def build_backbone(spec: BackboneSpec, *, input_size, layer: str | None = None, weights: str = "imagenet",
-                   seed: int = 0, dtype_policy: str | None = None):
-    """Build the truncated backbone (``layer`` output) with resolved weights; returns (model, WeightsInfo)."""
+                   seed: int = 0, dtype_policy: str | None = None, pooling: str = "none"):
+    """Build the truncated backbone (``layer`` output) with resolved weights; returns (model, WeightsInfo).
+
+    ``pooling`` matters to token models only: ``cls`` makes the model end in the class token.
+    """
     from features.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # before keras: TF's native start-up chatter would bury our messages
@@ -123,20 +152,15 @@ def build_backbone(spec: BackboneSpec, *, input_size, layer: str | None = None, 
             full, info = _build_with_weights(spec, input_size, weights, seed)
         finally:
             keras.config.set_dtype_policy(previous)
-    try:
-        out = full.get_layer(layer).output
-    except ValueError:
-        raise ValueError(
-            f"{spec.name} has no layer {layer!r}; named choices: {', '.join(spec.all_layers)} "
-            f"(see `bneck backbones --summary {spec.name}` for all)"
-        ) from None
-    model = keras.Model(full.input, out, name=f"{spec.name}_{layer}") if out is not full.output else full
+    model = spec.truncate(full, layer, pooling)
     model.trainable = False
     return model, info
 
 
 def _build_with_weights(spec, input_size, weights, seed):
     choice = (weights or "imagenet").strip()
+    if is_hub(spec):
+        return _build_hub(spec, input_size, choice, seed)
     if choice.lower() == "none":
         log.warning("--weights none: %s runs with RANDOM weights (seed %d); features are not ImageNet features",
                     spec.name, seed)
@@ -179,6 +203,62 @@ def _build_imagenet(spec, input_size, seed):
     return model, WeightsInfo("imagenet", path, sha256_file(path), seed)
 
 
+def _build_hub(spec, input_size, choice, seed):
+    """A KerasHub entry: random from the registry's config, its preset (local copy or KaggleHub), or a preset dir."""
+    low = choice.lower()
+    if low == "none":
+        log.warning("--weights none: %s runs with RANDOM weights (seed %d); features are not pretrained features",
+                    spec.name, seed)
+        return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+    if low in ("imagenet", "auto"):
+        path = spec.find_preset()
+        if path is None:
+            try:
+                spec.build(input_size=input_size, weights=spec.preset)  # KaggleHub downloads into its cache
+                path = spec.find_preset()
+            except ImportError:
+                raise
+            except Exception as exc:  # no network, no Kaggle access: the same instructions
+                if low == "imagenet":
+                    raise WeightsError(spec.prefetch_help() + f"\n  (download error: {type(exc).__name__}: {exc})") \
+                        from None
+            if path is None and low == "auto":
+                log.warning("=" * 70)
+                log.warning("--weights auto: no preset for %s (offline, nothing cached).", spec.name)
+                log.warning("FALLING BACK TO RANDOM WEIGHTS (seed %d). Features will be far weaker.", seed)
+                log.warning("=" * 70)
+                import keras
+
+                keras.utils.set_random_seed(seed)
+                return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+            if path is None:
+                raise WeightsError(spec.prefetch_help() + "\n  (KerasHub loaded it, but no copy is in "
+                                   + ", ".join(spec.preset_dirs()) + ")")
+        return _load_preset_dir(spec, input_size, path), WeightsInfo("imagenet", path, sha256_dir(path), seed)
+    if not os.path.isdir(choice):
+        raise WeightsError(f"--weights {choice!r}: not a KerasHub preset directory (choose imagenet, none, auto or "
+                           f"a folder with config.json and model.weights.h5)\n" + spec.prefetch_help())
+    path = os.path.abspath(choice)
+    return _load_preset_dir(spec, input_size, path), WeightsInfo("file", path, sha256_dir(path), seed)
+
+
+def _load_preset_dir(spec, input_size, path):
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise WeightsError(f"--weights {path}: no config.json, so not a KerasHub preset directory\n"
+                           + spec.prefetch_help())
+    try:
+        spec.check_converter(path)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
+    try:
+        return spec.build(input_size=input_size, weights=path)
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise WeightsError(f"--weights {path}: the preset does not load as {spec.name} "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
 def _build_from_file(spec, input_size, path, seed):
     if not os.path.isfile(path):
         raise WeightsError(f"--weights {path!r}: no such file (choose imagenet, none, auto or a .h5 path)")
@@ -210,19 +290,32 @@ def load_legacy_h5_by_name(model, path: str) -> None:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("layer_names", [])]
         if not names:
             raise WeightsError(f"{path}: not a Keras legacy weights file (no 'layer_names' attribute)")
-        missing, bad_shape = [], []
+        def weights_of(name):
+            g = group[name]
+            wnames = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+            return [g[n] for n in wnames]
+
+        missing, bad_shape, unmatched = [], [], []
         for layer in _weighted_layers(model):
             if layer.name not in names:
-                missing.append(layer.name)
+                unmatched.append(layer)
                 continue
-            g = group[layer.name]
-            wnames = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
-            shapes = [tuple(g[n].shape) for n in wnames]
+            values = weights_of(layer.name)
+            shapes = [tuple(v.shape) for v in values]
             want = [tuple(w.shape) for w in layer.weights]
             if shapes != want:
                 bad_shape.append(f"{layer.name}: file {shapes} vs model {want}")
             else:
-                layer.set_weights([g[n][()] for n in wnames])
+                layer.set_weights([v[()] for v in values])
+        # The registry renames a notop model's auto-named last layer (ConvNeXt's LayerNormalization):
+        # one model layer and one file layer left over, with the same shapes, are that layer.
+        used = {layer.name for layer in _weighted_layers(model)}
+        spare = [n for n in names if n not in used and weights_of(n)]
+        if len(unmatched) == 1 and len(spare) == 1 and (
+                [tuple(v.shape) for v in weights_of(spare[0])] == [tuple(w.shape) for w in unmatched[0].weights]):
+            unmatched[0].set_weights([v[()] for v in weights_of(spare[0])])
+            unmatched = []
+        missing = [layer.name for layer in unmatched]
     _raise_mismatch(path, model, missing, bad_shape, names)
 
 

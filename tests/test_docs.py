@@ -46,7 +46,7 @@ END = "<!-- end of generated help -->"
 #: Pages other helpers are writing in their own branches (issue 18). Links to them are allowed to dangle
 #: until they land; once a page exists, links to it (anchors included) are checked like any other.
 #: Remove an entry when its page is merged.
-PENDING_PAGES = {"docs/backbones.md"}
+PENDING_PAGES: set = set()
 
 #: Long flags of other programs that the docs quote on their own (sbatch's, for the SLURM example).
 FOREIGN_FLAGS = {"--requeue", "--dependency", "--array", "--signal"}

@@ -36,6 +36,8 @@ import threading
 
 import numpy as np
 
+from features.mapper.tf_runtime import POOLINGS
+
 log = logging.getLogger("bneck")
 
 PRECISIONS = ("bf16", "fp32", "int8")
@@ -125,8 +127,8 @@ class OpenVINOExtractor:
                  out_dtype: str = "float32", model_key: str | None = None, calibration=None):
         import openvino as ov
 
-        if pooling not in ("none", "avg", "max"):
-            raise ValueError(f"--pooling must be none, avg or max, got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"the OpenVINO runtime supports --precision {' or '.join(PRECISIONS)}, got {precision!r}")
         if batch_size < 1:

@@ -18,17 +18,22 @@ def default_runtime() -> str:
     return os.environ.get("BNECK_RUNTIME", "auto") or "auto"
 
 
-def resolve_runtime(runtime: str) -> str:
-    """``auto`` -> OpenVINO on a CPU when the [openvino] extra is installed, else TensorFlow."""
+def resolve_runtime(runtime: str, spec=None) -> str:
+    """``auto`` -> OpenVINO on a CPU when the [openvino] extra is installed and ``spec`` converts, else TensorFlow."""
 
     if runtime not in RUNTIMES:
         raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    works = tuple(getattr(spec, "runtimes", RUNTIMES[1:]))  # the registry says which runtimes an entry runs on
+    if runtime == "openvino" and "openvino" not in works:
+        raise ValueError(f"--runtime openvino does not run {spec.name} (its conversion is not supported); "
+                         f"use --runtime tensorflow")
     if runtime == "openvino" and not device.openvino_available():
         raise ValueError("--runtime openvino needs the optional extra: pip install 'bneck[openvino]'")
     if runtime == "auto":
         # On a CPU OpenVINO is 3-7x faster than TensorFlow for all but VGG (bench/); on a GPU,
         # TensorFlow with mixed precision is the fast path.
-        return "openvino" if device.openvino_available() and not device.has_gpu() else "tensorflow"
+        ov = "openvino" in works and device.openvino_available() and not device.has_gpu()
+        return "openvino" if ov else "tensorflow"
     return runtime
 
 

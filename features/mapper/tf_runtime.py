@@ -20,11 +20,18 @@ log = logging.getLogger("bneck")
 
 
 
+#: ``--pooling`` at extraction: "mean" is "avg" (the mean patch token of a vision transformer); "cls" is
+#: built into a token model itself (it ends in its class token), so here it leaves the (B, C) output as it is.
+POOLINGS = ("none", "avg", "max", "mean", "cls")
+
+
 def pool_output(y, pooling: str):
     """Global average/max pooling of a (B, H, W, C) tensor inside the graph; ``none`` keeps the map."""
     import tensorflow as tf
 
-    if pooling == "avg":
+    if len(y.shape) == 2:  # already a vector (a class token)
+        return y
+    if pooling in ("avg", "mean"):
         return tf.reduce_mean(y, axis=[1, 2])
     if pooling == "max":
         return tf.reduce_max(y, axis=[1, 2])
@@ -61,8 +68,8 @@ class Extractor:
 
     def __init__(self, model, preprocess_input, *, pooling: str = "none", flip: bool = True, batch_size: int = 32,
                  out_dtype: str = "float32", xla: bool = False, device: str | None = "auto"):
-        if pooling not in ("none", "avg", "max"):
-            raise ValueError(f"--pooling must be none, avg or max, got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.model, self.pooling, self.flip, self.batch_size = model, pooling, flip, batch_size
         self.preprocess_input, self.out_dtype, self.xla = preprocess_input, out_dtype, bool(xla)
         # Where uint8 batches are staged: the GPU when there is one. On a CPU there is nothing

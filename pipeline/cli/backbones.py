@@ -39,12 +39,26 @@ def run(args) -> int:
     if args.json:
         print(json_text(rows, indent=1))
         return 0
-    print(f"{'name':15s} {'input':>9s} {'preprocess':16s} {'default layer':22s} other layers")
+    print(format_catalogue(rows))
+    return 0
+
+
+def format_catalogue(rows: list[dict]) -> str:
+    """The registry as an aligned table: one line per entry, its other named layers last."""
+    lines = [f"{'name':31s} {'source':6s} {'family':14s} {'params':>7s} {'GFLOPs':>7s} {'input':>9s} "
+             f"{'preprocess':15s} {'runtimes':12s} {'default layer':32s} other layers"]
     for r in rows:
         others = ", ".join(x for x in r["layers"] if x != r["default_layer"])
-        print(f"{r['name']:15s} {'x'.join(map(str, r['input_size'])):>9s} {r['preprocessing']:16s} "
-              f"{r['default_layer']:22s} {others}")
-    return 0
+        size = "x".join(map(str, r["input_size"])) + ("" if r.get("fixed_size") else "+")
+        source = "hub" if r["source"] == "keras-hub" else "keras"
+        runtimes = ",".join("ov" if x == "openvino" else "tf" for x in r["runtimes"])
+        params = f"{r['params'] / 1e6:.1f}M" if r["params"] else "?"
+        gflops = f"{r['gflops']:.1f}" if r.get("gflops") else "?"
+        lines.append(f"{r['name']:31s} {source:6s} {r['family']:14s} {params:>7s} {gflops:>7s} {size:>9s} "
+                     f"{r['preprocessing']:15s} {runtimes:12s} {r['default_layer']:32s} {others}")
+    lines.append("source: keras = keras.applications, hub = KerasHub (pip install 'bneck[hub]'); input: default "
+                 "size, + = other sizes work; runtimes: tf = TensorFlow, ov = OpenVINO")
+    return "\n".join(lines)
 
 
 COMMAND = Command(

@@ -16,11 +16,14 @@ def add_arguments(p) -> None:
     p.add_argument("data", help="class folders DATA/<class>/<image>, a folder of images, a CSV, a Kaggle keypoint "
                                 "CSV, a list file, webdataset .tar shards or .parquet files (see --source-kind)")
     p.add_argument("-o", "--output", required=True, help="output HDF5 file (written atomically)")
-    p.add_argument("--backbone", default="vgg16", help=f"backbone name: {', '.join(REGISTRY)} (default vgg16)")
+    p.add_argument("--backbone", default="vgg16",
+                   help=f"backbone name, one of the {len(REGISTRY)} of `bneck backbones` (default vgg16)")
     p.add_argument("--layer", help="bottleneck layer (default: the backbone's last conv/pool block)")
     p.add_argument("--input-size", help="N or HxW (default: the backbone's; e.g. 96 for 96x96 keypoint faces)")
-    p.add_argument("--pooling", choices=["none", "avg", "max"], default="none",
-                   help="pool the map at extraction (default none: keep the full map)")
+    p.add_argument("--pooling", choices=["none", "avg", "max", "mean", "cls"], default="none",
+                   help="pool the map at extraction (default none: keep the full map; a vision transformer's is its "
+                        "patch grid). Token models (KerasHub) also offer mean (= avg over patches) and cls "
+                        "(the class token)")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet (Keras cache/download), none (random, seeded), auto (imagenet if available, "
                         "else random, loudly), or a .weights.h5/.h5 file (default imagenet)")

@@ -140,7 +140,7 @@ def pool_features(x: np.ndarray, op: str | None) -> np.ndarray:
     if op in (None, "none") or x.ndim == 2:
         return x
     axes = tuple(range(1, x.ndim - 1))
-    return x.mean(axis=axes) if op == "avg" else x.max(axis=axes)
+    return x.mean(axis=axes) if op in ("avg", "mean") else x.max(axis=axes)  # "mean": extraction's name for avg
 
 
 class FeatureView(_ViewBase):

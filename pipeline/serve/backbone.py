@@ -44,7 +44,8 @@ def find_weights(sha256: str, name: str, dirs) -> str | None:
 
     for d in dirs:
         candidate = os.path.join(d, name) if name else ""
-        if candidate and os.path.isfile(candidate) and sha256_file(candidate) == sha256:
+        # A KerasHub preset is a directory, found by its name and hashed whole.
+        if candidate and os.path.exists(candidate) and sha256_file(candidate) == sha256:
             return candidate
     for d in dirs:
         try:
@@ -105,7 +106,8 @@ def build_backbone_from(prov: dict, *, precision: str | None = None, model_dir=N
         log.warning("features were extracted in fp16 on a GPU; rebuilding in fp32 on this CPU")
         precision = "fp32"
     model, info = build_backbone(spec, input_size=tuple(prov["input_size"]), layer=prov["layer"], weights=weights,
-                                 seed=seed, dtype_policy=device.dtype_policy(precision))
+                                 seed=seed, dtype_policy=device.dtype_policy(precision),
+                                 pooling=prov.get("pooling", "none"))
     want = prov.get("weights_sha256", "")
     if want and info.sha256 != want:
         raise WeightsError(f"the {weights} weights here (sha256 {info.sha256[:12]}) differ from those the features "

@@ -12,30 +12,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 log = logging.getLogger("bneck")
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def preprocess_affine(mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """(kernel (3 in, 3 out), bias (3,)) with ``x @ kernel + bias == preprocess_input(x)`` for ``mode``."""
-    if mode == "caffe":  # RGB -> BGR, then minus the ImageNet BGR means
-        return np.eye(3)[:, ::-1], -np.array(_CAFFE_MEAN_BGR)
-    if mode == "tf":  # x / 127.5 - 1
-        return np.eye(3) / 127.5, -np.ones(3)
-    if mode == "torch":  # (x / 255 - mean) / std
-        std, mean = np.array(_TORCH_STD), np.array(_TORCH_MEAN)
-        return np.diag(1.0 / (255.0 * std)), -mean / std
-    if mode.startswith("none"):  # EfficientNet rescales inside the model
-        return np.eye(3), np.zeros(3)
-    raise ValueError(f"unknown preprocessing {mode!r}; expected caffe, tf, torch or 'none (in model)'")
-
-
 def preprocessing_layer(mode: str):
     """A built, frozen ``Conv2D(3, 1)`` named "preprocess" computing the backbone's preprocess_input."""
     from keras import layers
+
+    from features.backbones import preprocess_affine
 
     kernel, bias = preprocess_affine(mode)
     # Every Keras preprocess_input mode is a per-pixel affine map, i.e. a 1x1 conv; a built-in
@@ -73,7 +55,8 @@ def stitch(model_dir, *, weights_dirs=(), trust_pickle: bool = False):
     spec, backbone, _ = build_backbone_from(prov, precision="fp32", model_dir=model_dir, weights_dirs=weights_dirs)
     inp = keras.Input((*(int(v) for v in prov["input_size"]), 3), dtype="float32", name="image")
     x = backbone(preprocessing_layer(prov.get("preprocessing") or spec.preprocessing)(inp))
-    pools = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
+    pools = {"avg": layers.GlobalAveragePooling2D, "mean": layers.GlobalAveragePooling2D,
+             "max": layers.GlobalMaxPooling2D}
     for name, how in (("extract_pool", prov.get("pooling", "none")), ("load_pool", meta.get("pooling", "none"))):
         if how in pools and len(x.shape) == 4:  # on-load pooling is a no-op on pooled features
             x = pools[how](name=name)(x)

@@ -120,6 +120,9 @@ def classify(inputs, *, backbone: str, top_k: int = 5, weights: str = "imagenet"
 
     check_top_k(top_k)
     spec = backbones.get(backbone)
+    if not callable(getattr(spec, "build_full", None)):
+        raise ValueError(f"classify runs an ImageNet classifier; {spec.name} is a {spec.source} image encoder "
+                         f"without one: choose a keras.applications entry (`bneck backbones`)")
     problems, model, decode = [], None, None
     try:
         model = build_classifier(spec, weights)
