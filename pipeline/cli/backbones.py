@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
+
+HELP = "list the backbone registry, or show one backbone's layers"
+DESCRIPTION = ("List the registry; --summary NAME prints every layer of one backbone and --plot NAME draws its "
+               "graph (both with random weights: nothing is downloaded).")
 
 
 def add_arguments(p) -> None:
@@ -61,10 +64,6 @@ def format_catalogue(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-COMMAND = Command(
-    name="backbones", help="list the backbone registry, or show one backbone's layers",
-    description="List the registry; --summary NAME prints every layer of one backbone and --plot NAME draws its "
-                "graph (both with random weights: nothing is downloaded).",
-    add_arguments=add_arguments, run=run, check=check,
+def needs_tensorflow(args) -> bool:
     # Listing the registry is a table of names; only building a backbone needs TensorFlow.
-    tensorflow=lambda args: bool(args.summary or args.plot))
+    return bool(args.summary or args.plot)

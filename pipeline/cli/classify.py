@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.types import positive_int
+
+HELP = "top-k ImageNet labels from a full backbone with its classifier top"
+DESCRIPTION = ("Classify images with the full ImageNet model (include_top=True). Offline, the with-top weights "
+               "and imagenet_class_index.json must be in the Keras cache.")
 
 
 def add_arguments(p) -> None:
@@ -35,10 +38,3 @@ def run(args) -> int:
     if failed:
         print(f"bneck: {failed} image(s) could not be decoded", file=sys.stderr)
     return 1 if failed else 0
-
-
-COMMAND = Command(
-    name="classify", help="top-k ImageNet labels from a full backbone with its classifier top",
-    description="Classify images with the full ImageNet model (include_top=True). Offline, the with-top weights "
-                "and imagenet_class_index.json must be in the Keras cache.",
-    add_arguments=add_arguments, run=run)

@@ -1,7 +1,9 @@
 """What one ``bneck`` subcommand is: its flags, its one call into the API, and what it needs before it runs.
 
-A new command is one module that defines a :class:`Command` plus one entry in
-:data:`pipeline.cli.main.COMMANDS`; nothing else in the CLI names commands.
+A new command is one module plus one entry in :data:`pipeline.cli.main.COMMANDS`; nothing else in the
+CLI names commands. The module is the command (:meth:`Command.of` reads it): ``HELP`` (and optionally
+``DESCRIPTION``, ``INTERRUPTED``), ``add_arguments(parser)``, ``run(args)``, and optionally ``check(args)``
+and ``needs_tensorflow(args)`` or a constant ``TENSORFLOW``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ class Command:
     tensorflow: NeedsTensorFlow = True
     check: Callable[[argparse.Namespace], None] | None = None
     interrupted: str = "interrupted; nothing was written"  # every command but extract writes atomically at the end
+
+    @classmethod
+    def of(cls, module) -> Command:
+        """The command a ``pipeline.cli`` module defines; its name is the module's, with ``-`` for ``_``."""
+        optional = {"description": getattr(module, "DESCRIPTION", None), "check": getattr(module, "check", None),
+                    "tensorflow": getattr(module, "needs_tensorflow", getattr(module, "TENSORFLOW", True))}
+        if hasattr(module, "INTERRUPTED"):
+            optional["interrupted"] = module.INTERRUPTED
+        return cls(name=module.__name__.rsplit(".", 1)[-1].replace("_", "-"), help=module.HELP,
+                   add_arguments=module.add_arguments, run=module.run, **optional)
 
     def needs_tensorflow(self, args: argparse.Namespace) -> bool:
         """Whether this run imports TensorFlow before :attr:`run` (see :attr:`tensorflow`)."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.report import check_output
 from pipeline.cli.types import positive_int
 
 log = logging.getLogger("bneck")
+
+HELP = "metrics of a trained model on a feature file"
 
 
 def add_arguments(p) -> None:
@@ -49,7 +50,3 @@ def run(args) -> int:
         log.info("report: %s", os.path.abspath(os.path.join(args.report, "index.html")))
     print(json_text(result) if args.json else format_report(result))
     return 0
-
-
-COMMAND = Command(name="evaluate", help="metrics of a trained model on a feature file",
-                  add_arguments=add_arguments, run=run, tensorflow=needs_tensorflow, check=check)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import fraction, positive_int
+
+HELP = "metrics of any model directory on labelled images, end to end"
+DESCRIPTION = ("Decode labelled images, run them through the model (fine-tuned, or backbone + head) and report "
+               "accuracy or keypoint RMSE.")
 
 
 def add_arguments(p) -> None:
@@ -34,8 +37,4 @@ def run(args) -> int:
     return 0
 
 
-COMMAND = Command(
-    name="evaluate-images", help="metrics of any model directory on labelled images, end to end",
-    description="Decode labelled images, run them through the model (fine-tuned, or backbone + head) and report "
-                "accuracy or keypoint RMSE.",
-    add_arguments=add_arguments, run=run, check=check_source_args)
+check = check_source_args

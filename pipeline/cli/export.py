@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.model_args import add_model_args, model_options
+
+HELP = "export backbone + preprocessing + head as one model"
 
 
 def add_arguments(p) -> None:
@@ -42,7 +43,3 @@ def run(args) -> int:
                     **model_options(args))
     print(json_text(report) if args.json else " ".join(f"{k}={v}" for k, v in report.items()))
     return 0
-
-
-COMMAND = Command(name="export", help="export backbone + preprocessing + head as one model",
-                  add_arguments=add_arguments, run=run, check=check)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import batch_size, fraction, non_negative_float, positive_int
+
+HELP = "stage one: run a frozen backbone over DATA and cache features in HDF5"
+DESCRIPTION = ("Extract bottleneck features of every image and of its horizontal mirror into one HDF5 file. "
+               "Resumable: rerun the same command after a kill.")
+# extract reads (and checks) its dataset first, so a malformed CSV fails in milliseconds;
+# the backbone build imports TF quietly itself.
+TENSORFLOW = False
+INTERRUPTED = "interrupted; finished chunks are kept, rerun the same command to resume"
 
 
 def add_arguments(p) -> None:
@@ -129,14 +136,3 @@ def run(args) -> int:
         summary = extract(cfg)
     print(json_text(summary.as_dict()) if args.json else summary.line())
     return 0
-
-
-COMMAND = Command(
-    name="extract", help="stage one: run a frozen backbone over DATA and cache features in HDF5",
-    description="Extract bottleneck features of every image and of its horizontal mirror into one HDF5 file. "
-                "Resumable: rerun the same command after a kill.",
-    add_arguments=add_arguments, run=run, check=check,
-    # extract reads (and checks) its dataset first, so a malformed CSV fails in milliseconds;
-    # the backbone build imports TF quietly itself.
-    tensorflow=False,
-    interrupted="interrupted; finished chunks are kept, rerun the same command to resume")

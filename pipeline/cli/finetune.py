@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.source_args import add_source_args, check_source_args, source_options
 from pipeline.cli.types import fraction_below_one, non_negative_float, non_negative_int, positive_float, positive_int
 from pipeline.finetune.data import AUGMENT
+
+HELP = "fine-tune backbone top + head end to end on images"
+DESCRIPTION = ("Stitch the backbone to a trained head (stage-two weights), unfreeze the top of the backbone and "
+               "train on decoded, augmented images with SGD. Writes a model directory (the whole network as "
+               "model.keras) with the best validation epoch.")
 
 
 def add_arguments(p) -> None:
@@ -92,9 +96,4 @@ def run(args) -> int:
     return 0
 
 
-COMMAND = Command(
-    name="finetune", help="fine-tune backbone top + head end to end on images",
-    description="Stitch the backbone to a trained head (stage-two weights), unfreeze the top of the backbone and "
-                "train on decoded, augmented images with SGD. Writes a model directory (the whole network as "
-                "model.keras) with the best validation epoch.",
-    add_arguments=add_arguments, run=run, check=check_source_args)
+check = check_source_args

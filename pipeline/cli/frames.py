@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.types import int_between, positive_int
+
+HELP = "turn videos into a class-folder dataset (every N-th frame as JPEG)"
+DESCRIPTION = ("Each video's file stem is its class label: DATASET_DIR/<label>/<stem>_<frame:06d>.jpg. Needs the "
+               "[video] extra (imageio, imageio-ffmpeg).")
 
 
 def add_arguments(p) -> None:
@@ -26,10 +29,3 @@ def run(args) -> int:
           f"{r['skipped_existing']} already there, {r['skipped_videos']} videos already done"
           + (f"; {len(r['failed'])} could not be decoded" if r["failed"] else ""))
     return 1 if r["failed"] else 0
-
-
-COMMAND = Command(
-    name="frames", help="turn videos into a class-folder dataset (every N-th frame as JPEG)",
-    description="Each video's file stem is its class label: DATASET_DIR/<label>/<stem>_<frame:06d>.jpg. Needs the "
-                "[video] extra (imageio, imageio-ffmpeg).",
-    add_arguments=add_arguments, run=run)

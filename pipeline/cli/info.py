@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.types import non_negative_int
+
+HELP = "show shapes, counts, provenance attrs and bad rows of a feature file"
 
 
 def add_arguments(p) -> None:
@@ -36,6 +37,5 @@ def run(args) -> int:
     return 0
 
 
-COMMAND = Command(name="info", help="show shapes, counts, provenance attrs and bad rows of a feature file",
-                  add_arguments=add_arguments, run=run, check=check,
-                  tensorflow=lambda args: args.system)
+def needs_tensorflow(args) -> bool:
+    return args.system

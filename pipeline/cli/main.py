@@ -30,6 +30,7 @@ from pipeline.cli import (
     upgrade_model,
     visualize_filters,
 )
+from pipeline.cli.command import Command
 from pipeline.cli.errors import EXIT_BAD_IMAGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, UsageError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our messages
@@ -37,9 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter 
 log = logging.getLogger("bneck")
 
 #: Every subcommand, in the order of ``bneck --help``.
-COMMANDS = [extract.COMMAND, info.COMMAND, backbones.COMMAND, train.COMMAND, evaluate.COMMAND, report.COMMAND,
-            predict.COMMAND, export.COMMAND, merge.COMMAND, finetune.COMMAND, evaluate_images.COMMAND,
-            classify.COMMAND, visualize_filters.COMMAND, frames.COMMAND, upgrade_model.COMMAND]
+COMMANDS = [Command.of(m) for m in (extract, info, backbones, train, evaluate, report, predict, export, merge,
+                                    finetune, evaluate_images, classify, visualize_filters, frames, upgrade_model)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import glob
 import os
 
-from pipeline.cli.command import Command
 from pipeline.cli.jsonout import json_text
+
+HELP = "merge the shard files of `bneck extract --shard I/N` into one feature file"
+DESCRIPTION = ("Combine shards 0..N-1 of one extraction into a file equal to a single-machine run. "
+               "Default: an HDF5 virtual dataset that reads the shard files in place (instant; keep "
+               "them next to it). --copy writes a self-contained file. Everything is checked first: "
+               "missing, unfinished or foreign shards, differing settings and gaps are refused.")
+TENSORFLOW = False
 
 
 def add_arguments(p) -> None:
@@ -52,12 +58,3 @@ def run(args) -> int:
         done = "already merged" if summary["skipped_existing"] else "merged"
         print(f"{done} {summary['n_shards']} shards, {summary['rows']} rows -> {summary['output']} ({kind})")
     return 0
-
-
-COMMAND = Command(
-    name="merge", help="merge the shard files of `bneck extract --shard I/N` into one feature file",
-    description="Combine shards 0..N-1 of one extraction into a file equal to a single-machine run. "
-                "Default: an HDF5 virtual dataset that reads the shard files in place (instant; keep "
-                "them next to it). --copy writes a self-contained file. Everything is checked first: "
-                "missing, unfinished or foreign shards, differing settings and gaps are refused.",
-    add_arguments=add_arguments, run=run, tensorflow=False)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.types import positive_int
+
+HELP = ("run new images through the stitched backbone and head, or a feature "
+        "file's cached rows through the head")
 
 
 def add_arguments(p) -> None:
@@ -70,8 +72,3 @@ def needs_tensorflow(args) -> bool:
     from pipeline.modeldir import needs_tensorflow as head_needs_tensorflow
 
     return head_needs_tensorflow(args.model)
-
-
-COMMAND = Command(name="predict", help="run new images through the stitched backbone and head, or a feature "
-                  "file's cached rows through the head", add_arguments=add_arguments, run=run, check=check,
-                  tensorflow=needs_tensorflow)

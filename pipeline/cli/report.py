@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.cli.command import Command
 from pipeline.cli.model_args import add_model_args, model_options
 from pipeline.cli.errors import UsageError
 from pipeline.cli.types import positive_int
@@ -21,6 +20,11 @@ log = logging.getLogger("bneck")
 FEATURE_SUFFIXES = (".h5", ".hdf5", ".hdf")
 #: What ``bneck report --gallery`` defaults to (pipeline.tools.report_html.GALLERY, not imported for --help).
 DEFAULT_GALLERY = 24
+
+HELP = "an HTML page per model: curves, confusion matrix, wrong images, keypoints"
+DESCRIPTION = ("Score model directories on feature files (as `bneck evaluate` does) and write a "
+               "static, self-contained HTML report: index.html plus PNGs, no script, no server. "
+               "Several models give a comparison page with each model's own page linked.")
 
 
 def add_arguments(p) -> None:
@@ -104,10 +108,3 @@ def run(args) -> int:
     log.info("report of %d model%s written to %s", len(runs), "s" if len(runs) > 1 else "", args.output)
     print(page)
     return 0
-
-
-COMMAND = Command(name="report", help="an HTML page per model: curves, confusion matrix, wrong images, keypoints",
-                  description="Score model directories on feature files (as `bneck evaluate` does) and write a "
-                              "static, self-contained HTML report: index.html plus PNGs, no script, no server. "
-                              "Several models give a comparison page with each model's own page linked.",
-                  add_arguments=add_arguments, run=run, tensorflow=needs_tensorflow, check=check)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
 from pipeline.heads import HEAD_NAMES, head_class
@@ -16,6 +15,10 @@ from pipeline.cli.types import (
     positive_float,
     positive_int,
 )
+
+HELP = "stage two: fit a head on a cached feature file"
+DESCRIPTION = ("Train a dense, svm, logreg or keypoint-specialists head on HDF5 features and write "
+               "an atomic model directory.")
 
 
 def add_arguments(p) -> None:
@@ -157,9 +160,3 @@ def run(args) -> int:
               f"{t['n_training_samples']} training samples{refit}, {t['n_invalid_skipped']} invalid rows skipped, "
               f"{t['seconds']:.1f} s")
     return 0
-
-
-COMMAND = Command(name="train", help="stage two: fit a head on a cached feature file",
-                  description="Train a dense, svm, logreg or keypoint-specialists head on HDF5 features and write "
-                              "an atomic model directory.",
-                  add_arguments=add_arguments, run=run, tensorflow=needs_tensorflow, check=check)

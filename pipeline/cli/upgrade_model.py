@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.model_args import TRUST_PICKLE_HELP
+
+HELP = "rewrite a model directory's pickled head (head.joblib) in the safe format"
+DESCRIPTION = ("Rewrite a model directory written before format 2, whose scikit-learn head is a pickle "
+               "(head.joblib), with the head's safe format (plain arrays for linear heads, else head.skops with its "
+               "types checked on load). Loading the "
+               "pickle runs its code, so it needs the --trust-pickle flag; the new head must predict exactly what the "
+               "pickle does on random rows before anything is replaced. Other files and metadata are kept.")
+TENSORFLOW = False
 
 
 def add_arguments(p) -> None:
@@ -35,13 +42,3 @@ def run(args) -> int:
     else:
         print(f"{args.model}: {report['reason']}")
     return 0
-
-
-COMMAND = Command(
-    name="upgrade-model", help="rewrite a model directory's pickled head (head.joblib) in the safe format",
-    description="Rewrite a model directory written before format 2, whose scikit-learn head is a pickle "
-                "(head.joblib), with the head's safe format (plain arrays for linear heads, else head.skops with its "
-                "types checked on load). Loading the "
-                "pickle runs its code, so it needs the --trust-pickle flag; the new head must predict exactly what the "
-                "pickle does on random rows before anything is replaced. Other files and metadata are kept.",
-    add_arguments=add_arguments, run=run, check=check, tensorflow=False)

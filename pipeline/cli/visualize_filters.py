@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pipeline.cli.command import Command
 from pipeline.cli.errors import UsageError
 from pipeline.cli.jsonout import json_text
 from pipeline.cli.types import positive_float, positive_int
+
+HELP = "render what a layer's filters respond to (gradient ascent)"
+DESCRIPTION = ("Maximise each filter's mean activation by gradient ascent on the input image (normalised "
+               "gradients, from grey + noise) and write the results as a grid PNG.")
 
 
 def add_arguments(p) -> None:
@@ -46,10 +49,3 @@ def run(args) -> int:
         print(f"{len(r['filters'])} filters of {args.layer} -> {r['path']} ({r['grid_size'][0]}x{r['grid_size'][1]}); "
               f"mean activation {sum(start) / len(start):.4g} -> {sum(end) / len(end):.4g}")
     return 0
-
-
-COMMAND = Command(
-    name="visualize-filters", help="render what a layer's filters respond to (gradient ascent)",
-    description="Maximise each filter's mean activation by gradient ascent on the input image (normalised "
-                "gradients, from grey + noise) and write the results as a grid PNG.",
-    add_arguments=add_arguments, run=run, check=check)
