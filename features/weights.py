@@ -171,16 +171,7 @@ def _build_with_weights(spec, input_size, weights, seed):
         except WeightsError:
             if choice.lower() == "imagenet":
                 raise
-            log.warning("=" * 70)
-            log.warning("--weights auto: no ImageNet weights for %s (offline, nothing cached).", spec.name)
-            log.warning("FALLING BACK TO RANDOM WEIGHTS (seed %d). Features will be far weaker.", seed)
-            log.warning("=" * 70)
-            import keras
-
-            # The failed ImageNet attempt consumed random state: reseed so the fallback equals
-            # `--weights none --seed S`, which predict/export rebuild from the recorded attrs.
-            keras.utils.set_random_seed(seed)
-            return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+            return random_fallback(spec, input_size, seed, "ImageNet weights")
     return _build_from_file(spec, input_size, choice, seed)
 
 
@@ -223,14 +214,7 @@ def _build_hub(spec, input_size, choice, seed):
                     raise WeightsError(spec.prefetch_help() + f"\n  (download error: {type(exc).__name__}: {exc})") \
                         from None
             if path is None and low == "auto":
-                log.warning("=" * 70)
-                log.warning("--weights auto: no preset for %s (offline, nothing cached).", spec.name)
-                log.warning("FALLING BACK TO RANDOM WEIGHTS (seed %d). Features will be far weaker.", seed)
-                log.warning("=" * 70)
-                import keras
-
-                keras.utils.set_random_seed(seed)
-                return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+                return random_fallback(spec, input_size, seed, "preset")
             if path is None:
                 raise WeightsError(spec.prefetch_help() + "\n  (KerasHub loaded it, but no copy is in "
                                    + ", ".join(spec.preset_dirs()) + ")")
@@ -363,3 +347,17 @@ def _raise_mismatch(path, model, missing, bad_shape, available):
         lines.append(f"  {len(bad_shape)} layers with other shapes: " + "; ".join(bad_shape[:10]))
     lines.append(f"  the file has layers: {', '.join(available[:30])}" + (" ..." if len(available) > 30 else ""))
     raise WeightsError("\n".join(lines))
+
+
+def random_fallback(spec, input_size, seed: int, missing: str):
+    """``--weights auto`` with nothing available: the seeded random model, said loudly."""
+    import keras
+
+    log.warning("=" * 70)
+    log.warning("--weights auto: no %s for %s (offline, nothing cached).", missing, spec.name)
+    log.warning("FALLING BACK TO RANDOM WEIGHTS (seed %d). Features will be far weaker.", seed)
+    log.warning("=" * 70)
+    # The failed attempt consumed random state: reseed so the fallback equals `--weights none --seed S`,
+    # which predict/export rebuild from the recorded attrs.
+    keras.utils.set_random_seed(seed)
+    return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.backbones.spec import MAP_POOLINGS, affine_function, keras_chatter_to_stderr, preprocess_affine
+from features.backbones.spec import (
+    MAP_POOLINGS,
+    affine_function,
+    describe_common,
+    keras_chatter_to_stderr,
+    preprocess_affine,
+)
 
 HUB_EXTRA = "pip install 'bneck[hub]'  (keras-hub>=0.32)"
 
@@ -195,25 +201,8 @@ class HubSpec:
                 f"{want_scale.tolist()}, offset {want_offset.tolist()}); is it a {self.family} preset?")
 
     def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "keras_hub_preset": self.preset,
-            "keras_hub_class": self.backbone_class,
-            "family": self.family,
-            "params": self.params,
-            "gflops": self.gflops,
-            "preprocessing": self.preprocessing,
-            "input_size": list(self.input_size),
-            "min_size": self.min_size,
-            "fixed_size": self.fixed_size,
-            "patch_size": self.patch_size,
-            "default_layer": self.default_layer,
-            "layers": list(self.all_layers),
-            "poolings": list(self.poolings),
-            "runtimes": list(self.runtimes),
-            "kaggle_handle": self.handle,
-        }
+        return {**describe_common(self), "keras_hub_preset": self.preset, "keras_hub_class": self.backbone_class,
+                "patch_size": self.patch_size, "kaggle_handle": self.handle}
 
 
 def _dinov2(size, layers, hidden, heads, params):

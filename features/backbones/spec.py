@@ -154,20 +154,13 @@ class BackboneSpec:
 
     def describe(self) -> dict:
         """This entry as a plain dict (one row of ``bneck backbones --json``)."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "keras_application": f"keras.applications.{self.constructor}",
-            "family": self.family,
-            "params": self.params,
-            "gflops": self.gflops,
-            "preprocessing": self.preprocessing,
-            "input_size": list(self.input_size),
-            "min_size": self.min_size,
-            "fixed_size": self.fixed_size,
-            "default_layer": self.default_layer,
-            "layers": list(self.all_layers),
-            "poolings": list(self.poolings),
-            "runtimes": list(self.runtimes),
-            "imagenet_notop_file": self.notop_file,
-        }
+        return {**describe_common(self), "keras_application": f"keras.applications.{self.constructor}",
+                "imagenet_notop_file": self.notop_file}
+
+
+def describe_common(spec) -> dict:
+    """What every registry entry (Keras application or KerasHub preset) says in ``bneck backbones --json``."""
+    return {"name": spec.name, "source": spec.source, "family": spec.family, "params": spec.params,
+            "gflops": spec.gflops, "preprocessing": spec.preprocessing, "input_size": list(spec.input_size),
+            "min_size": spec.min_size, "fixed_size": spec.fixed_size, "default_layer": spec.default_layer,
+            "layers": list(spec.all_layers), "poolings": list(spec.poolings), "runtimes": list(spec.runtimes)}
