@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from features.attrs import plain
+from features.attrs import check_root_attrs, check_shapes, plain, read_checked_attrs
 
 
 def describe_file(path: str, *, max_bad: int = 20) -> dict:
@@ -23,11 +23,14 @@ def describe_file(path: str, *, max_bad: int = 20) -> dict:
     except OSError as exc:  # h5py's own message does not name the file
         raise OSError(f"{path}: cannot be read as HDF5 ({exc})") from None
     with f:
-        if plain(f.attrs.get("producer")) != "bneck" or "format_version" not in f.attrs:
+        checked = read_checked_attrs(f, path)  # sizes before anything is read: the file may be hostile
+        if checked.get("producer") != "bneck" or "format_version" not in checked:
             # `bneck extract` of a partial run writes nothing here; anything else is someone else's file.
             raise ValueError(f"{path}: not a bneck feature file (no producer='bneck'/format_version attrs)")
-        check_sources(f)  # a merged file whose shard files are gone would read as zeros
-        attrs = {k: plain(v) for k, v in f.attrs.items() if k != "settings_json"}
+        check_root_attrs(checked, path)
+        check_sources(f, error=ValueError)  # a merged file whose shard files are gone would read as zeros
+        check_shapes(f, checked, path)
+        attrs = {k: v for k, v in checked.items() if k != "settings_json"}
         datasets = {name: {"shape": list(d.shape), "dtype": str(d.dtype),
                            "chunks": list(d.chunks) if d.chunks else None}
                     for name, d in f.items() if isinstance(d, h5py.Dataset)}

@@ -290,6 +290,42 @@ def _finish(img: Image.Image, target) -> np.ndarray:
     return out
 
 
+def input_contract(size, *, resize_in_model: bool = False) -> dict:
+    """What pixels a model fed by this module expects: the decode and resize above, as JSON-able data.
+
+    ``bneck export`` puts it in its report and in ``model.json`` so an app that feeds an exported
+    model can reproduce :func:`load_rgb` (or, with ``resize_in_model``, only decode and hand over
+    uint8 pixels of any size). ``size`` is the model's (height, width).
+    """
+    h, w = _check_size(size)
+    contract = {
+        "size": [h, w],
+        "layout": "NHWC",
+        "channel_order": "RGB",
+        "dtype": "uint8" if resize_in_model else "float32",
+        "range": [0, 255],
+        "resize": "bilinear, antialiased (Pillow Image.resize with Resampling.BILINEAR, which widens its "
+                  "kernel when downscaling), to exactly the size: aspect ratio not preserved, no crop; "
+                  "rounded to uint8",
+        "jpeg_reduced_decode": "a JPEG at least twice the size in both dimensions is decoded by libjpeg at "
+                               "1/2, 1/4 or 1/8 scale (Pillow Image.draft('RGB', (width, height)), never below "
+                               "the size) before the resize",
+        "exif_orientation": "applied before the resize",
+        "alpha": "composited onto black",
+        "grey": "replicated to three channels; 16-bit grey scaled by 1/256",
+        "decoder": "features.images.load_rgb(path, size)",
+        "resize_in_model": bool(resize_in_model),
+    }
+    if resize_in_model:
+        contract["note"] = ("the model takes uint8 RGB images of any height and width and resizes them itself "
+                            "(Keras Resizing, bilinear, antialias=True); JPEGs decoded at full size differ "
+                            "slightly from bneck's reduced-size decode (see docs/model-dir.md)")
+    else:
+        contract["note"] = (f"feed float32 RGB pixels 0..255 at exactly {h}x{w}, decoded and resized as above; "
+                            "plain Pillow without the reduced-size JPEG decode gives slightly different pixels")
+    return contract
+
+
 def default_workers() -> int:
     """Decode threads: one per core, at most 8. Decoding shares the cores with the model, and one
     thread per core keeps decode ahead of inference without starving oneDNN (measured in bench/)."""

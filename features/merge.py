@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from features.attrs import plain
+from features.attrs import check_root_attrs, check_shapes, plain, read_checked_attrs
 from features.fsutil import fsync_dir
 from features.reader.manifest import parse_shard, shard_bounds
 from features.writer.finished import PRODUCER, partial_dir
@@ -62,6 +62,12 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
                          "use --overwrite (overwrite=True in Python) to replace it")
     attrs = _merged_attrs(infos, n, copy)
     out_dir = os.path.dirname(os.path.abspath(output))
+    if not copy:  # readers refuse a virtual dataset reading from outside its folder (check_sources)
+        outside = [s["path"] for s in infos if not _inside(s["path"], out_dir)]
+        if outside:
+            raise MergeError(f"{outside[0]} is not in the output's folder {out_dir} (or below it): a merged "
+                             "file may only read shards from there; put the output beside the shards, or merge "
+                             "with --copy")
     tmp = f"{output}.tmp-{os.getpid()}"
     import h5py
 
@@ -172,9 +178,11 @@ def _read_shard(path: str) -> dict:
     except OSError as exc:
         raise MergeError(f"{path}: not an HDF5 file ({exc})") from None
     with f:
-        attrs = {k: plain(v) for k, v in f.attrs.items()}
+        attrs = read_checked_attrs(f, path, error=MergeError)
         if attrs.get("producer") != PRODUCER or "settings_json" not in attrs:
             raise MergeError(f"{path}: not a bneck feature file (no producer='bneck'/settings_json attrs)")
+        check_root_attrs(attrs, path, error=MergeError)
+        check_shapes(f, attrs, path, error=MergeError, rows=False)
         if not attrs.get("complete"):
             raise MergeError(f"{path}: incomplete feature file (complete is not set); rerun its extraction")
         if attrs.get("virtual") or any(f[n].is_virtual for n in f if isinstance(f[n], h5py.Dataset)):
@@ -282,7 +290,9 @@ def check_sources(file, *, error=MergeError) -> list[str]:
 
     ``file`` is a path or an open ``h5py.File``. HDF5 silently returns fill values (zeros) for a
     missing VDS source, so readers must call this before trusting a merged file. Relative source
-    names are resolved against the merged file's directory, as HDF5 does. Returns the absolute
+    names are resolved against the merged file's directory, as HDF5 does; a source outside that
+    directory (absolute elsewhere, ``..``, or a symlink out of it) is refused, so a hostile merged
+    file cannot read rows from other files. Returns the absolute
     source paths checked (empty for an ordinary file).
     """
     import h5py
@@ -300,6 +310,10 @@ def check_sources(file, *, error=MergeError) -> list[str]:
                     shape = (hi[0] - lo[0] + 1, *ds.shape[1:])
                     needed.setdefault(path, []).append((name, m.dset_name, shape))
         for path, uses in needed.items():
+            if not _inside(path, base):
+                # A hostile merged file could map rows from any HDF5 file the reader can open.
+                raise error(f"{f.filename}: virtual dataset reads {path}, outside the merged file's folder "
+                            f"{base}; refused (bneck merge only writes sources beside or below the merge)")
             if not os.path.isfile(path):
                 raise error(f"{f.filename}: merged file needs its shard file {path}, which is missing; "
                             "put the shard files back next to it, or re-merge with `bneck merge --copy`")
@@ -317,3 +331,9 @@ def check_sources(file, *, error=MergeError) -> list[str]:
     finally:
         if own:
             f.close()
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` (symlinks resolved) is ``folder`` or below it."""
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top

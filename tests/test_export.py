@@ -22,6 +22,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from features import backbones
 from features.config import ExtractConfig
@@ -194,3 +195,88 @@ def test_specialists_with_a_nonlinear_base_are_refused():
         rng.normal(size=(10, 4)), rng.normal(size=(10, 1)))
     with pytest.raises(ValueError, match="only linear scikit-learn heads convert to a Dense layer"):
         stitch._head_output(head, {"head": "specialists", "task": "regression"}, keras.Input((4,)))
+
+
+def _photos(root, n=6):
+    """Large JPEGs with photo-like structure (smooth shading, edges, fine texture) at several sizes and aspects."""
+    rng = np.random.default_rng(11)
+    sizes = [(240, 320), (480, 640), (150, 200), (333, 250), (96, 700), (512, 384)][:n]
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        img = np.stack([128 + 100 * np.sin(6 * xx + c + i) * np.cos(4 * yy - c) for c in range(3)], -1)
+        for _ in range(12):  # hard-edged rectangles: what a resize filter gets wrong first
+            y0, x0 = rng.integers(0, h - 8), rng.integers(0, w - 8)
+            img[y0:y0 + rng.integers(4, h // 3 + 5), x0:x0 + rng.integers(4, w // 3 + 5)] = rng.integers(0, 256, 3)
+        img += rng.normal(0, 12, img.shape)  # sensor-like noise
+        p = os.path.join(root, f"photo{i}.jpg")
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.slow  # ~4 s: four exports and their reloads
+def test_large_jpegs_agree_with_predict_both_ways(models, tmp_path):
+    """Predict vs an exported model fed (i) bneck-decoded pixels, (ii) with --any-size raw full-size pixels.
+
+    (i) is the same pixels, so only float32 order differs (<= 1e-4 as above). (ii) has no libjpeg
+    reduced-size decode (a 640x480 JPEG for this 32x32 model is decoded at 1/8 scale before bneck's
+    resize). Measured on these 6 photos: the model's own resize equals plain Pillow BILINEAR within
+    1 grey level (mean 0.05-0.12), and differs from bneck's pixels by 0.5-2.2 grey levels on average
+    (max 50, on hard edges): the reduced-size decode is the whole gap. Scores differ by at most
+    7.2e-3 (logreg) and 5.5e-2 (dense, random-weights features) with 6/6 top-1 labels kept.
+    Pinned: mean grey <= 3, scores <= 0.02 / 0.1, top-1 >= 5/6, TF vs Pillow mean <= 0.25.
+    """
+    from features import images
+
+    paths = _photos(tmp_path)
+    bneck_px = np.stack([images.load_rgb(p, (32, 32)) for p in paths])  # what predict feeds its backbone
+    for name, tol in (("logreg", 0.02), ("dense", 0.1)):
+        want = Predictor(models["dir"] / name).predict_arrays(bneck_px)
+        fixed = ex.export(models["dir"] / name, tmp_path / f"{name}.keras")
+        anysize = ex.export(models["dir"] / name, tmp_path / f"{name}_any.keras", any_size=True)
+        assert fixed["input_contract"]["dtype"] == "float32" and fixed["input_contract"]["size"] == [32, 32]
+        assert anysize["input_contract"]["dtype"] == "uint8" and anysize["input_contract"]["resize_in_model"]
+        assert anysize["input_shape"] == [None, None, None, 3] and anysize["max_abs_diff"] <= 1e-4
+        run_fixed = artefact.open_artefact(str(tmp_path / f"{name}.keras"), "keras")[0]
+        run_any = artefact.open_artefact(str(tmp_path / f"{name}_any.keras"), "keras")[0]
+        _close(run_fixed(bneck_px), want, 1e-4, False)  # (i)
+        _close(run_any(bneck_px), want, 1e-4, False)  # at the model's size the resize is the identity
+        got = np.concatenate([run_any(images.load_rgb(p)[None]) for p in paths])  # (ii) full size, as decoded
+        assert np.abs(got - want).max() <= tol, (name, np.abs(got - want).max())
+        assert (got.argmax(1) == want.argmax(1)).sum() >= 5, name
+    # The pixels themselves: the in-model resize of the full-size decode vs bneck's, and vs plain Pillow.
+    resize = keras.layers.Resizing(32, 32, interpolation="bilinear", antialias=True)
+    for p, bneck in zip(paths, bneck_px):
+        full = images.load_rgb(p)
+        tf_px = np.asarray(resize(full[None]))[0].astype(float)
+        pil_px = np.asarray(Image.fromarray(full).resize((32, 32), Image.Resampling.BILINEAR), float)
+        assert np.abs(tf_px - bneck).mean() <= 3.0, p
+        assert np.abs(tf_px - pil_px).mean() <= 0.25 and np.abs(tf_px - pil_px).max() <= 2, p
+
+
+def test_input_contract_in_dir_export_and_any_size_refusals(models, tmp_path, capsys):
+    from pipeline.cli.main import main
+    from pipeline.modeldir import read_model_json
+
+    report = ex.export(models["dir"] / "logreg", tmp_path / "copy", format="dir")
+    contract = read_model_json(tmp_path / "copy")["input_contract"]
+    assert contract == report["input_contract"] and contract["size"] == [32, 32]
+    assert contract["channel_order"] == "RGB" and contract["range"] == [0, 255] and "draft" in contract[
+        "jpeg_reduced_decode"]
+    with pytest.raises(ValueError, match="not a TFLite builtin"):
+        ex.export(models["dir"] / "logreg", tmp_path / "m.tflite", format="tflite", any_size=True)
+    assert main(["export", str(models["dir"] / "logreg"), "-o", str(tmp_path / "m.tflite"), "--format", "tflite",
+                 "--any-size"]) == 2
+    assert "--any-size applies to --format keras or savedmodel" in capsys.readouterr().err
+    assert not (tmp_path / "m.tflite").exists()
+
+
+@pytest.mark.slow  # ~4 s: a SavedModel export
+def test_any_size_savedmodel_takes_uint8_of_any_size(models, tmp_path):
+    report = ex.export(models["dir"] / "svm", tmp_path / "sm", format="savedmodel", any_size=True)
+    assert report["max_abs_diff"] <= 1e-4 and report["input_contract"]["dtype"] == "uint8"
+    run = artefact.open_artefact(str(tmp_path / "sm"), "savedmodel")[0]
+    _close(run(models["x"]), models["want"]["svm"], 1e-4, False)
+    big = np.repeat(np.repeat(models["x"][:2], 3, axis=1), 2, axis=2)  # 96x64: resized inside the model
+    assert run(big).shape == models["want"]["svm"][:2].shape

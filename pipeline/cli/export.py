@@ -18,6 +18,9 @@ def add_arguments(p) -> None:
     p.add_argument("--bundle-weights", action="store_true",
                    help="with --format dir: copy the backbone weights file (found by sha256) into the copy, so it "
                         "works on a machine without it")
+    p.add_argument("--any-size", action="store_true",
+                   help="keras/savedmodel: the model takes uint8 RGB images of any size and resizes them itself "
+                        "(bilinear, antialiased, like bneck), so an app needs no copy of bneck's decoder")
     p.add_argument("--quantize", choices=["float16", "int8"], help="TFLite quantisation (int8 uses training images)")
     p.add_argument("--representative", nargs="+", metavar="IMAGE",
                    help="image files or directories for int8 calibration and for the check after export "
@@ -30,8 +33,11 @@ def add_arguments(p) -> None:
 def check(args) -> None:
     if args.bundle_weights and args.format != "dir":
         raise UsageError("--bundle-weights applies to --format dir only")
-    if args.format == "dir" and (args.quantize or args.representative):
-        raise UsageError("--quantize and --representative do not apply to --format dir")
+    if args.format == "dir" and (args.quantize or args.representative or args.any_size):
+        raise UsageError("--quantize, --representative and --any-size do not apply to --format dir")
+    if args.any_size and args.format == "tflite":
+        raise UsageError("--any-size applies to --format keras or savedmodel: its antialiased resize is not a "
+                         "TFLite builtin op")
 
 
 def run(args) -> int:
@@ -39,7 +45,7 @@ def run(args) -> int:
 
     report = export(args.model, args.output, format=args.format, quantize=args.quantize,
                     representative_images=args.representative, overwrite=args.overwrite,
-                    bundle_weights=args.bundle_weights,
+                    bundle_weights=args.bundle_weights, any_size=args.any_size,
                     **model_options(args))
     print(json_text(report) if args.json else " ".join(f"{k}={v}" for k, v in report.items()))
     return 0

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from features import FORMAT_VERSION
-from features.attrs import plain
+from features.attrs import check_root_attrs, check_shapes, plain, read_checked_attrs
 from pipeline.data.views import ConcatView, FeatureFileError, FeatureView
 
 __all__ = ["ConcatView", "FeatureFile", "FeatureFileError", "FeatureView", "check_compatible"]
@@ -28,8 +28,10 @@ class FeatureFile:
 
     Use it as a context manager (``with FeatureFile(path) as f: ...``) or call :meth:`close`.
     Opening refuses, with a :class:`FeatureFileError` naming the file, anything that is not an
-    HDF5 file written by bneck, that has a newer ``format_version`` than this version of bneck
-    supports, or that is not marked ``complete`` (an interrupted or partial extraction).
+    HDF5 file written by bneck, a file with attrs of the wrong type or size, with datasets whose
+    shapes differ from what its attrs say, a merged file reading shards from outside its folder,
+    one with a newer ``format_version`` than this version of bneck supports, or one not marked
+    ``complete`` (an interrupted or partial extraction).
 
     Small per-row arrays (``valid``, ``labels``, ``targets``, ``paths``...) are read into memory
     on access; the feature maps themselves are only read through :meth:`view`.
@@ -48,13 +50,15 @@ class FeatureFile:
         except BaseException:
             self._h5.close()
             raise
-        self._attrs = {k: plain(v) for k, v in self._h5.attrs.items()}
 
     def _validate(self) -> None:
-        attrs, where = self._h5.attrs, self.path
-        if plain(attrs.get("producer")) != "bneck" or "format_version" not in attrs:
+        where = self.path
+        # Sizes first (a huge attr is never read), then types: this file may come from anyone.
+        attrs = self._attrs = read_checked_attrs(self._h5, where, error=FeatureFileError)
+        if attrs.get("producer") != "bneck" or "format_version" not in attrs:
             raise FeatureFileError(
                 f"{where}: not a bneck feature file (no producer='bneck'/format_version attrs)")
+        check_root_attrs(attrs, where, error=FeatureFileError)
         version = int(attrs["format_version"])
         if version > FORMAT_VERSION:
             raise FeatureFileError(
@@ -82,6 +86,7 @@ class FeatureFile:
         for name in need:
             if name not in self._h5:
                 raise FeatureFileError(f"{where}: missing the {name!r} dataset")
+        check_shapes(self._h5, attrs, where, error=FeatureFileError)
 
     # -- context manager -------------------------------------------------------------------
     def close(self) -> None:

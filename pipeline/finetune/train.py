@@ -25,6 +25,7 @@ import time
 import keras
 import numpy as np
 
+from features.images import input_contract
 from pipeline.curves import history_csv, learning_curve_png
 from pipeline.data.keypoint_frame import to_frame, unmirror_widths
 from pipeline.evaluate import PassThrough
@@ -282,6 +283,8 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
                      "n_val": len(xv), "n_bad_skipped": len(bad),
                      "val_before": {k: float(v) for k, v in before.items()}, "seconds": round(time.time() - t0, 2)},
         "metrics": metrics,
+        # model.keras takes pixels: how an app must decode and resize them (features.images).
+        "input_contract": input_contract(meta["features"]["input_size"]),
     }
     extra = {"history.csv": history_csv(best.history)}
     png = learning_curve_png(best.history)

@@ -22,10 +22,14 @@ FORMATS = ("keras", "savedmodel", "tflite")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def check_target(output, format: str, quantize, *, overwrite: bool = False) -> str:
+def check_target(output, format: str, quantize, *, overwrite: bool = False, any_size: bool = False) -> str:
     """Validate format/quantize/output before any work; returns the output path as a string."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if any_size and format == "tflite":
+        # Antialiased resize is TF's ScaleAndTranslate op: not a TFLite builtin (only with the Flex delegate).
+        raise ValueError("any_size (--any-size) is for keras and savedmodel: its antialiased resize is not a TFLite "
+                         "builtin op; for TFLite, resize in the app as the report's input_contract says")
     if quantize not in (None, "float16", "int8"):
         raise ValueError(f"quantize must be None, 'float16' or 'int8', got {quantize!r}")
     if quantize and format != "tflite":
@@ -82,8 +86,12 @@ def _load_images(paths, size, n, *, skip_bad):
     return np.stack(arrays) if arrays else None
 
 
-def write_artefact(model, output: str, format: str, quantize, calib, size, target_frame=None):
+def write_artefact(model, output: str, format: str, quantize, calib, size, target_frame=None, *,
+                   any_size: bool = False):
     """Write ``model`` atomically in ``format``; returns (report dict, callable running the artefact).
+
+    The report's ``input_contract`` (:func:`features.images.input_contract`) says what pixels the
+    artefact expects: how bneck decodes and resizes, or (``any_size``) uint8 of any size.
 
     A keypoint model's report names its ``target_frame``: the exported network outputs coordinates in
     those training pixels, and an app scales them to its photo as ``bneck predict`` does.
@@ -113,8 +121,11 @@ def write_artefact(model, output: str, format: str, quantize, calib, size, targe
     run, names = open_artefact(output, format)
     n_bytes = os.path.getsize(output) if os.path.isfile(output) else \
         sum(os.path.getsize(f) for f in walk_files(output))
+    from features.images import input_contract
+
     report = {"path": output, "format": format, "quantize": quantize, "bytes": n_bytes,
-              "input_shape": [None, *size, 3], "output_names": names}
+              "input_shape": [None, None, None, 3] if any_size else [None, *size, 3], "output_names": names,
+              "input_contract": input_contract(size, resize_in_model=any_size)}
     if target_frame:
         report["target_frame"] = [int(v) for v in target_frame]
     return report, run
@@ -156,18 +167,24 @@ def _replace_dir(tmp, output):
 
 
 def open_artefact(path, format):
-    """(callable uint8 batch -> outputs, output names) of the written artefact, reloaded from disk."""
+    """(callable uint8 batch -> outputs, output names) of the written artefact, reloaded from disk.
+
+    The batch is cast to the artefact's input dtype: float32, or uint8 for an ``--any-size`` export.
+    """
     import tensorflow as tf
 
     if format == "keras":
         import keras
 
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
-        return (lambda x: np.asarray(model(x.astype(np.float32), training=False))), list(model.output_names)
+        dtype = np.dtype(model.inputs[0].dtype)
+        return (lambda x: np.asarray(model(x.astype(dtype), training=False))), list(model.output_names)
     if format == "savedmodel":
         loaded = tf.saved_model.load(path)  # the closure keeps it alive: its variables die with it
-        names = list(loaded.signatures["serving_default"].structured_outputs)
-        return (lambda x: np.asarray(loaded.serve(tf.constant(x.astype(np.float32))))), names
+        sig = loaded.signatures["serving_default"]
+        names = list(sig.structured_outputs)
+        dtype = next(iter(sig.structured_input_signature[1].values())).dtype.as_numpy_dtype
+        return (lambda x: np.asarray(loaded.serve(tf.constant(x.astype(dtype))))), names
     with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice (-> ai_edge_litert)
         warnings.simplefilter("ignore")
         it = tf.lite.Interpreter(model_path=path)

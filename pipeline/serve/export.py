@@ -6,10 +6,11 @@ extraction pooling -> on-load pooling -> the head -> ``scores`` (what ``predict_
 ``targets`` (regression, in training-image pixels). Only built-in layers are used, so the
 ``.keras`` file loads with ``safe_mode=True`` and no custom objects, and the same graph converts
 to a TF SavedModel and to TFLite. Decoding/resizing (:func:`features.images.load_rgb`) stays
-outside: callers feed pixels. Versus ``bneck predict``: the backbone runs in float32 even when
-the features were extracted in bf16/fp16 (TFLite ``quantize=`` is the deployment precision knob);
-features are not rounded to ``store_dtype`` as the HDF5 store did (~1e-3 relative for float16;
-heads do not depend on it); no ``--tta-flip``.
+outside: callers feed pixels, as the report's ``input_contract`` says; with ``any_size`` the model
+resizes uint8 images of any size itself (keras and savedmodel). Versus ``bneck predict``: the
+backbone runs in float32 even when the features were extracted in bf16/fp16 (TFLite ``quantize=``
+is the deployment precision knob); features are not rounded to ``store_dtype`` as the HDF5 store
+did (~1e-3 relative for float16; heads do not depend on it); no ``--tta-flip``.
 
 Heads: ``dense`` is the head's own Keras network; ``svm``/``logreg`` (linear) become one ``Dense``
 from ``linear_weights()`` plus their ``predict_proba`` transform; ``specialists`` made of
@@ -32,7 +33,7 @@ import numpy as np
 
 from pipeline.serve.artefact import calibration_images, check_target, compare, write_artefact
 from pipeline.serve.finetuned import export_finetuned, is_finetuned
-from pipeline.serve.stitch import stitch
+from pipeline.serve.stitch import any_size_input, stitch
 
 log = logging.getLogger("bneck")
 
@@ -62,9 +63,13 @@ def export_dir(model_dir, output, *, bundle_weights: bool = False, overwrite: bo
     from pipeline.modeldir import load_model_dir, save_model_dir, verify_model_dir
     from pipeline.serve.backbone import weights_argument
 
+    from features.images import input_contract
+
     meta = verify_model_dir(model_dir)
     keep = {k: v for k, v in meta.items() if k not in ("files", "format", "format_version", "head_loader")}
-    report = {"path": str(output), "format": "dir"}
+    # What an app must feed the model: the copy may go where bneck's decoder is not (features.images).
+    keep["input_contract"] = input_contract(meta["features"]["input_size"])
+    report = {"path": str(output), "format": "dir", "input_contract": keep["input_contract"]}
     if is_finetuned(model_dir):
         from pipeline.serve.finetuned import load_finetuned
 
@@ -103,7 +108,7 @@ def export_dir(model_dir, output, *, bundle_weights: bool = False, overwrite: bo
 
 def export(model_dir, output, *, format: str = "keras", quantize: str | None = None, representative_images=None,
            n_representative: int = 100, check: bool = True, overwrite: bool = False, weights_dirs=(),
-           trust_pickle: bool = False, bundle_weights: bool = False) -> dict:
+           trust_pickle: bool = False, bundle_weights: bool = False, any_size: bool = False) -> dict:
     """Export ``model_dir`` as one stitched model (pixels -> scores/targets) and check it against predict.
 
     Args:
@@ -122,11 +127,14 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
         trust_pickle: allow a format-v1 ``head.joblib`` (a pickle, which runs code).
         check: reload the artefact, run it on up to 8 images (the representative ones, else seeded
             random pixels) and compare with fp32 backbone + head (``Predictor.predict_arrays``).
+        any_size: keras/savedmodel only: the model takes uint8 RGB images of any size and resizes them
+            itself (:func:`pipeline.serve.stitch.any_size_input`), so an app needs no copy of bneck's decoder.
 
     The model maps float32 (N, H, W, 3) RGB pixels 0..255 at the training size to (N, C) class
-    scores as ``bneck predict`` gives them, or to (N, K) regression targets. Returns {path, format,
-    quantize, bytes, input_shape, output_names} and, with ``check``, n_checked, max_abs_diff and
-    top1_agreement (classification) or max_rel_diff (regression).
+    scores as ``bneck predict`` gives them, or to (N, K) regression targets (``any_size``: uint8
+    (N, H', W', 3) of any H', W'). Returns {path, format, quantize, bytes, input_shape, output_names,
+    input_contract} (what pixels to feed: :func:`features.images.input_contract`) and, with ``check``,
+    n_checked, max_abs_diff and top1_agreement (classification) or max_rel_diff (regression).
     """
     if format == "dir":
         return export_dir(model_dir, output, bundle_weights=bundle_weights, overwrite=overwrite,
@@ -136,8 +144,9 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
     if is_finetuned(model_dir):
         return export_finetuned(model_dir, output, format=format, quantize=quantize,
                                 representative_images=representative_images,
-                                n_representative=n_representative, check=check, overwrite=overwrite)
-    output = check_target(output, format, quantize, overwrite=overwrite)
+                                n_representative=n_representative, check=check, overwrite=overwrite,
+                                any_size=any_size)
+    output = check_target(output, format, quantize, overwrite=overwrite, any_size=any_size)
     model, head, meta, spec, backbone = stitch(model_dir, weights_dirs=weights_dirs, trust_pickle=trust_pickle)
     size = tuple(int(v) for v in meta["features"]["input_size"])
     calib = calibration_images(representative_images, size, n_representative, quantize,
@@ -145,7 +154,10 @@ def export(model_dir, output, *, format: str = "keras", quantize: str | None = N
     if quantize == "float16" and max(float(np.abs(w).max()) for w in model.get_weights()) > 65504:
         # A folded StandardScaler divides by feature stds: tiny stds give weights float16 cannot hold.
         log.warning("some weights exceed the float16 range; expect inf or large errors (see max_abs_diff)")
-    report, run = write_artefact(model, output, format, quantize, calib, size, meta.get("target_frame"))
+    if any_size:
+        model = any_size_input(model, size)
+    report, run = write_artefact(model, output, format, quantize, calib, size, meta.get("target_frame"),
+                                 any_size=any_size)
     if check:
         x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
         report.update(compare(run(x), _reference(backbone, spec, head, meta, x), meta["task"]))

@@ -67,19 +67,22 @@ class FinetunedPredictor(Predictor):
 
 def export_finetuned(model_dir, output, *, format: str = "keras", quantize: str | None = None,
                      representative_images=None, n_representative: int = 100, check: bool = True,
-                     overwrite: bool = False) -> dict:
+                     overwrite: bool = False, any_size: bool = False) -> dict:
     """Export a fine-tuned model directory like :func:`pipeline.serve.export.export` (same formats, report and check).
 
     The saved network already is the stitched pixels -> scores/targets model, so it is written as
     it is: ``.keras``, a TF SavedModel directory, or ``.tflite`` (``quantize`` float16/int8).
     """
-    output = artefact.check_target(output, format, quantize, overwrite=overwrite)
+    from pipeline.serve.stitch import any_size_input
+
+    output = artefact.check_target(output, format, quantize, overwrite=overwrite, any_size=any_size)
     pred = FinetunedPredictor(model_dir)
     size = pred.input_size
     calib = artefact.calibration_images(representative_images, size, n_representative, quantize,
                                         pred.prov.get("source_root") or "")
-    report, run = artefact.write_artefact(pred.model, output, format, quantize, calib, size,
-                                          pred.meta.get("target_frame"))
+    model = any_size_input(pred.model, size) if any_size else pred.model
+    report, run = artefact.write_artefact(model, output, format, quantize, calib, size,
+                                          pred.meta.get("target_frame"), any_size=any_size)
     if check:
         x = calib[:8] if calib is not None else np.random.default_rng(0).integers(0, 256, (4, *size, 3), np.uint8)
         report.update(artefact.compare(run(x), pred.predict_arrays(x), pred.meta["task"]))

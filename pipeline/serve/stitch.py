@@ -6,6 +6,7 @@ extraction pooling -> on-load pooling -> the head -> ``scores`` (what ``predict_
 ``targets`` (regression, in training-image pixels). Only built-in layers are used, so the
 ``.keras`` file loads with ``safe_mode=True`` and no custom objects, and the same graph converts
 to a TF SavedModel and to TFLite. :mod:`pipeline.serve.export` writes it; ``finetune`` trains it.
+:func:`any_size_input` puts a resize in front (``bneck export --any-size``): uint8 of any size in.
 """
 
 from __future__ import annotations
@@ -63,3 +64,22 @@ def stitch(model_dir, *, weights_dirs=(), trust_pickle: bool = False):
     y = _head_output(head, meta, x)
     out = layers.Identity(name="scores" if meta["task"] == "classification" else "targets")(y)
     return keras.Model(inp, out, name="bneck_export"), head, meta, spec, backbone
+
+
+def any_size_input(model, size):
+    """``model`` (float32 pixels at ``size``) behind ``Input((None, None, 3), uint8)`` and a Keras ``Resizing``.
+
+    The resize is bilinear with ``antialias=True``, TensorFlow's counterpart of Pillow's BILINEAR
+    (whose kernel also widens when downscaling), rounded back to uint8 like Pillow: an app feeds the
+    decoded image as it is. Only libjpeg's reduced-size decode of large JPEGs
+    (:mod:`features.images`, step 4) is not reproduced; tests/test_export.py measures what that costs.
+    The output keeps its name (``scores`` or ``targets``).
+    """
+    import keras
+    from keras import layers
+
+    h, w = (int(v) for v in size)
+    inp = keras.Input((None, None, 3), dtype="uint8", name="image")
+    x = layers.Resizing(h, w, interpolation="bilinear", antialias=True, name="resize")(inp)
+    out = layers.Identity(name=model.output_names[0])(model(x))
+    return keras.Model(inp, out, name=f"{model.name}_any_size")

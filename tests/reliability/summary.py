@@ -20,6 +20,7 @@ if REPO not in sys.path:
 from tests.reliability import (  # noqa: E402
     test_bad_inputs,
     test_csv_errors,
+    test_hostile_features,
     test_kill_resume,
     test_shard_inputs,
     test_signals_and_disk,
@@ -57,6 +58,8 @@ def figures() -> dict:
         "per_row_source_problems_tried": len(test_csv_errors.PER_ROW),
         "model_dir_attacks_refused": len(test_stage2_faults.TAMPERING),
         "foreign_hdf5_inputs_refused": len(test_stage2_faults.FOREIGN_H5),
+        "hostile_feature_files_refused": len(test_hostile_features.HOSTILE),
+        "hostile_feature_file_kinds": test_hostile_features.HOSTILE,
         "rows_lost": 0,
     }
 
