@@ -30,13 +30,18 @@ MAX_ATTR_BYTES = 64 << 20
 _INT = (int,)
 _STR = (str,)
 # Root attrs bneck reads, and what each must be once plain(): (types, check or None, what it must be).
+#: Every ``--pooling`` a feature file may record: ``none`` keeps the map; the others give vectors
+#: (``mean`` and ``cls`` are the token models' patch mean and class token, features.backbones.hub).
+POOLINGS = ("none", "avg", "max", "mean", "cls")
+VECTOR_POOLINGS = POOLINGS[1:]
+
 _ROOT_SCHEMA = {
     "producer": (_STR, None, "a string"),
     "format_version": (_INT, lambda v: 0 <= v < 1_000_000, "a non-negative integer"),
     "complete": ((bool, int), None, "a boolean"),
     "backbone": (_STR, None, "a string"),
     "layer": (_STR, None, "a string"),
-    "pooling": (_STR, lambda v: v in ("none", "avg", "max"), "one of none, avg, max"),
+    "pooling": (_STR, lambda v: v in POOLINGS, "one of " + ", ".join(POOLINGS)),
     "preprocessing": (_STR, None, "a string"),
     "input_size": ((list,), lambda v: len(v) == 2 and all(_pos_int(x, 65536) for x in v),
                    "[height, width], two positive integers"),
@@ -117,7 +122,7 @@ def check_shapes(f, attrs: dict, where, *, error=ValueError, rows: bool = True) 
         raise error(f"{where}: dataset 'features' has shape {feats.shape}, expected (rows, ...) per-row features")
     if "feature_shape" in attrs and tuple(attrs["feature_shape"]) != row:
         raise error(f"{where}: dataset 'features' rows are {row} but attr feature_shape is {attrs['feature_shape']}")
-    if attrs.get("pooling") in ("avg", "max") and len(row) != 1:
+    if attrs.get("pooling") in VECTOR_POOLINGS and len(row) != 1:
         raise error(f"{where}: attr pooling is {attrs['pooling']!r} but 'features' rows are {row}, not vectors")
     if "features_flipped" in f and tuple(f["features_flipped"].shape) != tuple(feats.shape):
         raise error(f"{where}: dataset 'features_flipped' has shape {f['features_flipped'].shape}, "

@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from features import attrs
 from features.faults import oom_above
 from features.mapper.batches import check_batch
 from features.mapper.device import has_gpu, is_out_of_memory
@@ -22,7 +23,7 @@ log = logging.getLogger("bneck")
 
 #: ``--pooling`` at extraction: "mean" is "avg" (the mean patch token of a vision transformer); "cls" is
 #: built into a token model itself (it ends in its class token), so here it leaves the (B, C) output as it is.
-POOLINGS = ("none", "avg", "max", "mean", "cls")
+POOLINGS = attrs.POOLINGS
 
 
 def pool_output(y, pooling: str):
