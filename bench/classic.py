@@ -71,8 +71,7 @@ def main(argv=None) -> dict:
               "feature_shape": list(model.output_shape[1:]), "passes": passes, "seconds": round(total, 3),
               "images_per_s": round(args.n / total, 2), "features_per_s": round(args.n * len(views) / total, 2)}
     common.log(f"classic: {result['images_per_s']} img/s with {len(views)} view(s)")
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,13 @@ def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
-def emit(result: dict) -> None:
-    """Print the one JSON object of this run (with environment and peak RSS added) to stdout."""
-    result = dict(result)
-    result.setdefault("peak_rss_mb", peak_rss_mb())
-    result.setdefault("env", env_info())
-    print(json.dumps(result, default=_json_default), flush=True)
+def emit(result: dict) -> dict:
+    """Print the one JSON object of this run (with environment and peak RSS added) to stdout; return ``result``."""
+    out = dict(result)
+    out.setdefault("peak_rss_mb", peak_rss_mb())
+    out.setdefault("env", env_info())
+    print(json.dumps(out, default=_json_default), flush=True)
+    return result
 
 
 def _json_default(o):
@@ -222,6 +223,12 @@ def warm_page_cache(paths) -> int:
 
 
 # ----------------------------------------------------------------------------- models
+
+
+def add_fixture_args(p: argparse.ArgumentParser, *, n: int) -> None:
+    """``--n`` (generated 256x256 JPEGs) and ``--batch``: the flags of every bench over a JPEG fixture."""
+    p.add_argument("--n", type=int, default=n, help=f"256x256 JPEGs in the fixture (default {n})")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

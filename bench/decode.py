@@ -85,8 +85,7 @@ def main(argv=None) -> dict:
         full = _measure(_full_decode(size), paths, args.workers, args.large_repeat, "12MP full decode")
         result["large_12mp"] = {"draft": draft, "full_no_draft": full,
                                 "draft_speedup": round(draft["images_per_s"] / full["images_per_s"], 2)}
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

@@ -72,8 +72,7 @@ def int8_row(directory: str, name: str, d: float, args) -> dict:
 def main(argv=None) -> dict:
     p = common.parser(__doc__)
     p.add_argument("--backbones", default="vgg16,resnet50,mobilenet,mobilenetv2", help="comma-separated names")
-    p.add_argument("--n", type=int, default=400, help="256x256 JPEGs in the fixture (default 400)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    common.add_fixture_args(p, n=400)
     p.add_argument("--runtimes", default="tensorflow,openvino", help="runtimes to measure (default both)")
     p.add_argument("--seconds", type=float, default=8.0, help="time each ceiling at least this long (default 8)")
     p.add_argument("--classic", default="vgg16", help="backbones to also run the classic approach on ('' = none)")
@@ -135,8 +134,7 @@ def main(argv=None) -> dict:
                                                           / row["classic"]["images_per_s"], 2)
         result["backbones"][name] = row
     result["peak_rss_mb_bench_process"] = round(common.peak_rss_mb(), 1)
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

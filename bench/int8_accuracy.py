@@ -85,8 +85,7 @@ def main(argv=None) -> dict:
             m = json.loads(bneck("evaluate", model, files["test", test_precision], "--json"))
             result["svm_accuracy"][f"{precision}_model_on_{test_precision}_test"] = round(m["accuracy"], 4)
     common.log(json.dumps(result["svm_accuracy"]))
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,7 @@ def main(argv=None) -> dict:
     del result["items_per_s"]
     common.log(f"{result['images_per_s']} img/s, {result['features_per_s']} features/s "
                f"({s['ms_per_call_median']} ms per batch of {args.batch})")
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

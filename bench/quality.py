@@ -181,8 +181,7 @@ def main(argv=None) -> dict:
             for prec in precisions:
                 v = res[prec]["default"][key]
                 res[prec]["loss_vs_fp32"] = round((base - v) / base if key == "accuracy" else (v - base) / base, 4)
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

@@ -130,8 +130,7 @@ def main(argv=None) -> dict:
                     large["images_per_s_after_startup"] / ceiling, 3)
 
     result["peak_rss_mb_bench_process"] = common.peak_rss_mb()
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

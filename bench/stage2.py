@@ -319,8 +319,7 @@ def main(argv=None) -> dict:
         result[name] = fn(args)
     result["pass"] = {k: result[k]["pass"] for k in ("dense", "svm_grid", "streaming", "retune") if k in result}
     result["peak_rss_mb_bench_process"] = common.peak_rss_mb()
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

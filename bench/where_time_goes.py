@@ -93,8 +93,7 @@ def _delta(after: dict, before: dict) -> dict:
 def main(argv=None) -> dict:
     p = common.parser(__doc__)
     p.add_argument("--backbone", default="mobilenet", help="registry name (default mobilenet)")
-    p.add_argument("--n", type=int, default=2000, help="256x256 JPEGs in the fixture (default 2000)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    common.add_fixture_args(p, n=2000)
     p.add_argument("--runtime", default="auto", help="auto, tensorflow or openvino (default auto)")
     p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (default auto)")
     p.add_argument("--pooling", default="none", help="none, avg or max (default none: whole maps are stored)")
@@ -155,8 +154,7 @@ def main(argv=None) -> dict:
     }
     common.log(f"   loop {result['images_per_s_loop']} img/s, CPU ms per image {result['loop_ms_per_image']}, "
                f"utilisation {result['loop_cpu_utilisation']}")
-    common.emit(result)
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":
