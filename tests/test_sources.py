@@ -218,3 +218,14 @@ def test_places365_errors(tmp_path):
     (tmp_path / "val.txt").write_text("Places365_val_00000001.jpg zero\n")
     with pytest.raises(SourceError, match=r"val\.txt:1: expected"):
         read_source(listing, categories=cats)
+
+
+def test_a_pathlib_path_is_read_like_its_string(tmp_path):
+    import pathlib
+
+    from features.reader.sources import read_source
+    from tests.imagefolders import make_class_folder
+
+    make_class_folder(tmp_path / "d", per_class=2)
+    as_path, as_str = read_source(pathlib.Path(tmp_path / "d")), read_source(str(tmp_path / "d"))
+    assert as_path.paths == as_str.paths and as_path.kind == as_str.kind == "folder"

@@ -219,6 +219,7 @@ def read_source(path, *, kind="auto", progress=False, **options) -> Manifest:
     Raises:
         SourceError: If the source is missing or malformed, naming the file and line (or row).
     """
+    path = os.fspath(path)  # a pathlib.Path from Python callers: the readers and detectors take strings
     if not fs.is_pattern(path) and not fs.exists(path):
         raise SourceError(f"{path}: no such file or directory")
     given = {k: v for k, v in options.items() if v is not None and v is not False}
