@@ -340,6 +340,7 @@ from pipeline.cli.main import main
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
       file=sys.stderr)
+sys.exit(rc)  # a refused run (exit 1 or 2) must fail the bench with its message, not look like a success
 """
 
 
