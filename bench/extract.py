@@ -23,16 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-#: The store dtype of the end-to-end runs. Seeded random weights give BatchNorm backbones (MobileNetV3,
-#: EfficientNet...) activations below float16's range, which extract refuses to store as zeros.
-STORE_DTYPE = "float32"
-
-
 def run_extract(data: str, out: str, backbone: str, runtime: str, precision: str, batch: int) -> dict:
     """`bneck extract` in a child process; its --json summary plus its own peak RSS."""
     return common.run_bneck_extract(data, out, ["--backbone", backbone, "--weights", "none", "--runtime", runtime,
-                                                "--precision", precision, "--batch-size", str(batch),
-                                                "--store-dtype", STORE_DTYPE])
+                                                "--precision", precision, "--batch-size", str(batch)])
 
 
 def model_ceiling(backbone: str, runtime: str, precision: str, batch: int, seconds: float) -> dict:

@@ -31,7 +31,8 @@ def _one(args) -> dict:
     from features.runner import extract
 
     cfg = ExtractConfig(data=args.data, output=args.output, backbone=args.backbone, input_size=args.input_size,
-                        weights="none", precision=args.precision, store_dtype="float16", batch_size=args.batch,
+                        weights="none", precision=args.precision, store_dtype=common.BENCH_STORE_DTYPE,
+                        batch_size=args.batch,
                         runtime=args.runtime, progress=False)
     t0 = time.perf_counter()
     if args.engine == "local":
