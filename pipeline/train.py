@@ -50,18 +50,6 @@ def head_options(head: str, *, groups=None, specialist_base: str = "ridge", targ
     return options
 
 
-def build_head(head: str, task: str, target_names=None, *, params: dict | None = None, groups=None,
-               specialist_base: str = "ridge", jobs: int = 1, seed: int = 0):
-    """An unfitted head of the registered class ``head``, built from ``bneck train``-style options.
-
-    The class itself checks the task and refuses parameters that do not apply to it.
-    """
-    from pipeline.heads import head_class
-
-    options = head_options(head, groups=groups, specialist_base=specialist_base, target_names=target_names)
-    return head_class(head).build(task, params, seed=seed, jobs=jobs, target_names=target_names, options=options)
-
-
 def _jsonable(params: dict) -> dict:
     out = {}
     for k, v in params.items():
@@ -97,8 +85,11 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
              head, len(data.X), data.n_train_rows, " + mirrored" if data.used_flipped else "",
              data.n_val_rows, data.n_invalid_skipped,
              "" if data.in_memory else " (streaming from HDF5: larger than the memory budget)")
-    est = build_head(head, data.task, data.target_names, params=params, groups=groups,
-                     specialist_base=specialist_base, jobs=jobs, seed=seed)
+    from pipeline.heads import head_class
+
+    options = head_options(head, groups=groups, specialist_base=specialist_base, target_names=data.target_names)
+    est = head_class(head).build(data.task, params, seed=seed, jobs=jobs, target_names=data.target_names,
+                                 options=options)
     extra: dict = {}
     grid_info = None
     grid = grid or est.default_grid(params)  # a value the user gave is never searched over
@@ -127,11 +118,11 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
         png = learning_curve_png(selected.history_)
         if png:
             extra["learning_curve.png"] = png
-    options = head_options(head, specialist_base=specialist_base)
     meta = {
         "head": head,
-        # What the class needs to know before loading (e.g. whether TensorFlow is needed), groups aside.
-        "head_options": options,
+        # What the class needs to know before loading (e.g. whether TensorFlow is needed); the groups
+        # themselves are recorded by name below.
+        "head_options": {k: v for k, v in options.items() if k not in ("groups", "groups_file")},
         "params": _jsonable(est.get_params(deep=False)),
         **meta_core,
         "features": {k: data.attrs[k] for k in PROVENANCE_KEYS if k in data.attrs},

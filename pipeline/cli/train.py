@@ -56,7 +56,9 @@ def add_arguments(p) -> None:
     g.add_argument("--gap", dest="pool", action="store_const", const="gap",
                    help="GlobalAveragePooling instead of Flatten in front of the dense layer")
     g = p.add_argument_group("svm / logreg heads")
-    g.add_argument("--C", type=positive_float, dest="C", help="inverse regularisation strength (default 1.0)")
+    g.add_argument("--C", type=positive_float, dest="C",
+                   help="inverse regularisation strength (default: chosen by CV from 0.01, 0.1, 1 for "
+                        "linear models; 1.0 for --kernel rbf)")
     g.add_argument("--kernel", choices=["linear", "rbf"], help="SVM kernel (default linear: LinearSVC)")
     g.add_argument("--tol", type=positive_float,
                    help="SVM stopping tolerance (default 1e-2 for linear, LIBLINEAR's own; 1e-3 for rbf)")
@@ -68,12 +70,16 @@ def add_arguments(p) -> None:
     g.add_argument("--groups", help="JSON file {group: [target columns]} (default: the six facial-keypoint groups)")
     g.add_argument("--specialist-base", choices=["ridge", "dense"], default="ridge",
                    help="estimator cloned per group (default ridge)")
-    g.add_argument("--alpha", type=positive_float, help="ridge regularisation of the specialists (default 10)")
+    g.add_argument("--alpha", type=positive_float,
+                   help="ridge regularisation of the specialists (default: each group's own, chosen by "
+                        "RidgeCV's leave-one-out from 1e-3 .. 1e6)")
     p.add_argument("--json", action="store_true", help="print model.json's metrics as one JSON object")
 
 
 def _options(args) -> dict:
-    return {"specialist_base": args.specialist_base} if args.head == "specialists" else {}
+    """The build options of the chosen head that the flags set (the class lists those it takes)."""
+    return {"specialist_base": args.specialist_base} if "specialist_base" in head_class(args.head).user_options \
+        else {}
 
 
 def needs_tensorflow(args) -> bool:
@@ -115,7 +121,7 @@ def check(args) -> None:
             raise UsageError(f"--grid: {exc}") from None
     if args.pool == "gap":
         _check_gap(args)
-    if args.head != "specialists" and (args.groups or args.specialist_base != "ridge"):
+    if "groups" not in cls.user_options and (args.groups or args.specialist_base != "ridge"):
         raise UsageError(f"--groups and --specialist-base apply to --head specialists, not --head {args.head}")
 
 
