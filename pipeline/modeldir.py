@@ -333,11 +333,9 @@ def load_model_dir(path, *, trust_pickle: bool = False, scoring: bool = False):
     meta = verify_model_dir(path)
     if scoring and meta.get("head_loader") == "arrays":
         from pipeline.heads.arrays import ARRAYS_FILE, PARAMS_FILE, LinearScorer
-
-        for name in (ARRAYS_FILE, PARAMS_FILE):
-            if name not in meta["files"]:
-                raise ModelDirError(f"{path}: {name} is not listed in {MODEL_JSON}")
         from pipeline.heads.base import UnsafeHeadFile
+
+        _check_listed(path, meta, (ARRAYS_FILE, PARAMS_FILE))
 
         try:
             return LinearScorer.from_dir(path, str(meta.get("head"))), meta
@@ -355,17 +353,22 @@ def load_model_dir(path, *, trust_pickle: bool = False, scoring: bool = False):
     if cls.runs_code and not trust_pickle:
         raise ModelDirError(pickle_refusal(path, cls.saved_files[0]))
     try:
-        for name in cls.files_to_read(path):  # an unlisted file was never checked: refuse to read it
-            if name not in meta["files"]:
-                raise ModelDirError(f"{path}: {name} is not listed in {MODEL_JSON}")
+        _check_listed(path, meta, cls.files_to_read(path))
         head = cls.load(path)
     except UnsafeHeadFile as exc:
         raise ModelDirError(str(exc)) from None
     return head, meta
 
 
+def _check_listed(path, meta: dict, names) -> None:
+    """Refuse to read a head file that model.json does not list: its sha256 was never checked."""
+    for name in names:
+        if name not in meta["files"]:
+            raise ModelDirError(f"{path}: {name} is not listed in {MODEL_JSON}")
+
+
 def upgrade_model_dir(path, *, trust_pickle: bool = False, output=None, overwrite: bool = False) -> dict:
-    """Rewrite a model directory whose head is a pickle (``head.joblib``) in the safe format (``head.skops``).
+    """Rewrite a model directory whose head is a pickle (``head.joblib``) in its class's safe format.
 
     Loading the pickle runs its code, so this needs ``trust_pickle=True`` like any other load of it.
     The head is written with its class's own ``save``, read back the safe way and checked to predict

@@ -96,10 +96,16 @@ class LinearScorer:
         return self.classes_[(d > 0).astype(int) if d.ndim == 1 else d.argmax(axis=1)]
 
     def predict_proba(self, X) -> np.ndarray:
-        d = self.decision_function(X)
-        if d.ndim == 1:
-            p = 1.0 / (1.0 + np.exp(-d))
-            return np.column_stack([1.0 - p, p])
-        z = d - d.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return decision_to_proba(self.decision_function(X))
+
+
+def decision_to_proba(d: np.ndarray) -> np.ndarray:
+    """Class scores from a linear decision function: ``[1 - sigmoid(d), sigmoid(d)]`` for two classes
+    (equal to ``softmax([0, d])``), else the row-wise softmax, shifted by the row max so large margins
+    don't overflow."""
+    if d.ndim == 1:
+        p = 1.0 / (1.0 + np.exp(-d))
+        return np.column_stack([1.0 - p, p])
+    z = d - d.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -21,7 +21,7 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .arrays import ARRAYS_FILE, PARAMS_FILE, read_linear, write_linear
+from .arrays import ARRAYS_FILE, PARAMS_FILE, decision_to_proba, read_linear, write_linear
 from .base import SKOPS_FILE, Head, dense_on_features, type_name
 
 __all__ = ["SVMHead", "LogRegHead", "grid_search", "parse_grid", "as_array", "as_2d", "check_features", "BLAS_THREADS",
@@ -85,13 +85,6 @@ def check_features(est, X, y="no_validation", *, reset):
         raise ValueError(f"Expected 2D array, got {a.ndim}D array instead: features are rows of shape (N, F...); "
                          "Reshape your data with X.reshape(1, -1) for a single sample")
     return validate_data(est, a.reshape(len(a), -1), y, reset=reset)
-
-
-def _softmax(z):
-    """Row-wise softmax, shifted by the row max so large margins don't overflow."""
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class _LinearHead(Head, ClassifierMixin, BaseEstimator):
@@ -275,11 +268,7 @@ class SVMHead(_LinearHead):
 
     def predict_proba(self, X):
         """Approximate, uncalibrated scores: softmax of the decision function, (N, n_classes)."""
-        d = self.decision_function(X)
-        if d.ndim == 1:  # binary: softmax([0, d]) == [1 - sigmoid(d), sigmoid(d)]
-            p1 = 1.0 / (1.0 + np.exp(-d))
-            return np.column_stack([1.0 - p1, p1])
-        return _softmax(d)
+        return decision_to_proba(self.decision_function(X))
 
 
 class LogRegHead(_LinearHead):
