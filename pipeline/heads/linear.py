@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .arrays import ARRAYS_FILE, PARAMS_FILE, decision_to_proba, read_linear, write_linear
 from .base import SKOPS_FILE, Head, dense_on_features, type_name
@@ -39,12 +39,20 @@ DEFAULT_C = (0.01, 0.1, 1.0)
 BLAS_THREADS = 1
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    # Finding the loaded BLAS libraries walks every shared object in the process: ~4 ms once scipy
+    # and scikit-learn are loaded, paid on each fit/predict call (21 in a default C search) by a fresh
+    # threadpool_limits. The libraries are all loaded by the time a head runs, so one lookup serves.
+    return ThreadpoolController()
+
+
 def single_blas(method):
     """Decorator: run `method` with BLAS limited to :data:`BLAS_THREADS` threads."""
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        with _blas_controller().limit(limits=BLAS_THREADS, user_api="blas"):
             return method(*args, **kwargs)
 
     return wrapper
