@@ -34,6 +34,19 @@ def test_memory_folder_of_images(memfs):
     assert read_source(f"memory://{root}/photos").fingerprint() != before
 
 
+def test_memory_class_folders_in_keras_order(memfs):
+    mem, root = memfs
+    for name in ("dog/b.png", "cat/z.png", "cat/sub/a.png", "cat/.hidden.png", "README.md", ".git/x.png"):
+        mem.pipe(f"{root}/data/{name}", png_bytes(len(name)))
+    m = read_source(f"memory://{root}/data")
+    assert m.kind == "folder" and m.class_names == ["cat", "dog"]
+    # by folder path, then file name: what walk_files gives for the same tree on the local disk
+    assert m.paths == ["cat/z.png", "cat/sub/a.png", "dog/b.png"] and m.labels.tolist() == [0, 0, 1]
+    assert images.decode(m.source(2), (32, 32))[2] == ""
+    mem.pipe(f"{root}/data/top.png", png_bytes(7))  # an image beside the subfolders: a folder of images
+    assert read_source(f"memory://{root}/data").kind == "images"
+
+
 def test_memory_csv_with_image_root_and_a_missing_object(memfs):
     mem, root = memfs
     mem.pipe(f"{root}/img/a.png", png_bytes(1))

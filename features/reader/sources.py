@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import inspect
 import os
+import posixpath
 import re
 import warnings
 from dataclasses import dataclass
@@ -44,7 +45,9 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infin
 
 
 def read_folder(path):
-    """Read a Keras ``flow_from_directory`` layout ``DATA/<class>/<image>``."""
+    """Read a Keras ``flow_from_directory`` layout ``DATA/<class>/<image>``, on the local disk or a URL."""
+    if fs.is_url(path):
+        return _read_url_folder(path)
     root = os.path.abspath(path)
     entries = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
     classes = [n for n in entries if os.path.isdir(os.path.join(root, n))]
@@ -62,6 +65,20 @@ def read_folder(path):
         raise SourceError(f"{path}: the class subfolders contain no files")
     return Manifest("folder", root, paths, labels=np.array(labels, np.int64),
                     class_names=classes, **file_rows(root, paths))
+
+
+def _read_url_folder(path):
+    """Class folders on an object store, where "folders" are key prefixes: one listing gives every key."""
+    root = fs.absolute(path)
+    rels = [r for r in fs.list_files(path, recursive=True) if "/" in r]  # Keras ignores top-level files
+    if not rels:
+        raise SourceError(f"{path}: no class subfolders found (expected DATA/<class>/<image>)")
+    # Keras' order, as walk_files gives it locally: by class, then folder path, then file name.
+    rels.sort(key=lambda r: (r.split("/", 1)[0], posixpath.dirname(r), posixpath.basename(r)))
+    classes = sorted({r.split("/", 1)[0] for r in rels})
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([index[r.split("/", 1)[0]] for r in rels], np.int64)
+    return Manifest("folder", root, rels, labels=labels, class_names=classes, **file_rows(root, rels))
 
 
 def read_csv(path, *, image_root=None, path_column=None, label_column=None, target_columns=None):
@@ -169,8 +186,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def _has_class_folders(path, options) -> bool:
     """Subfolders and no images beside them (Keras ignores top-level files, so a stray README still is one)."""
-    if options.get("recursive") or not fs.isdir(path) or fs.is_url(path):
+    if options.get("recursive") or not fs.isdir(path):
         return False
+    if fs.is_url(path):
+        rels = fs.list_files(path, recursive=True)
+        if any("/" not in r and r.lower().endswith(IMAGE_SUFFIXES) for r in rels):
+            return False
+        return any("/" in r for r in rels)
     entries = [e for e in os.scandir(path) if not e.name.startswith(".")]
     if any(e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) for e in entries):
         return False  # photos/ with a subfolder or two: a folder of images, not classes
