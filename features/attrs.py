@@ -112,7 +112,8 @@ def check_shapes(f, attrs: dict, where, *, error=ValueError, rows: bool = True) 
     ``feature_shape`` (when recorded) is the per-row shape of ``features`` and ``features_flipped``;
     pooling ``avg``/``max`` means vectors; ``row_stop - row_start`` and ``n_rows`` (of an unsharded
     file) are the row count; ``targets`` has one column per ``target_names``; every label indexes
-    ``class_names``. ``rows=False`` leaves the row counts to the caller (``bneck merge`` names the shard).
+    ``class_names``; ``groups`` (optional) is one string per row with a short string attr ``group_by``.
+    ``rows=False`` leaves the row counts to the caller (``bneck merge`` names the shard).
     """
     if "features" not in f:
         return
@@ -139,6 +140,8 @@ def check_shapes(f, attrs: dict, where, *, error=ValueError, rows: bool = True) 
         if len(shape) != 2 or (names and len(names) != shape[1]):
             raise error(f"{where}: dataset 'targets' has shape {shape}, expected (rows, {len(names)}) for its "
                         "target_names")
+    if "groups" in f:
+        _check_groups(f["groups"], n, where, error)
     if "labels" in f:
         names = plain(f["labels"].attrs.get("class_names", []))
         if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
@@ -151,3 +154,21 @@ def check_shapes(f, attrs: dict, where, *, error=ValueError, rows: bool = True) 
         if used.size and (used.min() < 0 or used.max() >= len(names)):
             raise error(f"{where}: dataset 'labels' holds {int(used.min())}..{int(used.max())} but there are "
                         f"{len(names)} class_names")
+
+
+#: Longest ``group_by`` attr of the ``groups`` dataset accepted (bneck writes a word or a CSV column name).
+MAX_GROUP_BY = 64
+
+
+def _check_groups(ds, n: int, where, error) -> None:
+    """``groups``: (n,) strings with a ``group_by`` string attr; anything else is refused before it is read."""
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset) or ds.shape != (n,) or h5py.check_string_dtype(ds.dtype) is None:
+        shape = getattr(ds, "shape", None)
+        raise error(f"{where}: dataset 'groups' must hold one string per row ({n}); found "
+                    f"{getattr(ds, 'dtype', type(ds).__name__)}{shape}")
+    by = read_checked_attrs(ds, f"{where}: dataset 'groups'", error=error).get("group_by")  # sizes first
+    if not isinstance(by, str) or not by or len(by) > MAX_GROUP_BY:
+        raise error(f"{where}: dataset 'groups' needs a group_by attr (what the groups are, e.g. 'video') of "
+                    f"1 to {MAX_GROUP_BY} characters; found {by!r}"[:300])

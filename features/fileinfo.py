@@ -56,6 +56,11 @@ def describe_file(path: str, *, max_bad: int = 20) -> dict:
             names = [plain(x) for x in f["labels"].attrs.get("class_names", [])]
             counts = np.bincount(labels[valid], minlength=len(names)) if len(names) else []
             info["classes"] = {str(nm): int(c) for nm, c in zip(names, counts)}
+        if "groups" in f:  # near-duplicates (frames of one video): stage two splits by them
+            per_group = collections.Counter(f["groups"].asstr()[()].tolist())
+            info["groups"] = {"by": plain(f["groups"].attrs["group_by"]), "count": len(per_group),
+                              "rows_min": min(per_group.values(), default=0),
+                              "rows_max": max(per_group.values(), default=0)}
         if "targets" in f:
             t = f["targets"][()]
             names = [plain(x) for x in f["targets"].attrs.get("target_names", [])]
@@ -84,6 +89,10 @@ def format_info(info: dict) -> str:
         lines.append(f"    {name:18s} {str(tuple(d['shape'])):22s} {d['dtype']}")
     if "classes" in info:
         lines.append("  classes: " + ", ".join(f"{k}={v}" for k, v in info["classes"].items()))
+    if "groups" in info:
+        g = info["groups"]
+        lines.append(f"  groups: {g['count']} by {g['by']} ({g['rows_min']}-{g['rows_max']} rows each); "
+                     "validation splits keep each one on one side")
     if "targets_present" in info:
         lines.append(f"  rows with every target: {info['rows_with_all_targets']}")
     if info["bad"]:

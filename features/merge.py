@@ -26,7 +26,7 @@ from features.reader.manifest import parse_shard, shard_bounds
 from features.writer.finished import PRODUCER, partial_dir
 
 DATASETS = ("features", "features_flipped", "labels", "targets", "targets_flipped", "paths", "valid",
-            "reason", "image_size")
+            "reason", "image_size", "groups")
 _PER_SHARD = {"shard", "row_start", "row_stop", "created", "settings_json", "complete"}
 # How each shard ran (its device, compute batch after OOM back-off, decode threads): per worker,
 # so shards may differ, and the merged file keeps none of them.

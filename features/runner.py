@@ -264,6 +264,8 @@ def _finish(cfg, manifest, start, stop, pstore, extractor, spec, settings, winfo
     if manifest.labels is not None:
         row_data["labels"] = (np.asarray(manifest.labels[start:stop], dtype=np.int64),
                               {"class_names": list(manifest.class_names)})
+    if manifest.groups is not None:  # what stage two keeps on one side of a validation split
+        row_data["groups"] = (partial.string_array(manifest.groups[start:stop]), {"group_by": manifest.group_by})
     if manifest.targets is not None:
         targets = np.asarray(manifest.targets[start:stop], dtype=np.float32)
         names = list(manifest.target_names or [])

@@ -96,9 +96,11 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
     if grid:
         from pipeline.heads import grid_search
 
-        search = grid_search(est, grid, data.X, data.y, cv=cv, n_jobs=jobs, groups=image_groups(data))
+        folds, cv_record = data.cv_folds(cv, seed=seed)  # by group (video) when the file has groups
+        search = grid_search(est, grid, data.X, data.y, cv=folds or cv, n_jobs=jobs, groups=image_groups(data))
         est = search.best_estimator_
-        grid_info = {"best_params": _jsonable(search.best_params_), "best_cv_score": float(search.best_score_)}
+        grid_info = {"best_params": _jsonable(search.best_params_), "best_cv_score": float(search.best_score_),
+                     "cv_folds": cv_record or {"grouped": False, "by": "image"}}
         extra["grid_results.csv"] = _grid_csv(search)
         log.info("grid search: best %s (cv score %.4f)", search.best_params_, search.best_score_)
     elif est.uses_validation:
@@ -128,6 +130,8 @@ def train(features, output, *, head: str = "dense", pooling: str = "none", use_f
         "features": {k: data.attrs[k] for k in PROVENANCE_KEYS if k in data.attrs},
         "training": {"features_file": str(features), "val_file": str(val) if val else None,
                      "val_split": None if val else val_split, "seed": seed, "used_flipped": data.used_flipped,
+                     # What stays on one side of the split: an image with its mirror, or a whole group (video).
+                     "split": data.split,
                      "n_train_rows": data.n_train_rows, "n_val_rows": data.n_val_rows,
                      "n_training_samples": len(data.X), "n_invalid_skipped": data.n_invalid_skipped,
                      "n_missing_targets_skipped": getattr(data, "n_missing_targets_skipped", 0),

@@ -13,13 +13,14 @@ def write_feature_file(path, *, n: int = 20, shape=(3, 3, 4), task: str = "class
                        store_dtype: str = "float16", pooling: str | None = None,
                        invalid=(), nan_target_rows=(), labels=None, targets=None,
                        class_names=None, target_names=None, seed: int = 0,
-                       complete: bool = True, **attrs) -> dict:
+                       complete: bool = True, groups=None, group_by: str = "video", **attrs) -> dict:
     """Write a small feature file at ``path`` and return what was written as numpy arrays.
 
     ``shape`` is the per-row feature shape ((h, w, c) map or (c,) pooled); ``pooling``
     defaults to "none" for maps and "avg" for vectors. ``invalid`` lists rows marked
     valid=False (features zeroed, image_size 0). ``nan_target_rows`` get all-NaN targets
-    (regression). Extra keyword arguments override root attrs (e.g. ``producer="x"``,
+    (regression). ``groups`` (one string per row) writes the ``groups`` dataset with attr ``group_by``.
+    Extra keyword arguments override root attrs (e.g. ``producer="x"``,
     ``format_version=2``, ``backbone="other"``); pass ``attr=None`` to delete one.
 
     Returns a dict with ``features`` / ``features_flipped`` (float32 copies of the *stored*
@@ -82,6 +83,9 @@ def write_feature_file(path, *, n: int = 20, shape=(3, 3, 4), task: str = "class
                 out["targets_flipped"] = t_flip
             out.update(targets=targets, target_names=list(names))
         h5.create_dataset("paths", data=out["paths"], dtype=_STR)
+        if groups is not None:
+            h5.create_dataset("groups", data=list(groups), dtype=_STR).attrs["group_by"] = group_by
+            out["groups"] = list(groups)
         h5.create_dataset("valid", data=valid)
         h5.create_dataset("reason", data=["" if v else "unreadable" for v in valid], dtype=_STR)
         size = np.where(valid[:, None], np.array([[48, 64]]), 0).astype(np.int32)

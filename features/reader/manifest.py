@@ -37,6 +37,10 @@ class Manifest:
             decoder takes, read in the decode thread) and ``fingerprint_bytes()`` (sizes and
             etags/mtimes of the files behind the rows), e.g. :class:`features.reader.fs.Blob` rows
             of an fsspec folder, tar members, parquet cells.
+        groups: Per row, the group it belongs to (the video a frame came from, a CSV's
+            ``--group-column``): rows of one group are near-duplicates, which stage two keeps on one
+            side of every validation split. None: every row stands alone.
+        group_by: What the groups are (``"video"``, the CSV column's name); set with ``groups``.
     """
 
     kind: str
@@ -49,6 +53,8 @@ class Manifest:
     inline: np.ndarray | None = None
     row_errors: dict[int, str] = field(default_factory=dict)
     blobs: object | None = None
+    groups: list[str] | None = None
+    group_by: str | None = None
 
     def __post_init__(self):
         """Normalise dtypes and check that all per-row arrays agree on N."""
@@ -79,6 +85,14 @@ class Manifest:
             if self.inline.ndim != 3 or self.inline.shape[0] != n:
                 raise ValueError(f"inline images must have shape ({n}, H, W), got {self.inline.shape}")
         self.row_errors = {int(k): str(v) for k, v in self.row_errors.items()}
+        if (self.groups is None) != (self.group_by is None):
+            raise ValueError("groups and group_by are given together")
+        if self.groups is not None:
+            self.groups = [str(g) for g in self.groups]
+            if len(self.groups) != n:
+                raise ValueError(f"groups has {len(self.groups)} rows but paths has {n}")
+            if not all(self.groups):
+                raise ValueError("every row's group must be a non-empty string")
 
     @property
     def task(self) -> str:
@@ -103,7 +117,8 @@ class Manifest:
         """Return a sha256 hex digest that changes whenever any input of the manifest changes.
 
         The digest covers the kind, the row ids, labels or targets, class and target
-        names and, for file rows, each file's size and ``mtime_ns`` (``-1`` for a
+        names, the groups (only when there are any, so a manifest without them keeps its
+        old digest) and, for file rows, each file's size and ``mtime_ns`` (``-1`` for a
         missing file); for inline images it covers the pixel bytes; for blob rows (fsspec,
         tar shards, parquet) the sizes and etags (or mtimes) the filesystem offers.  ``root`` is
         deliberately left out so a dataset moved with its timestamps preserved
@@ -127,6 +142,8 @@ class Manifest:
             t = np.where(np.isnan(t), np.float32(np.nan), t).astype("<f4")
             _feed(h, b"targets", repr(t.shape).encode() + t.tobytes())
             _feed(h, b"target_names", b"".join(_lp(_enc(c)) for c in self.target_names))
+        if self.groups is not None:
+            _feed(h, b"groups", _lp(_enc(self.group_by)) + b"".join(_lp(_enc(g)) for g in self.groups))
         if self.inline is not None:
             _feed(h, b"inline", repr(self.inline.shape).encode()
                   + hashlib.sha256(np.ascontiguousarray(self.inline).tobytes()).digest())

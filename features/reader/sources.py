@@ -33,6 +33,7 @@ from . import fs
 from .base import file_rows, parse_floats, read_table, root_of, sorted_classes
 from .datasets import read_kaggle_keypoints, read_places365
 from .errors import SourceError
+from .groups import check_group_by, read_groups_file
 from .manifest import Manifest
 from .parquet import read_parquet
 from .unlabelled import read_images, read_list
@@ -45,7 +46,11 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infin
 
 
 def read_folder(path):
-    """Read a Keras ``flow_from_directory`` layout ``DATA/<class>/<image>``, on the local disk or a URL."""
+    """Read a Keras ``flow_from_directory`` layout ``DATA/<class>/<image>``, on the local disk or a URL.
+
+    A local ``DATA/.bneck-groups.csv`` (written by ``bneck frames``: :mod:`features.reader.groups`) gives
+    every row its group, the video it came from.
+    """
     if fs.is_url(path):
         return _read_url_folder(path)
     root = os.path.abspath(path)
@@ -63,8 +68,10 @@ def read_folder(path):
         labels += [label] * len(found)
     if not paths:
         raise SourceError(f"{path}: the class subfolders contain no files")
+    groups = read_groups_file(root, paths)
     return Manifest("folder", root, paths, labels=np.array(labels, np.int64),
-                    class_names=classes, **file_rows(root, paths))
+                    class_names=classes, **file_rows(root, paths),
+                    **({"groups": groups[0], "group_by": groups[1]} if groups else {}))
 
 
 def _read_url_folder(path):
@@ -81,11 +88,21 @@ def _read_url_folder(path):
     return Manifest("folder", root, rels, labels=labels, class_names=classes, **file_rows(root, rels))
 
 
-def read_csv(path, *, image_root=None, path_column=None, label_column=None, target_columns=None):
-    """Read a CSV of image paths with a label column, numeric target columns, or nothing else (task ``none``)."""
+def read_csv(path, *, image_root=None, path_column=None, label_column=None, target_columns=None,
+             group_column=None):
+    """Read a CSV of image paths with a label column, numeric target columns, or nothing else (task ``none``).
+
+    ``group_column`` names a column whose equal values mark near-duplicate rows (one subject, one video,
+    one scene): stage two keeps each group on one side of a validation split. It is never detected.
+    """
     header, rows = read_table(path)
     root = root_of(path, image_root)
     pcol = _pick_column(path, header, path_column, PATH_COLUMNS, "path")
+    grouped, gcol = {}, None
+    if group_column is not None:
+        gcol = _pick_column(path, header, group_column, (), "group")
+        grouped = {"groups": _cells(path, header, rows, gcol, "group"),
+                   "group_by": check_group_by(header[gcol], where=path)}
     if label_column is not None and target_columns is not None:
         raise SourceError(f"{path}: give either a label column or target columns, not both")
     lcol = None
@@ -99,22 +116,27 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
         classes = sorted_classes(values)
         index = {c: k for k, c in enumerate(classes)}
         return Manifest("csv", root, paths, labels=np.array([index[v] for v in values], np.int64),
-                        class_names=classes, **files)
-    if target_columns is None and len(header) == 1:
-        return Manifest("csv", root, paths, **files)  # a path column and nothing else: images to predict on
+                        class_names=classes, **files, **grouped)
+    if target_columns is None and len(header) == 1 + bool(grouped):
+        # A path column and nothing else (but groups): images to predict on.
+        return Manifest("csv", root, paths, **files, **grouped)
     if target_columns is not None:
         tcols = [_pick_column(path, header, c, (), "target") for c in target_columns]
     else:
         # Auto: every other column holding at least one number; it must then be all numbers.
-        tcols = [j for j in range(len(header)) if j != pcol and any(_NUMBER.fullmatch(row[j].strip())
-                                                                   for _, row in rows)]
+        skip = {pcol, gcol}  # a subject number is a group, not a target
+        tcols = [j for j in range(len(header)) if j not in skip and any(_NUMBER.fullmatch(row[j].strip())
+                                                                        for _, row in rows)]
         if not tcols:
             raise SourceError(f"{path}: no label column ({'/'.join(LABEL_COLUMNS)}) and no numeric "
                               f"target columns; name them with --label-column or --target-columns")
     targets = parse_floats(path, header, rows, tcols)
     for i in np.flatnonzero(np.isnan(targets).all(axis=1)):
         errors.setdefault(int(i), "no_targets")
-    return Manifest("csv", root, paths, targets=targets, target_names=[header[j] for j in tcols], **files)
+    if gcol in tcols:
+        raise SourceError(f"{path}: column {group_column!r} cannot be both a target and the group column")
+    return Manifest("csv", root, paths, targets=targets, target_names=[header[j] for j in tcols], **files,
+                    **grouped)
 
 
 # ---------------------------------------------------------------- the registry

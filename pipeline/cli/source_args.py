@@ -20,6 +20,9 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-column", help="CSV or parquet column holding class labels (default: detect)")
     g.add_argument("--target-columns", help="comma-separated numeric CSV or parquet columns, or webdataset json "
                                             "fields, to regress (default: all numeric CSV columns)")
+    g.add_argument("--group-column", help="CSV column whose equal values mark near-duplicates (one subject, video or "
+                                           "scene); `bneck train` keeps each group on one side of its validation "
+                                           "splits (default: none; a `bneck frames` folder has its videos already)")
     g.add_argument("--recursive", action="store_true", default=None,
                    help="a folder of images without classes: take the files in its subfolders too")
     g.add_argument("--label-key", help="webdataset: the .json field holding each sample's class (default: .cls)")
@@ -31,7 +34,8 @@ def source_options(args: argparse.Namespace, *, drop_unset: bool = False) -> dic
     options = {"kind": args.source_kind, "categories": args.categories, "image_root": args.image_root,
                "path_column": args.path_column, "label_column": args.label_column,
                "target_columns": args.target_columns.split(",") if args.target_columns else None,
-               "recursive": args.recursive, "label_key": args.label_key, "image_column": args.image_column}
+               "group_column": args.group_column, "recursive": args.recursive, "label_key": args.label_key,
+               "image_column": args.image_column}
     return {k: v for k, v in options.items() if v is not None} if drop_unset else options
 
 

@@ -78,7 +78,7 @@ class FeatureFile:
         task = plain(attrs.get("task", "classification"))
         need = ["valid"] + {"classification": ["labels"], "regression": ["targets"]}.get(task, [])
         for name in ("features_flipped", "targets_flipped", "valid", "labels", "targets",
-                     "paths", "reason", "image_size"):
+                     "paths", "reason", "image_size", "groups"):
             if name in self._h5 and self._h5[name].shape[0] != n:
                 raise FeatureFileError(
                     f"{where}: dataset {name!r} has {self._h5[name].shape[0]} rows, "
@@ -171,6 +171,18 @@ class FeatureFile:
         if "paths" not in self._h5:
             return [""] * self.n_rows
         return [str(p) for p in self._h5["paths"].asstr()[()]]
+
+    @property
+    def groups(self) -> list[str] | None:
+        """Per row, its group of near-duplicates (the video a frame came from), or None without groups."""
+        if "groups" not in self._h5:
+            return None
+        return [str(g) for g in self._h5["groups"].asstr()[()]]
+
+    @property
+    def group_by(self) -> str | None:
+        """What the groups are (``"video"``, a CSV column's name), or None without groups."""
+        return str(plain(self._h5["groups"].attrs["group_by"])) if "groups" in self._h5 else None
 
     @property
     def reasons(self) -> list[str]:

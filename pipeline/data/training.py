@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.data.featurefile import COMPAT_KEYS, FeatureFile, check_compatible
 from pipeline.data.keypoint_frame import into_frame, training_frame
+from pipeline.data.splits import group_codes, grouped_cv_folds, grouped_train_val_split, train_val_split
 from pipeline.data.views import ConcatView, FeatureFileError, FeatureView, batch_indices, total_nbytes
 
 __all__ = [
@@ -59,52 +60,6 @@ def parse_bytes(text) -> int:
     return int(value * _UNITS[unit])
 
 
-def train_val_split(n_or_labels, val_split: float, *, stratify: bool, seed=0):
-    """Deterministically split source rows into sorted (train_rows, val_rows) position arrays.
-
-    ``n_or_labels`` is a row count or an array of class labels (one per source row); returned
-    positions index it. ``val_split`` is the validation fraction in [0, 1). With ``stratify``
-    (labels required) every class keeps its proportion on both sides (largest-remainder
-    allocation, so the total matches ``val_split`` even with many small classes); classes with
-    a single member always go to training. The split is by source row: flipped copies are
-    appended later, so an image and its mirror can never land on different sides.
-    """
-    if isinstance(n_or_labels, (int, np.integer)):
-        n, labels = int(n_or_labels), None
-    else:
-        labels = np.asarray(n_or_labels)
-        n = len(labels)
-    if not 0 <= val_split < 1:
-        raise ValueError(f"val_split must be in [0, 1), got {val_split!r}")
-    if stratify and labels is None:
-        raise ValueError("stratify=True needs labels, not a row count")
-    empty = np.zeros(0, np.int64)
-    if n < 2 or val_split == 0:
-        return np.arange(n, dtype=np.int64), empty
-    rng = np.random.default_rng(seed)
-    n_val = min(max(int(round(val_split * n)), 1), n - 1)
-    if not stratify:
-        val = rng.permutation(n)[:n_val]
-    else:
-        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-        cap = np.where(counts >= 2, counts - 1, 0)  # keep >= 1 member of each class in training
-        n_val = min(n_val, int(cap.sum()))
-        ideal = val_split * counts
-        alloc = np.minimum(np.floor(ideal), cap).astype(np.int64)
-        # Hand out the rows lost to flooring by largest remainder; random tie-break by seed.
-        order = np.lexsort((rng.random(len(classes)), -(ideal - alloc)))
-        remaining = n_val - int(alloc.sum())
-        while remaining > 0:
-            for c in order:
-                if remaining > 0 and alloc[c] < cap[c]:
-                    alloc[c] += 1
-                    remaining -= 1
-        val = np.concatenate([rng.permutation(np.flatnonzero(inverse == c))[:alloc[c]]
-                              for c in range(len(classes))])
-    val = np.sort(val.astype(np.int64))
-    return np.setdiff1d(np.arange(n, dtype=np.int64), val), val
-
-
 @dataclass
 class TrainingData:
     """Training/validation features and targets, as returned by :func:`load_training_data`.
@@ -120,6 +75,9 @@ class TrainingData:
     ``attrs`` is the provenance (root attrs) of the training feature file. ``target_frame``
     ([height, width]) is the pixel frame regression targets are in (see
     :func:`pipeline.data.keypoint_frame.training_frame`), None for classification.
+    ``groups`` (int codes, one per training sample: a mirror shares its original's) and ``group_by``
+    come from the file's ``groups`` dataset (None without one); ``split`` records how the validation
+    rows were drawn (:func:`pipeline.data.splits.grouped_train_val_split`; None with a ``val`` file).
     """
 
     X: object = field(repr=False)
@@ -139,6 +97,20 @@ class TrainingData:
     pooling: str = "none"
     path: str = ""
     target_frame: list[int] | None = None
+    groups: np.ndarray | None = field(default=None, repr=False)
+    group_by: str | None = None
+    split: dict | None = None
+
+    def cv_folds(self, cv: int, *, seed=0):
+        """``(folds, record)``: CV folds over the training samples that keep each group in one fold.
+
+        ``(None, None)`` without groups (the caller's folds by image apply); ``(None, record)`` when grouped
+        folds are impossible, with the record's warning (:func:`pipeline.data.splits.grouped_cv_folds`).
+        """
+        if self.groups is None:
+            return None, None
+        return grouped_cv_folds(self.y, self.groups, cv, classifier=self.task == "classification", seed=seed,
+                                by=self.group_by)
 
     def close(self) -> None:
         """Close the HDF5 handles of lazy views (no-op for in-memory data)."""
@@ -237,7 +209,7 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
         if len(src) == 0:
             raise FeatureFileError(f"{f.path}: no usable rows ({n_invalid} invalid, "
                                    f"{n_missing} without targets)")
-        X_val = y_val = None
+        X_val = y_val = split = None
         if val is not None:
             train_rows = src
             with FeatureFile(val) as vf:
@@ -248,15 +220,17 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
                 if len(val_rows):
                     X_val, y_val = vf.view(val_rows, pooling=pooling), _y(vf, frame=frame)[val_rows]
         else:
-            tr, va = train_val_split(y_all[src] if cls else len(src), val_split,
-                                     stratify=cls, seed=seed)
+            split = _split(f, y_all[src] if cls else len(src), src, val_split, stratify=cls, seed=seed)
+            tr, va = split.pop("train"), split.pop("val")
             train_rows, val_rows = src[tr], src[va]
             if len(val_rows):
                 X_val, y_val = f.view(val_rows, pooling=pooling), y_all[val_rows]
         X, y = f.view(train_rows, pooling=pooling), y_all[train_rows]
+        groups = None if f.groups is None else group_codes(f.groups)[train_rows]
         if use_flipped:
             X = ConcatView([X, f.view(train_rows, flipped=True, pooling=pooling)])
             y = np.concatenate([y, _y(f, flipped=True, frame=frame)[train_rows]])
+            groups = None if groups is None else np.concatenate([groups, groups])  # a mirror keeps its group
         nbytes = total_nbytes(X, X_val)
         in_memory = nbytes <= budget
         log.info("%s: %d training rows%s, %d validation rows, %.1f MiB of float32 features: %s",
@@ -275,7 +249,33 @@ def load_training_data(path, *, pooling: str = "none", use_flipped: bool | None 
             target_names=None if cls else f.target_names, attrs=f.attrs,
             n_invalid_skipped=n_invalid, n_train_rows=len(train_rows), n_val_rows=len(val_rows),
             used_flipped=bool(use_flipped), in_memory=in_memory,
-            n_missing_targets_skipped=n_missing, pooling=pooling, path=os.fspath(path), target_frame=frame)
+            n_missing_targets_skipped=n_missing, pooling=pooling, path=os.fspath(path), target_frame=frame,
+            groups=groups, group_by=f.group_by, split=split)
+
+
+def _split(f: FeatureFile, labels, src, val_split, *, stratify, seed) -> dict:
+    """The hold-out split of the usable rows ``src``: by group when the file has groups, else by image.
+
+    Returns the record for model.json plus ``train``/``val`` positions into ``src``; class indices in the
+    record become class names, and classes the split could not validate are warned about.
+    """
+    if f.groups is None:  # an image and its mirror stay together: the mirror is appended to training later
+        tr, va = train_val_split(labels, val_split, stratify=stratify, seed=seed)
+        return {"train": tr, "val": va, "grouped": False, "by": "image"}
+    groups = np.asarray(f.groups, dtype=object)[src]
+    tr, va, record = grouped_train_val_split(labels, val_split, groups=groups, stratify=stratify, seed=seed,
+                                             by=f.group_by)
+    names = [f.class_names[c] for c in record["classes_not_validated"]] if stratify else []
+    record["classes_not_validated"] = names
+    if names and len(va):
+        shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+        log.warning("%s: %d of %d classes come from a single %s each (%s): they stay in training, and the "
+                    "validation score says nothing about them", f.path, len(names), len(f.class_names), f.group_by,
+                    shown)
+    elif record["grouped"] and len(va):
+        log.info("%s: validation split by %s: %d of %d %ss held out (%.1f%% of the rows)", f.path, f.group_by,
+                 record["n_val_groups"], record["n_groups"], f.group_by, 100 * record["val_fraction"])
+    return {"train": tr, "val": va, **record}
 
 
 def make_tf_dataset(path, *, rows=None, flipped: bool = False, pooling: str = "none",

@@ -168,7 +168,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
     Returns the saved model.json content.
     """
     from features.reader.sources import read_source
-    from pipeline.data.training import train_val_split
+    from pipeline.data.splits import grouped_train_val_split, train_val_split
     from pipeline.evaluate import metrics_for
     from pipeline.heads.dense_fit import masked_mae, masked_mse
     from pipeline.modeldir import check_writable, save_model_dir
@@ -200,12 +200,18 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
 
     x, hw, rows, bad = decode_rows(man, size)
     y = targets_for(man, meta, rows)
+    split = None
     if val:
         xv, hwv, vrows, _ = decode_rows(vman, size)
         yv = targets_for(vman, meta, vrows)
     else:
-        tr, va = train_val_split(y if task == "classification" else len(y), val_split,
-                                 stratify=task == "classification", seed=seed)
+        cls = task == "classification"
+        if man.groups is not None:  # frames of one video: all on one side (pipeline.data.splits)
+            tr, va, split = grouped_train_val_split(y if cls else len(y), val_split, stratify=cls, seed=seed,
+                                                    groups=np.asarray(man.groups, dtype=object)[rows], by=man.group_by)
+            split["classes_not_validated"] = [meta["class_names"][c] for c in split["classes_not_validated"]]
+        else:
+            tr, va = train_val_split(y if cls else len(y), val_split, stratify=cls, seed=seed)
         x, hw, y, xv, hwv, yv = x[tr], hw[tr], y[tr], x[va], hw[va], y[va]
     # The head predicts in its training frame: targets of other-sized images are moved into it.
     yv_pixels, y, yv = yv, to_frame(meta, y, hw), to_frame(meta, yv, hwv)
@@ -271,6 +277,7 @@ def finetune(model_dir, data, output, *, unfreeze=None, unfreeze_last=None, trai
         "pooling": "none", "features": meta["features"],
         "base_model": {"path": os.path.abspath(model_dir), "head": meta["head"], "metrics": meta.get("metrics", {})},
         "finetune": {"data": str(data), "val": str(val) if val else None, "val_split": None if val else val_split,
+                     "split": split,  # by group (video) when the source has groups, else None: by image
                      "unfreeze": unfreeze, "unfreeze_last": unfreeze_last, "train_bn": train_bn,
                      "trainable_backbone_layers": trained,
                      "n_trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
