@@ -59,6 +59,45 @@ def test_refuses_bad_files(tmp_path, override, message):
     assert str(p) in str(info.value)
 
 
+def _regroup(path, data=None, **attrs):
+    """Replace the file's ``groups`` dataset with ``data`` (default: the same strings) and ``attrs``."""
+    with h5py.File(path, "r+") as h5:
+        old = h5["groups"].asstr()[()].tolist()
+        del h5["groups"]
+        ds = h5.create_dataset("groups", data=old if data is None else data)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+
+
+@pytest.mark.parametrize("data, attrs, message", [
+    (np.arange(10), {"group_by": "video"}, r"'groups' must hold one string per row \(10\); found int64"),
+    (np.array([b"v"] * 9), {"group_by": "video"}, r"'groups' (has 9 rows|must hold one string per row \(10\))"),
+    (np.array([[b"v"]] * 10), {"group_by": "video"}, r"one string per row \(10\)"),
+    (None, {}, "needs a group_by attr"),
+    (None, {"group_by": 7}, "needs a group_by attr"),
+    (None, {"group_by": "x" * 65}, "needs a group_by attr"),
+    (None, {"group_by": ["video", "scene"]}, "needs a group_by attr"),
+])
+def test_refuses_hostile_groups(tmp_path, data, attrs, message):
+    p = tmp_path / "bad.h5"
+    write_feature_file(p, n=10, groups=[f"v{i // 3}" for i in range(10)])
+    with FeatureFile(p) as f:  # as written: fine
+        assert f.groups[:4] == ["v0", "v0", "v0", "v1"] and f.group_by == "video"
+    _regroup(p, data, **attrs)
+    with pytest.raises(FeatureFileError, match=message) as info:
+        FeatureFile(p)
+    assert str(p) in str(info.value)
+    from features.fileinfo import describe_file
+
+    with pytest.raises(ValueError, match=message):  # bneck info refuses it the same way
+        describe_file(str(p))
+
+
+def test_files_without_groups_still_load(ffile):
+    with FeatureFile(ffile[0]) as f:
+        assert f.groups is None and f.group_by is None
+
+
 def test_refuses_plain_hdf5(tmp_path):
     p = tmp_path / "other.h5"
     with h5py.File(p, "w") as h5:

@@ -11,6 +11,7 @@ import pytest
 
 from features.config import ExtractConfig
 from features.merge import DATASETS, MergeError, check_sources, merge
+from features.reader.groups import write_groups_file
 from features.runner import extract
 from pipeline.data.featurefile import FeatureFile, FeatureFileError
 from tests.imagefolders import make_class_folder
@@ -27,6 +28,9 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("merge")
     make_class_folder(root / "data", classes=("a", "b", "c"), per_class=4,
                       bad=[("b", "broken.jpg", b"\xff\xd8\xff\xe0junk")])
+    # Groups (as `bneck frames` records videos) ride along: a dataset every shard and the merge must keep.
+    files = sorted(f"{c}/{n}" for c in ("a", "b", "c") for n in os.listdir(root / "data" / c))
+    write_groups_file(root / "data", [(p, f"{p[0]}/v{i % 2}") for i, p in enumerate(files)], by="video")
     extract(ExtractConfig(data=str(root / "data"), output=str(root / "full.h5"), **KW))
     shards = [extract(ExtractConfig(data=str(root / "data"), output=str(root / "sh" / "part.h5"),
                                     shard=f"{i}/3", **KW)).output for i in range(3)]
@@ -57,6 +61,8 @@ def test_merge_equals_a_single_run_and_extract_sees_it_complete(run, copy):
     s = merge(list(reversed(shards)), out, copy=copy, progress=False)  # any order
     assert s["rows"] == 13 and s["n_shards"] == 3 and s["virtual"] is not copy
     _assert_same_as_single_run(single, out)
+    with FeatureFile(out) as f:
+        assert f.group_by == "video" and len(set(f.groups)) == 6 and len(f.groups) == 13
     with h5py.File(out) as f:
         assert all(f[n].is_virtual is not copy for n in f)
         assert list(f.attrs["merged_from"]) == [os.path.basename(p) for p in shards]
@@ -169,6 +175,12 @@ def test_differing_settings_and_dataset_attrs_are_refused(run, tmp_path):
     shutil.copy(run[2][2], s[2])
     _set(s[2], "labels", class_names=["x", "y", "z"])
     _refused(s, str(tmp_path / "o.h5"), "attrs of dataset 'labels' differ")
+    shutil.copy(run[2][2], s[2])
+    _set(s[2], "groups", group_by="scene")  # groups of another kind cannot be one dataset
+    _refused(s, str(tmp_path / "o.h5"), "attrs of dataset 'groups' differ")
+    with h5py.File(s[2], "r+") as f:
+        del f["groups"]
+    _refused(s, str(tmp_path / "o.h5"), "datasets differ")
 
 
 def test_gaps_overlaps_duplicates_and_mixed_counts_are_refused(run, tmp_path):

@@ -96,6 +96,48 @@ def test_csv_regression(tmp_path):
     assert m2.target_names == ["score"]
 
 
+def test_csv_group_column(tmp_path):
+    (tmp_path / "d.csv").write_text("path,label,subject\na,cat,7\nb,cat,7\nc,dog,8\n")
+    m = read_source(str(tmp_path / "d.csv"), group_column="subject")
+    assert m.groups == ["7", "7", "8"] and m.group_by == "subject" and m.class_names == ["cat", "dog"]
+    assert read_source(str(tmp_path / "d.csv")).groups is None  # never detected
+    # Regression: the group column is no target, though it holds numbers.
+    (tmp_path / "r.csv").write_text("path,subject,age\na,7,3\nb,8,4\n")
+    r = read_source(str(tmp_path / "r.csv"), group_column="subject")
+    assert r.target_names == ["age"] and r.groups == ["7", "8"]
+    with pytest.raises(SourceError, match="both a target and the group column"):
+        read_source(str(tmp_path / "r.csv"), group_column="age", target_columns=["age"])
+    with pytest.raises(SourceError, match=r"d\.csv: no group column 'who'"):
+        read_source(str(tmp_path / "d.csv"), group_column="who")
+    (tmp_path / "e.csv").write_text("path,label,subject\na,cat,7\nb,cat,\n")
+    with pytest.raises(SourceError, match=r"e\.csv:3: empty value in group column 'subject'"):
+        read_source(str(tmp_path / "e.csv"), group_column="subject")
+    # The fingerprint covers the groups: another grouping is another source.
+    assert m.fingerprint() != read_source(str(tmp_path / "d.csv"), group_column="label").fingerprint()
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("file,video\n", r"\.bneck-groups\.csv:1: expected the header 'path,<group column>'"),
+    ("path,video\na/1.png,v1\na/1.png,v2\n", r"\.bneck-groups\.csv:3: 'a/1\.png' is listed twice"),
+    ("path,video\na/1.png,\n", r"\.bneck-groups\.csv:2: expected 'path,video' with both values"),
+    ("path,video\na/1.png,v1\n", r"1 of the 2 images are not listed \('b/2\.png'\)"),
+    ("path,\n", r"group column must have a printable name"),
+])
+def test_folder_groups_file_errors_name_file_and_line(tmp_path, text, pattern):
+    _touch(tmp_path / "d" / "a" / "1.png")
+    _touch(tmp_path / "d" / "b" / "2.png")
+    (tmp_path / "d" / ".bneck-groups.csv").write_text(text)
+    with pytest.raises(SourceError, match=pattern):
+        read_source(str(tmp_path / "d"))
+
+
+def test_folder_groups_file_extra_lines_are_ignored(tmp_path):
+    _touch(tmp_path / "d" / "a" / "1.png")
+    (tmp_path / "d" / ".bneck-groups.csv").write_text("path,scene\na/1.png,s1\na/deleted.png,s1\n")
+    m = read_source(str(tmp_path / "d"))
+    assert m.kind == "folder" and m.groups == ["s1"] and m.group_by == "scene" and m.paths == ["a/1.png"]
+
+
 @pytest.mark.parametrize("text, kwargs, pattern", [
     ("path,age\na.png,3\nb.png,old\n", {}, r"r\.csv:3: column 'age'.*not a number"),
     ("name,age\na.png,3\n", {}, r"r\.csv: no path column"),

@@ -127,3 +127,19 @@ def test_files_without_groups_split_by_image(tmp_path):
     assert data.cv_folds(3) == (None, None)
     val = load_training_data(tmp_path / "f.h5", val=tmp_path / "f.h5")
     assert val.split is None  # --val FILE: no split drawn
+
+
+def test_train_records_the_grouped_split_and_folds(tmp_path):
+    from pipeline.train import train
+
+    labels, groups = _videos(per_class=(3, 3))
+    write_feature_file(tmp_path / "f.h5", n=len(labels), shape=(4,), labels=labels, groups=list(groups))
+    meta = train(tmp_path / "f.h5", tmp_path / "m", head="logreg", pooling="avg", val_split=0.34)
+    split, grid = meta["training"]["split"], meta["training"]["grid"]
+    assert split["grouped"] and split["by"] == "video" and split["n_val_groups"] == 2
+    assert grid["cv_folds"] == {"grouped": True, "by": "video", "n_folds": 3, "warning": None}
+    plain = tmp_path / "plain.h5"
+    write_feature_file(plain, n=len(labels), shape=(4,), labels=labels)
+    meta = train(plain, tmp_path / "m2", head="logreg", pooling="avg")
+    assert meta["training"]["split"] == {"grouped": False, "by": "image"}
+    assert meta["training"]["grid"]["cv_folds"] == {"grouped": False, "by": "image"}

@@ -162,7 +162,10 @@ def run(args) -> int:
         chosen = (f", best of grid {t['grid']['best_params']}" if t.get("grid") else "")
         refit = (f", then refitted on all {t['refit']['n_training_samples']} training samples"
                  if t.get("refit") else "")
-        print(f"{args.head} head -> {args.output}: {headline} on {t['n_val_rows']} held-out rows{chosen}; "
+        split = t.get("split") or {}
+        held = (f" (optimistic: near-duplicates of them, same {split['by']}, are in training)" if split.get("warning")
+                else f" (whole {split['by']}s)" if split.get("grouped") and t["n_val_rows"] else "")
+        print(f"{args.head} head -> {args.output}: {headline} on {t['n_val_rows']} held-out rows{held}{chosen}; "
               f"{t['n_training_samples']} training samples{refit}, {t['n_invalid_skipped']} invalid rows skipped, "
               f"{t['seconds']:.1f} s")
     return 0
