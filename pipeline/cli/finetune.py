@@ -36,7 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default 32)")
     p.add_argument("--val", help="separate validation images (same kinds as DATA)")
     p.add_argument("--val-split", type=fraction_below_one, default=0.2,
-                   help="validation fraction of DATA when --val is not given, stratified for classes (default 0.2)")
+                   help="validation fraction of DATA when --val is not given, stratified for classes, whole groups "
+                        "(videos) when DATA has them (default 0.2)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random mirror, shift and zoom (and rotation/brightness/channel shift when asked); for "
                         "keypoints a flip-aware mirror (default on)")

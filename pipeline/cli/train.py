@@ -32,7 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-flipped", dest="use_flipped", action="store_false", help="train on original views only")
     p.add_argument("--val", help="separate validation feature file (default: split --val-split off the training file)")
     p.add_argument("--val-split", type=fraction_below_one, default=0.2,
-                   help="validation fraction, stratified for labels, by source row (default 0.2)")
+                   help="validation fraction, stratified for labels, by source row: an image and its mirror, or a "
+                        "whole group when the file has groups (the frames of one video) (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the head (default 0)")
     p.add_argument("--memory-budget", default="2GiB",
                    help="load features into RAM below this size, else stream from HDF5 (default 2GiB)")
@@ -64,7 +65,8 @@ def add_arguments(p) -> None:
                    help="SVM stopping tolerance (default 1e-2 for linear, LIBLINEAR's own; 1e-3 for rbf)")
     g.add_argument("--grid", action="append", metavar="PARAM=V1,V2",
                    help="cross-validated grid search, e.g. --grid C=0.01,0.1,1 (repeatable)")
-    g.add_argument("--cv", type=int_at_least(2), default=3, help="grid-search folds (default 3)")
+    g.add_argument("--cv", type=int_at_least(2), default=3,
+                   help="grid-search folds, by group when the file has groups (default 3)")
     g.add_argument("--jobs", type=joblib_jobs, default=1, help="parallel joblib workers for grid search / specialists")
     g = p.add_argument_group("keypoint specialists")
     g.add_argument("--groups", help="JSON file {group: [target columns]} (default: the six facial-keypoint groups)")
