@@ -246,6 +246,22 @@ def test_finetune_end_to_end(stage2, tmp_path):
     assert report["max_abs_diff"] < 1e-5 and report["output_names"] == ["scores"]
 
 
+@pytest.mark.slow  # a fine-tune of its own
+def test_finetune_splits_a_grouped_source_by_group(stage2, tmp_path):
+    import shutil
+
+    from features.reader.groups import write_groups_file
+
+    data = shutil.copytree(stage2["data"], tmp_path / "data")
+    files = sorted(f"{c}/{n}" for c in "abc" for n in os.listdir(data / c))
+    write_groups_file(data, [(p, f"{p[0]}/video{i % 4 // 2}") for i, p in enumerate(files)], by="video")
+    meta = ft.finetune(stage2["model"], str(data), str(tmp_path / "ft"), unfreeze_last=1, epochs=1, batch_size=8,
+                       val_split=0.34)
+    f = meta["finetune"]
+    assert f["split"]["grouped"] and f["split"]["by"] == "video" and f["split"]["n_groups"] == 6
+    assert f["split"]["n_val_groups"] == 2 and f["n_val"] == 8 and f["n_train"] == 16  # two whole videos of 4
+
+
 def _flips_asked(monkeypatch):
     """Record the ``flip`` each fine-tune hands to the augmentation."""
     asked = []
