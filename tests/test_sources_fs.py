@@ -43,6 +43,9 @@ def test_memory_class_folders_in_keras_order(memfs):
     # by folder path, then file name: what walk_files gives for the same tree on the local disk
     assert m.paths == ["cat/z.png", "cat/sub/a.png", "dog/b.png"] and m.labels.tolist() == [0, 0, 1]
     assert images.decode(m.source(2), (32, 32))[2] == ""
+    mem.pipe(f"{root}/data/.bneck-groups.csv", b"path,video\ncat/z.png,v1\ncat/sub/a.png,v1\ndog/b.png,v2\n")
+    grouped = read_source(f"memory://{root}/data")  # a `bneck frames` folder uploaded to a bucket
+    assert grouped.groups == ["v1", "v1", "v2"] and grouped.group_by == "video"
     mem.pipe(f"{root}/data/top.png", png_bytes(7))  # an image beside the subfolders: a folder of images
     assert read_source(f"memory://{root}/data").kind == "images"
 

@@ -21,6 +21,7 @@ import os
 from features.attrs import MAX_GROUP_BY
 from features.fsutil import atomic_write_bytes
 
+from . import fs
 from .errors import SourceError
 
 GROUPS_FILE = ".bneck-groups.csv"
@@ -58,10 +59,16 @@ def read_groups_file(root, paths) -> tuple[list[str], str] | None:
     Raises SourceError naming the file and line for a malformed file, a path listed twice, and rows the
     file does not list (a stale file: rerun ``bneck frames``, or delete it to extract without groups).
     """
-    where = os.path.join(os.fspath(root), GROUPS_FILE)
-    if not os.path.isfile(where):
+    where = fs.join(os.fspath(root), GROUPS_FILE)
+    if fs.is_url(where):  # a frames folder uploaded to a bucket keeps its groups
+        if not fs.exists(where):
+            return None
+    elif not os.path.isfile(where):
         return None
-    with open(where, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+    # Locally, undecodable bytes in a file name round-trip as write_groups_file wrote them.
+    opened = fs.open_text(where) if fs.is_url(where) else open(where, newline="", encoding="utf-8-sig",
+                                                                 errors="surrogateescape")
+    with opened as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         if len(header) != 2 or header[0] != "path":

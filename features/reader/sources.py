@@ -85,7 +85,9 @@ def _read_url_folder(path):
     classes = sorted({r.split("/", 1)[0] for r in rels})
     index = {c: k for k, c in enumerate(classes)}
     labels = np.array([index[r.split("/", 1)[0]] for r in rels], np.int64)
-    return Manifest("folder", root, rels, labels=labels, class_names=classes, **file_rows(root, rels))
+    groups = read_groups_file(root, rels)
+    return Manifest("folder", root, rels, labels=labels, class_names=classes, **file_rows(root, rels),
+                    **({"groups": groups[0], "group_by": groups[1]} if groups else {}))
 
 
 def read_csv(path, *, image_root=None, path_column=None, label_column=None, target_columns=None,

@@ -29,7 +29,6 @@ from pipeline.data.views import ConcatView, FeatureFileError, FeatureView, batch
 __all__ = [
     "ConcatView", "FeatureFile", "FeatureFileError", "FeatureView", "TrainingData",
     "check_compatible", "load_training_data", "make_tf_dataset", "parse_bytes", "refuse_unlabelled",
-    "train_val_split",
 ]
 
 log = logging.getLogger(__name__)
