@@ -67,6 +67,7 @@ class HubSpec:
 
     source = "keras-hub"
     notop_file = ""
+    batchnorm = False  # LayerNorm transformers: their random init keeps its scale (features/random_init.py)
 
     @property
     def min_size(self) -> int:
