@@ -238,17 +238,28 @@ def _load_preset_dir(spec, input_size, path):
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise WeightsError(f"--weights {path}: no config.json, so not a KerasHub preset directory\n"
                            + spec.prefetch_help())
+    import keras
+
     try:
         spec.check_converter(path)
+        saved = spec.check_dtype(path)
     except ValueError as exc:
         raise WeightsError(str(exc)) from None
+    policy = keras.config.dtype_policy().name
+    if saved and saved != policy:
+        log.info("%s: the preset was saved as %s; it runs as %s (--precision), which the attrs record",
+                 path, saved, policy)
     try:
-        return spec.build(input_size=input_size, weights=path)
+        model = spec.build(input_size=input_size, weights=path)
     except ImportError:
         raise
     except Exception as exc:
         raise WeightsError(f"--weights {path}: the preset does not load as {spec.name} "
                            f"({type(exc).__name__}: {exc})") from None
+    if model.dtype_policy.name != policy:  # never record a precision the model does not run in
+        raise WeightsError(f"--weights {path}: the preset loaded as {model.dtype_policy.name}, not the {policy} "
+                           "that --precision asks for")
+    return model
 
 
 def _build_from_file(spec, input_size, path, seed):
