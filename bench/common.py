@@ -334,9 +334,6 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- bneck in a child process
 
-#: The store dtype of every bench extraction (see run_bneck_extract).
-BENCH_STORE_DTYPE = "float32"
-
 _BNECK_CHILD = """
 import json, resource, sys
 from pipeline.cli.main import main
@@ -351,10 +348,9 @@ def run_bneck_extract(data: str, out: str, flags: list[str]) -> dict:
     """`bneck extract DATA -o OUT FLAGS --json` in a child: its summary, its own peak RSS and wall time."""
     import subprocess
 
-    # Seeded random weights put BatchNorm backbones' activations (MobileNet/V2/V3, EfficientNet...) below
-    # float16's range, which extract refuses to store as zeros: benches store float32 unless told otherwise.
-    store = [] if "--store-dtype" in flags else ["--store-dtype", BENCH_STORE_DTYPE]
-    cmd = [sys.executable, "-c", _BNECK_CHILD, "-q", "extract", data, "-o", out, *flags, *store,
+    # The default float16 store, as a user runs it: the calibrated random init (features/random_init.py) keeps
+    # BatchNorm backbones' activations in its range (before it, benches had to store float32).
+    cmd = [sys.executable, "-c", _BNECK_CHILD, "-q", "extract", data, "-o", out, *flags,
            "--no-progress", "--overwrite", "--json"]
     with Timer() as t:
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,

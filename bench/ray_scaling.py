@@ -31,7 +31,7 @@ def _one(args) -> dict:
     from features.runner import extract
 
     cfg = ExtractConfig(data=args.data, output=args.output, backbone=args.backbone, input_size=args.input_size,
-                        weights="none", precision=args.precision, store_dtype=common.BENCH_STORE_DTYPE,
+                        weights="none", precision=args.precision,
                         batch_size=args.batch,
                         runtime=args.runtime, progress=False)
     t0 = time.perf_counter()

@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp, Sampler() as sampler:
         cfg = ExtractConfig(data=directory, output=os.path.join(tmp, "f.h5"), backbone=args.backbone,
                                    weights="none", batch_size=args.batch,
-                                   store_dtype=common.BENCH_STORE_DTYPE, pooling=args.pooling,
+                                   pooling=args.pooling,
                                    precision=args.precision, progress=False, overwrite=True,
                                    **({} if args.runtime == "auto" else {"runtime": args.runtime}))
         start, t0 = sampler.sample(), time.perf_counter()

@@ -15,10 +15,11 @@ import threading
 from dataclasses import dataclass
 
 from features.backbones import BackboneSpec
+from features.random_init import CALIBRATED
 
 log = logging.getLogger("bneck")
 
-WEIGHT_CHOICES = ("imagenet", "none", "auto")
+WEIGHT_CHOICES = ("imagenet", "none", "auto", "none-raw")
 _POLICY_LOCK = threading.Lock()
 
 
@@ -28,17 +29,23 @@ class WeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """What was loaded: ``kind`` is imagenet|none|file; ``identity`` is what the HDF5 attrs record."""
+    """What was loaded: ``kind`` is imagenet|none|file; ``identity`` is what the HDF5 attrs record.
+
+    ``bn`` is ``"calibrated"`` for a random init whose BatchNorm statistics were set from synthetic
+    images (:mod:`features.random_init`), else empty: no BatchNorm, or ``--weights none-raw``.
+    """
 
     kind: str
     path: str | None
     sha256: str
     seed: int
+    bn: str = ""
 
     @property
     def identity(self) -> str:
         if self.kind == "none":
-            return f"none(seed={self.seed})"
+            # Files from before the calibration (and none-raw ones) say none(seed=S): the two inits never mix.
+            return f"none(seed={self.seed},bn={self.bn})" if self.bn else f"none(seed={self.seed})"
         if self.kind == "imagenet":
             return "imagenet"
         return f"file:{os.path.basename(self.path or '')}"
@@ -117,8 +124,9 @@ def known_weights(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) 
     (seconds for VGG16). Weights that would have to be downloaded first are not known: None.
     """
     choice = (weights or "imagenet").strip()
-    if choice.lower() == "none":
-        return WeightsInfo("none", None, "", seed)
+    if choice.lower() in ("none", "none-raw"):
+        calibrated = choice.lower() == "none" and spec.batchnorm  # the contract tests check the registry's flag
+        return WeightsInfo("none", None, "", seed, CALIBRATED if calibrated else "")
     if choice.lower() in ("imagenet", "auto"):
         path = find_cached(spec)
         return WeightsInfo("imagenet", path, sha256_file(path), seed) if path else None
@@ -161,10 +169,10 @@ def _build_with_weights(spec, input_size, weights, seed):
     choice = (weights or "imagenet").strip()
     if is_hub(spec):
         return _build_hub(spec, input_size, choice, seed)
-    if choice.lower() == "none":
-        log.warning("--weights none: %s runs with RANDOM weights (seed %d); features are not ImageNet features",
-                    spec.name, seed)
-        return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+    if choice.lower() in ("none", "none-raw"):
+        log.warning("--weights %s: %s runs with RANDOM weights (seed %d); features are not ImageNet features",
+                    choice.lower(), spec.name, seed)
+        return random_model(spec, input_size, seed, calibrate=choice.lower() == "none")
     if choice.lower() in ("imagenet", "auto"):
         try:
             return _build_imagenet(spec, input_size, seed)
@@ -197,10 +205,10 @@ def _build_imagenet(spec, input_size, seed):
 def _build_hub(spec, input_size, choice, seed):
     """A KerasHub entry: random from the registry's config, its preset (local copy or KaggleHub), or a preset dir."""
     low = choice.lower()
-    if low == "none":
-        log.warning("--weights none: %s runs with RANDOM weights (seed %d); features are not pretrained features",
-                    spec.name, seed)
-        return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+    if low in ("none", "none-raw"):
+        log.warning("--weights %s: %s runs with RANDOM weights (seed %d); features are not pretrained features",
+                    low, spec.name, seed)
+        return random_model(spec, input_size, seed, calibrate=low == "none")
     if low in ("imagenet", "auto"):
         path = spec.find_preset()
         if path is None:
@@ -230,17 +238,28 @@ def _load_preset_dir(spec, input_size, path):
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise WeightsError(f"--weights {path}: no config.json, so not a KerasHub preset directory\n"
                            + spec.prefetch_help())
+    import keras
+
     try:
         spec.check_converter(path)
+        saved = spec.check_dtype(path)
     except ValueError as exc:
         raise WeightsError(str(exc)) from None
+    policy = keras.config.dtype_policy().name
+    if saved and saved != policy:
+        log.info("%s: the preset was saved as %s; it runs as %s (--precision), which the attrs record",
+                 path, saved, policy)
     try:
-        return spec.build(input_size=input_size, weights=path)
+        model = spec.build(input_size=input_size, weights=path)
     except ImportError:
         raise
     except Exception as exc:
         raise WeightsError(f"--weights {path}: the preset does not load as {spec.name} "
                            f"({type(exc).__name__}: {exc})") from None
+    if model.dtype_policy.name != policy:  # never record a precision the model does not run in
+        raise WeightsError(f"--weights {path}: the preset loaded as {model.dtype_policy.name}, not the {policy} "
+                           "that --precision asks for")
+    return model
 
 
 def _build_from_file(spec, input_size, path, seed):
@@ -351,13 +370,40 @@ def _raise_mismatch(path, model, missing, bad_shape, available):
 
 def random_fallback(spec, input_size, seed: int, missing: str):
     """``--weights auto`` with nothing available: the seeded random model, said loudly."""
-    import keras
-
     log.warning("=" * 70)
     log.warning("--weights auto: no %s for %s (offline, nothing cached).", missing, spec.name)
     log.warning("FALLING BACK TO RANDOM WEIGHTS (seed %d). Features will be far weaker.", seed)
     log.warning("=" * 70)
-    # The failed attempt consumed random state: reseed so the fallback equals `--weights none --seed S`,
-    # which predict/export rebuild from the recorded attrs.
+    # random_model reseeds (the failed attempt consumed random state), so the fallback equals
+    # `--weights none --seed S`, which predict/export rebuild from the recorded attrs.
+    return random_model(spec, input_size, seed, calibrate=True)
+
+
+def random_model(spec, input_size, seed: int, *, calibrate: bool = True):
+    """The seeded random model of ``spec``, BatchNorm statistics calibrated (``--weights none``) or not
+    (``none-raw``: bneck's init before issue 19, moving mean 0 and variance 1); returns (model, WeightsInfo).
+
+    Calibration runs on a float32 model whatever the current dtype policy, and its weights are
+    copied into the policy's model, so one seed gives the same weights in every precision.
+    """
+    import keras
+
+    from features.random_init import calibrate_batchnorm
+
     keras.utils.set_random_seed(seed)
-    return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+    if not calibrate:
+        return spec.build(input_size=input_size, weights=None), WeightsInfo("none", None, "", seed)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        model = spec.build(input_size=input_size, weights=None)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    h, w = input_size or spec.input_size
+    calibrated = calibrate_batchnorm(model, spec.preprocess_function, seed=seed, input_size=(h, w))
+    if policy.name != "float32":
+        keras.utils.set_random_seed(seed)
+        typed = spec.build(input_size=input_size, weights=None)
+        typed.set_weights(model.get_weights())
+        model = typed
+    return model, WeightsInfo("none", None, "", seed, CALIBRATED if calibrated else "")

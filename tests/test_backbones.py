@@ -62,6 +62,9 @@ def _contract(spec, size):
         assert layer in names, f"{spec.name}: layer {layer} not in the model"
     assert full.layers[-1].name == spec.default_layer  # default = last conv/pool block before the top
     assert full.count_params() == spec.params
+    from features.random_init import batchnorm_layers
+
+    assert spec.batchnorm == bool(batchnorm_layers(full))  # what `--weights none` calibrates and records
     # Feature shape at each named layer: a (h, w, c) map, shrinking with depth.
     outs = [full.get_layer(n).output for n in spec.all_layers]
     shapes = [tuple(o.shape[1:]) for o in outs]

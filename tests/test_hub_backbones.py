@@ -54,6 +54,7 @@ def test_hub_entries_are_complete():
                                   for n in TINY_SPECS])
 def test_token_model_poolings_and_flip(name):
     from features.mapper.tf_runtime import Extractor
+    from features.random_init import batchnorm_layers
     from features.weights import build_backbone
 
     spec = tiny(name)
@@ -63,7 +64,9 @@ def test_token_model_poolings_and_flip(name):
     shapes = {}
     for pooling in [p for p in ("none", "mean", "cls") if p in spec.poolings]:  # avg and max: as for CNNs
         model, info = build_backbone(spec, input_size=(size, size), weights="none", pooling=pooling)
-        assert info.kind == "none"
+        # LayerNorm transformers: nothing for the BatchNorm calibration to do, and the identity says so.
+        assert info.kind == "none" and info.identity == "none(seed=0)" and not spec.batchnorm
+        assert not batchnorm_layers(model)
         ex = Extractor(model, spec.preprocess_function, pooling=pooling, flip=True, batch_size=2, device=None)
         orig, flipped = ex(x)
         mirrored, _ = ex(np.ascontiguousarray(x[:, :, ::-1]))
@@ -267,3 +270,46 @@ def test_describe_carries_the_preset():
     row = next(r for r in backbones.describe() if r["name"] == "dinov2_small")
     assert row["keras_hub_preset"] == "dinov2_small" and row["source"] == "keras-hub"
     json.dumps(row)
+
+
+@pytest.mark.slow
+def test_precision_wins_over_the_dtype_a_preset_was_saved_with(tmp_path, caplog):
+    """A preset saved in bfloat16 runs as --precision asks (weights cast on load), and the attrs record that;
+    a quantized preset, which cannot be cast, is refused by name."""
+    import h5py
+    import keras
+
+    from features.weights import WeightsError, build_backbone
+    from pipeline.cli.main import main
+    from tests.imagefolders import make_class_folder
+
+    keras.utils.set_random_seed(5)
+    cfg = dict(patch_size=14, num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=64, image_shape=(28, 28, 3))
+    keras_hub.models.DINOV2Backbone(**cfg, dtype="bfloat16").save_to_preset(str(tmp_path / "bf16"))
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["config"]["dtype"]["config"]["name"] == \
+        "bfloat16"
+    spec = backbones.get("dinov2_small")
+    x = _x(28).astype(np.float32)
+    with caplog.at_level("INFO", logger="bneck"):
+        fp32, _ = build_backbone(spec, input_size=(28, 28), weights=str(tmp_path / "bf16"))
+    assert "saved as bfloat16; it runs as float32" in caplog.text
+    assert {layer.dtype_policy.name for layer in fp32.layers} == {"float32"}
+    y32 = np.asarray(fp32(spec.preprocess_input(x)))
+    assert y32.dtype == np.float32
+    bf16, _ = build_backbone(spec, input_size=(28, 28), weights=str(tmp_path / "bf16"), dtype_policy="mixed_bfloat16")
+    y16 = np.asarray(keras.ops.cast(bf16(spec.preprocess_input(x)), "float32"))
+    assert np.abs(y16 - y32).max() > 1e-4  # bf16 compute really ran: not the fp32 model again
+    # Through the CLI: the file records the precision that ran.
+    make_class_folder(tmp_path / "d", per_class=2, size=(28, 28))
+    flags = ["--backbone", "dinov2_small", "--input-size", "28", "--runtime", "tensorflow", "--store-dtype",
+             "float32", "--no-progress", "--weights", str(tmp_path / "bf16")]
+    assert main(["-q", "extract", str(tmp_path / "d"), "-o", str(tmp_path / "f.h5"), *flags,
+                 "--precision", "fp32"]) == 0
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f.attrs["precision"] == "fp32"
+    # A quantized preset: its int8 layers would run whatever --precision says.
+    q = keras_hub.models.DINOV2Backbone(**cfg)
+    q.quantize("int8")
+    q.save_to_preset(str(tmp_path / "int8"))
+    with pytest.raises(WeightsError, match="saved quantized .*--precision int8"):
+        build_backbone(spec, input_size=(28, 28), weights=str(tmp_path / "int8"))

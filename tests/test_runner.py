@@ -67,7 +67,7 @@ def test_features_match_the_backbone_and_rows_stay_aligned(dataset, tmp_path):
             assert _rel_err(featsf[i], flip[j]) <= 1e-4
         assert not feats[~valid].any() and not featsf[~valid].any()
         assert f.attrs["complete"] and f.attrs["backbone"] == "mobilenet" and f.attrs["preprocessing"] == "tf"
-        assert f.attrs["weights"] == "none(seed=7)" and f.attrs["precision"] == "fp32"
+        assert f.attrs["weights"] == "none(seed=7,bn=calibrated)" and f.attrs["precision"] == "fp32"
 
 
 def test_bf16_features_within_tolerance(dataset, tmp_path):

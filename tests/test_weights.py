@@ -21,7 +21,7 @@ def test_none_is_seeded_and_reproducible():
     m1, info = weights.build_backbone(SPEC, input_size=SIZE, weights="none", seed=5)
     m2, _ = weights.build_backbone(SPEC, input_size=SIZE, weights="none", seed=5)
     m3, _ = weights.build_backbone(SPEC, input_size=SIZE, weights="none", seed=6)
-    assert info.kind == "none" and info.identity == "none(seed=5)"
+    assert info.kind == "none" and info.identity == "none(seed=5,bn=calibrated)"  # MobileNet has BatchNorm
     np.testing.assert_array_equal(_out(m1), _out(m2))
     assert not np.allclose(m1.weights[0].numpy(), m3.weights[0].numpy())
 
@@ -115,7 +115,7 @@ def test_auto_falls_back_loudly(monkeypatch, caplog):
     _no_download(monkeypatch)
     with caplog.at_level("WARNING", logger="bneck"):
         _, info = weights.build_backbone(SPEC, input_size=SIZE, weights="auto", seed=4)
-    assert info.kind == "none" and info.seed == 4
+    assert info.kind == "none" and info.seed == 4 and info.identity == "none(seed=4,bn=calibrated)"
     assert "FALLING BACK TO RANDOM WEIGHTS" in caplog.text
 
 

@@ -67,6 +67,7 @@ class HubSpec:
 
     source = "keras-hub"
     notop_file = ""
+    batchnorm = False  # LayerNorm transformers: their random init keeps its scale (features/random_init.py)
 
     @property
     def min_size(self) -> int:
@@ -104,6 +105,12 @@ class HubSpec:
                 cls = getattr(keras_hub.models, self.backbone_class)
                 return cls(**{**dict(self.config), **(config or {}), "image_shape": (h, w, 3)})
             kwargs = {} if self.fixed_size else {"image_shape": (h, w, 3)}
+            import keras
+
+            # The run's dtype policy (--precision) wins over the one the preset was saved with (a bfloat16 or
+            # float16 preset loads as float32 weights under --precision fp32): the attrs record what ran.
+            # A quantized preset cannot be cast; check_dtype refuses it before this.
+            kwargs["dtype"] = keras.config.dtype_policy()
             model = keras_hub.models.Backbone.from_preset(weights, **kwargs)
         return getattr(model, self.vision_attr, model) if self.vision_attr else model
 
@@ -199,6 +206,26 @@ class HubSpec:
                 f"{preset_dir}: its image converter scales pixels by {got_scale.tolist()} and offsets them by "
                 f"{got_offset.tolist()}, but {self.name} preprocesses as {self.preprocessing!r} (scale "
                 f"{want_scale.tolist()}, offset {want_offset.tolist()}); is it a {self.family} preset?")
+
+    def check_dtype(self, preset_dir: str) -> str | None:
+        """The float dtype policy the preset was saved with (None: none recorded); ValueError for a quantized one.
+
+        bneck runs a preset in the dtype ``--precision`` asks for and records that; a quantized preset
+        (a ``DTypePolicyMap`` of int8/float8/int4 layers) would run in its own dtype whatever the flag says.
+        """
+        path = os.path.join(preset_dir, "config.json")
+        with open(path, encoding="utf-8") as f:
+            dtype = json.load(f).get("config", {}).get("dtype")
+        if dtype is None:
+            return None
+        name = dtype if isinstance(dtype, str) else (dtype.get("config") or {}).get("name")
+        kind = dtype if isinstance(dtype, str) else dtype.get("class_name", "")
+        if isinstance(name, str) and name in ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"):
+            return name
+        raise ValueError(f"{preset_dir}: the preset is saved quantized ({kind} {name or ''}), which bneck cannot "
+                         f"run at the precision --precision asks for and record truthfully; save a float preset "
+                         f"(backbone.save_to_preset before quantizing) and use --precision int8 for an int8 "
+                         f"OpenVINO model instead")
 
     def describe(self) -> dict:
         return {**describe_common(self), "keras_hub_preset": self.preset, "keras_hub_class": self.backbone_class,

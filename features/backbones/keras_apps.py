@@ -19,7 +19,7 @@ def _vgg(n, last):
     return BackboneSpec(f"vgg{n}", f"vgg{n}", f"VGG{n}", "caffe", (224, 224), 32, "block5_pool",
                         ("block3_pool", f"block4_conv{last}", "block4_pool", f"block5_conv{last}"),
                         f"vgg{n}_weights_tf_dim_ordering_tf_kernels_notop.h5", "VGG",
-                        params={16: 14_714_688, 19: 20_024_384}[n])
+                        params={16: 14_714_688, 19: 20_024_384}[n], batchnorm=False)
 
 
 def _resnet(depth, blocks, params, v2=False):
@@ -88,7 +88,8 @@ def _convnext(size):
     named = tuple(f"{prefix}_stage_{i}_block_{depths[i] - 1}_identity" for i in (1, 2, 3))
     return BackboneSpec(f"convnext{size}", "convnext", f"ConvNeXt{size.capitalize() if size != 'xlarge' else 'XLarge'}",
                         _IN_MODEL, (224, 224), 32, f"{prefix}_final_layernorm", named,
-                        f"{prefix}_notop.h5", "ConvNeXt", params=params, output_name=f"{prefix}_final_layernorm")
+                        f"{prefix}_notop.h5", "ConvNeXt", params=params, output_name=f"{prefix}_final_layernorm",
+                        batchnorm=False)  # LayerNorm
 
 
 #: GFLOPs of one image at the default size to the default layer (bench/catalogue.py, TF's profiler, 2 per MAC).

@@ -82,6 +82,9 @@ class BackboneSpec:
     output_name: str = ""
     # Runtimes whose conversion of this entry works; `--runtime auto` picks among these.
     runtimes: tuple[str, ...] = ("tensorflow", "openvino")
+    # Whether the model has BatchNormalization layers, whose statistics `--weights none` calibrates
+    # (features/random_init.py) and records ("none(seed=S,bn=calibrated)"); the contract tests check it.
+    batchnorm: bool = True
 
     source = "keras.applications"
     fixed_size = False  # True: the weights fit the default input size only

@@ -16,8 +16,9 @@ def add_arguments(p) -> None:
     p.add_argument("--layer", required=True, help="layer name (see `bneck backbones --summary NAME`)")
     p.add_argument("--filters", default="0-15", help="filter indices, e.g. 0-15 or 3,7,9-11 (default 0-15)")
     p.add_argument("-o", "--output", required=True, help="grid PNG to write")
-    p.add_argument("--weights", default="imagenet", help="imagenet, none (random, seeded), auto, or a weights file "
-                                                         "(default imagenet)")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet, none (random, seeded, BatchNorm statistics calibrated), auto, none-raw (random, "
+                        "uncalibrated), or a weights file (default imagenet)")
     p.add_argument("--seed", type=int, default=0, help="seed of the start noise and of --weights none (default 0)")
     p.add_argument("--steps", type=positive_int, default=30, help="gradient-ascent steps (default 30)")
     p.add_argument("--size", type=positive_int, default=128, help="image side in pixels (default 128)")

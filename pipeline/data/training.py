@@ -146,6 +146,8 @@ def refuse_unlabelled(f: FeatureFile, doing: str) -> None:
 def _check_val_file(train: FeatureFile, val: FeatureFile) -> None:
     """Refuse a validation file whose features or classes differ from the training file."""
     check_compatible(train.attrs, val.attrs, path=val.path, keys=COMPAT_KEYS + ("task",))
+    if str(train.attrs.get("weights", "")).startswith("none"):  # random weights have no sha256: the init says which
+        check_compatible(train.attrs, val.attrs, path=val.path, keys=("weights",))
     for name, want, found in (("feature shape", train.feature_shape, val.feature_shape),
                               ("class_names", train.class_names, val.class_names),
                               ("target_names", train.target_names, val.target_names)):

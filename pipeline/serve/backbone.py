@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def weights_argument(prov: dict, *, model_dir=None, weights_dirs=()) -> tuple[st
     if ident == "imagenet":
         return "imagenet", seed
     if ident.startswith("none"):
-        return "none", seed
+        return random_weights_argument(ident), seed
     recorded = prov.get("weights_path") or ""
     want = prov.get("weights_sha256") or ""
     dirs = weights_search_dirs(model_dir, weights_dirs)
@@ -89,6 +90,22 @@ def weights_argument(prov: dict, *, model_dir=None, weights_dirs=()) -> tuple[st
             + ", ".join(dirs) + f". Put the file in one of them, name its folder with --weights DIR, "
             f"or add the folder to ${WEIGHTS_PATH_ENV}")
     return found, seed
+
+
+_RANDOM_IDENTITY = re.compile(r"none\(seed=-?\d+(?:,bn=(?P<bn>[a-z]+))?\)")
+
+
+def random_weights_argument(ident: str) -> str:
+    """``--weights none`` for a calibrated random init (``none(seed=S,bn=calibrated)``), ``none-raw`` for one
+    recorded before the BatchNorm calibration (``none(seed=S)``: also every entry without BatchNorm)."""
+    from features.random_init import CALIBRATED
+    from features.weights import WeightsError
+
+    m = _RANDOM_IDENTITY.fullmatch(ident)
+    if m is None or m["bn"] not in (None, CALIBRATED):
+        raise WeightsError(f"the features were extracted with random weights {ident!r}, an init this "
+                                   "version of bneck does not know (from a newer bneck?); upgrade bneck")
+    return "none" if m["bn"] else "none-raw"
 
 
 def build_backbone_from(prov: dict, *, precision: str | None = None, model_dir=None, weights_dirs=()):
@@ -112,6 +129,10 @@ def build_backbone_from(prov: dict, *, precision: str | None = None, model_dir=N
     if want and info.sha256 != want:
         raise WeightsError(f"the {weights} weights here (sha256 {info.sha256[:12]}) differ from those the features "
                            f"were made with ({want[:12]}); predictions would not match the trained head")
+    recorded = str(prov.get("weights", ""))
+    if info.kind == "none" and info.identity != recorded:  # random weights have no file hash: compare the init
+        raise WeightsError(f"the random init rebuilt here ({info.identity}) is not the one the features were made "
+                           f"with ({recorded}); predictions would not match the trained head")
     return spec, model, precision
 
 

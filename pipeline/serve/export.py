@@ -88,7 +88,7 @@ def export_dir(model_dir, output, *, bundle_weights: bool = False, overwrite: bo
     extra = {name: os.path.join(model_dir, *name.split("/")) for name in sorted(copied)}
     if bundle_weights and "weights" not in report:
         found, _ = weights_argument(meta["features"], model_dir=model_dir, weights_dirs=weights_dirs)
-        if found in ("imagenet", "none"):
+        if found in ("imagenet", "none", "none-raw"):
             report["weights"] = f"{found}: not a file, nothing to bundle"
             if found == "imagenet":
                 log.warning("ImageNet weights are Keras' own download, not bundled: the target machine needs "
