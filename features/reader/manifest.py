@@ -16,6 +16,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
+@dataclass(frozen=True)
+class FilePart:
+    """The whole files of a source (webdataset tars) that a manifest covers when the file is the unit of work.
+
+    Shard ``I/N`` of a source of ``count`` files holds files ``[start, stop)`` =
+    :func:`shard_bounds` ``(count, I, N)`` of its file list, indexed alone: the other files are listed
+    and stat'ed, never opened (as img2dataset and clip-retrieval split work). Its rows are its own,
+    numbered from 0, since the global row of its first sample is not known without reading the tars
+    before it. ``fingerprint`` covers the names, sizes and etags/mtimes of *all* ``count`` files and the
+    reader options, so it is the same for every shard (and for an unsharded run): what merge compares.
+    """
+
+    unit: str
+    start: int
+    stop: int
+    count: int
+    fingerprint: str
+
+
 @dataclass
 class Manifest:
     """Rows of a dataset: ids, labels or regression targets (or neither: task ``none``), and per-row read errors.
@@ -37,6 +57,8 @@ class Manifest:
             decoder takes, read in the decode thread) and ``fingerprint_bytes()`` (sizes and
             etags/mtimes of the files behind the rows), e.g. :class:`features.reader.fs.Blob` rows
             of an fsspec folder, tar members, parquet cells.
+        part: For a source split by whole files (webdataset tars): which files this manifest
+            covers (:class:`FilePart`); ``None`` for sources split by rows.
     """
 
     kind: str
@@ -49,6 +71,7 @@ class Manifest:
     inline: np.ndarray | None = None
     row_errors: dict[int, str] = field(default_factory=dict)
     blobs: object | None = None
+    part: FilePart | None = None
 
     def __post_init__(self):
         """Normalise dtypes and check that all per-row arrays agree on N."""
@@ -147,6 +170,14 @@ class Manifest:
     def shard_range(self, index: int, count: int) -> tuple[int, int]:
         """Return the contiguous row slice ``[start, stop)`` of shard ``index`` of ``count``."""
         return shard_bounds(len(self), index, count)
+
+
+def fingerprint_of(*fields: bytes) -> str:
+    """A sha256 hex digest of ``fields``, each length-prefixed (no two field lists hash alike)."""
+    h = hashlib.sha256()
+    for f in fields:
+        h.update(_lp(f))
+    return h.hexdigest()
 
 
 def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
