@@ -24,6 +24,7 @@ from features.reader.fs import absolute
 from features.reader.manifest import Manifest, parse_shard
 from features.reader.sources import check_found, read_source
 from features.writer import assemble, finished, partial
+from features.writer.changes import SourceView
 from features.writer.commit import ChunkWriter, check_signal, install_signal_handlers, restore_signal_handlers
 
 log = logging.getLogger("bneck")
@@ -126,9 +127,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
     # A Makefile's rerun of a finished extract should cost milliseconds, not a backbone build:
     # when the weights are known without building, the file's attrs are checked first.
+    # What a refused rerun compares the source with, to say in words what changed.
+    view = SourceView(manifest, start, stop, data=absolute(os.fspath(cfg.data)), image_root=absolute(manifest.root))
     if not cfg.overwrite and os.path.exists(out):
         known = W.known_weights(spec, cfg.weights, cfg.seed)
-        if known is not None and finished.check_existing(out, settings_for(known)):
+        if known is not None and finished.check_existing(out, settings_for(known), view):
             return already_done()
     # Weights are resolved before the settings so their hash is part of them.
     # OpenVINO takes a float32 graph and applies bf16 itself; TensorFlow needs the Keras policy.
@@ -139,14 +142,14 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     settings = settings_for(winfo)
     # --overwrite deletes the old output and chunks only under the partial dir's lock (in
     # PartialStore.open), so it cannot pull them away from a writer that is still running.
-    if not cfg.overwrite and finished.check_existing(out, settings):
+    if not cfg.overwrite and finished.check_existing(out, settings, view):
         return already_done()
 
     extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla, calibration=calibration)
     startup = time.time() - t0
     pstore = partial.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows,
                                 feature_shape=extractor.feature_shape, store_dtype=cfg.store_dtype,
-                                views=["features"] + (["features_flipped"] if cfg.flip else [])
+                                views=["features"] + (["features_flipped"] if cfg.flip else []), source=view
                                 ).open(overwrite=cfg.overwrite)
     try:
         computed, written = _run_chunks(cfg, manifest, start, pstore, extractor, input_size)

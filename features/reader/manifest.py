@@ -157,6 +157,14 @@ class Manifest:
             # Object stores offer sizes and etags, not mtimes: the blobs say what they have.
             _feed(h, b"blobs", self.blobs.fingerprint_bytes())
         else:
+            _feed(h, b"stats", self.file_stats().tobytes())
+        return h.hexdigest()
+
+    def file_stats(self) -> np.ndarray | None:
+        """``(size, mtime_ns)`` per row of local file rows (``-1`` for a missing file), stat'ed once; else None."""
+        if self.inline is not None or self.blobs is not None:
+            return None
+        if getattr(self, "_stats", None) is None or len(self._stats) != len(self):
             stats = np.empty((len(self), 2), dtype="<i8")
             for i in range(len(self)):
                 try:
@@ -164,8 +172,8 @@ class Manifest:
                     stats[i] = (st.st_size, st.st_mtime_ns)
                 except OSError:
                     stats[i] = (-1, -1)
-            _feed(h, b"stats", stats.tobytes())
-        return h.hexdigest()
+            self._stats = stats  # a cache, not a field: dataclass equality and repr ignore it
+        return self._stats
 
     def shard_range(self, index: int, count: int) -> tuple[int, int]:
         """Return the contiguous row slice ``[start, stop)`` of shard ``index`` of ``count``."""
