@@ -2,9 +2,10 @@
 
 Images come from where stage one read them: the feature file's ``source_root`` attr plus each row's
 ``paths`` entry, or, for Kaggle-style CSVs that carry their pixels inline (``training.csv#row=12``),
-the CSV itself, and for webdataset samples (``00003.tar#0123``) the member of that tar. A file that has moved or gone is shown as missing, never fatal: the report is about
-the model, and the features it was scored on are still there. Drawing uses Pillow only, so its
-pixel positions are plain arithmetic a test can check.
+the CSV itself, and for webdataset samples (``00003.tar#0123``) the member of that tar. A file that has
+moved or gone is shown as missing, never fatal: the report is about the model, and the features it was
+scored on are still there. Drawing uses Pillow only, so its pixel positions are plain arithmetic a test
+can check.
 """
 
 from __future__ import annotations
