@@ -55,8 +55,9 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
     """Merge ``shards`` (the files of shards 0..N-1 of one run, any order) into ``output``; returns a summary."""
     t0 = time.time()
     infos = _check_shards([os.fspath(s) for s in shards])
-    # The shard whose attrs and datasets the merged file takes: the first that holds rows.
-    ref = next((s for s in infos if s["rows"]), infos[0])
+    # The shard whose attrs and datasets the merged file takes: shard 0, or for tar shards the first holding rows
+    # (an empty one has no labels).
+    ref = next((s for s in infos if s["rows"]), infos[0]) if infos[0]["unit"] == "tar" else infos[0]
     classes = _merged_classes(infos)
     output = os.fspath(output)
     real_out = os.path.realpath(output)
@@ -376,7 +377,8 @@ def _write_copy(f, infos: list[dict], ref: dict, n: int, progress: bool, label: 
                dynamic_ncols=True)
     try:
         for name, (_, (dtype, shape, _), dattrs) in ref["datasets"].items():
-            holding = [s for s in infos if s["rows"]]  # an empty tar shard may lack the labels dataset
+            # An empty tar shard may lack the labels dataset; row shards all have every dataset.
+            holding = [s for s in infos if s["rows"] or s["unit"] == "rows"]
             chunk_rows = max((s["datasets"][name][1][2] or (0,))[0] for s in holding)
             chunks = (min(chunk_rows, n), *shape) if chunk_rows and n else None
             ds = f.create_dataset(name, shape=(n, *shape), dtype=dtype, chunks=chunks)
