@@ -157,14 +157,18 @@ class Manifest:
             # Object stores offer sizes and etags, not mtimes: the blobs say what they have.
             _feed(h, b"blobs", self.blobs.fingerprint_bytes())
         else:
-            _feed(h, b"stats", self.file_stats().tobytes())
+            _feed(h, b"stats", self.file_stats(fresh=True).tobytes())
         return h.hexdigest()
 
-    def file_stats(self) -> np.ndarray | None:
-        """``(size, mtime_ns)`` per row of local file rows (``-1`` for a missing file), stat'ed once; else None."""
+    def file_stats(self, *, fresh: bool = False) -> np.ndarray | None:
+        """``(size, mtime_ns)`` per row of local file rows (``-1`` for a missing file); None for other rows.
+
+        ``fresh=True`` stats every file now (the fingerprint always does); otherwise the last result is
+        reused, so the run's row digests (features.writer.changes) cost no second pass over the files.
+        """
         if self.inline is not None or self.blobs is not None:
             return None
-        if getattr(self, "_stats", None) is None or len(self._stats) != len(self):
+        if fresh or getattr(self, "_stats", None) is None or len(self._stats) != len(self):
             stats = np.empty((len(self), 2), dtype="<i8")
             for i in range(len(self)):
                 try:
