@@ -36,7 +36,14 @@ demo() {
   # the demo would then find its earlier features made by another runtime and (rightly) refuse them.
   local common=(--weights auto --backbone "${BNECK_DEMO_BACKBONE:-vgg16}" --runtime "${BNECK_DEMO_RUNTIME:-tensorflow}")
   bneck extract "$data/digits/train" -o "$out/digits_train.h5" "${common[@]}" --input-size 64 --layer block4_pool
-  bneck extract "$data/digits/test" -o "$out/digits_test.h5" "${common[@]}" --input-size 64 --layer block4_pool
+  # The test split comes as 4 webdataset tars too, as img2dataset writes them: each --shard I/N is one job
+  # (a SLURM array task, a machine) that reads only its own tars, and the merge equals one run over all of them.
+  local shard
+  for shard in 0/2 1/2; do
+    bneck extract "$data/digits/test-tars" -o "$out/digits_test.h5" "${common[@]}" --input-size 64 --layer block4_pool \
+      --shard "$shard"
+  done
+  bneck merge "$out"/digits_test.shard-0000[01]-of-00002.h5 -o "$out/digits_test.h5" --overwrite
   bneck extract "$data/keypoints/training.csv" -o "$out/faces_train.h5" "${common[@]}" --input-size 96 --layer block4_pool
   bneck extract "$data/keypoints/validation.csv" -o "$out/faces_val.h5" "${common[@]}" --input-size 96 --layer block4_pool
   bneck info "$out/faces_train.h5"

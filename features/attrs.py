@@ -60,6 +60,10 @@ _ROOT_SCHEMA = {
     "row_start": (_INT, lambda v: v >= 0, "a non-negative integer"),
     "row_stop": (_INT, lambda v: v >= 0, "a non-negative integer"),
     "shard": (_STR, None, "a string"),
+    "shard_unit": (_STR, lambda v: v in ("rows", "tar"), "rows or tar"),  # tar: a webdataset shard of whole tars
+    "tar_start": (_INT, lambda v: v >= 0, "a non-negative integer"),
+    "tar_stop": (_INT, lambda v: v >= 0, "a non-negative integer"),
+    "tar_count": (_INT, lambda v: v >= 1, "a positive integer"),
     "settings_json": (_STR, None, "a string"),
     "source_root": (_STR, None, "a string"),
     "class_names": ((list,), lambda v: all(isinstance(x, str) for x in v), "a list of strings"),

@@ -70,6 +70,14 @@ def describe_file(path: str, *, max_bad: int = 20) -> dict:
     return info
 
 
+def _span(a: dict) -> str:
+    """Which part of the source the file covers: its rows, and for a webdataset source its tars."""
+    rows = f"rows [{a.get('row_start')}, {a.get('row_stop')})" if "row_start" in a else f"{a.get('n_rows')} rows"
+    if a.get("shard_unit") != "tar":
+        return rows
+    return f"{rows} from tars [{a.get('tar_start')}, {a.get('tar_stop')}) of {a.get('tar_count')}"
+
+
 def format_info(info: dict) -> str:
     """Human-readable text for :func:`describe_file`."""
     a = info["attrs"]
@@ -79,7 +87,7 @@ def format_info(info: dict) -> str:
              f"flip {a.get('flip')} runtime {a.get('runtime')}",
              f"  weights {a.get('weights')} sha256 {str(a.get('weights_sha256'))[:16] or '-'}",
              f"  source {a.get('source_kind')} fingerprint {str(a.get('source_fingerprint'))[:16]} "
-             f"shard {a.get('shard')} rows [{a.get('row_start')}, {a.get('row_stop')}) "
+             f"shard {a.get('shard')} {_span(a)} "
              f"format v{a.get('format_version')} complete {a.get('complete')}",
              *([f"  int8 calibration: {a['calibration']}"] if a.get("calibration") else []),
              f"  task {info['task']}" + (" (unlabelled: no labels or targets; `bneck predict MODEL FILE` runs a "

@@ -22,12 +22,19 @@ import numpy as np
 
 from features.attrs import check_root_attrs, check_shapes, plain, read_checked_attrs
 from features.fsutil import fsync_dir
+from features.reader.base import sorted_classes
 from features.reader.manifest import parse_shard, shard_bounds
 from features.writer.finished import PRODUCER, partial_dir
 
 DATASETS = ("features", "features_flipped", "labels", "targets", "targets_flipped", "paths", "valid",
             "reason", "image_size", "groups")
-_PER_SHARD = {"shard", "row_start", "row_stop", "created", "settings_json", "complete"}
+_PER_SHARD = {"shard", "row_start", "row_stop", "created", "settings_json", "complete", "tar_start", "tar_stop",
+              "tars_fingerprint"}
+# A tar shard (shard_unit "tar": it indexed only its own tars) knows only its own rows and classes: the
+# merge numbers the rows and joins the class lists; an empty one (more shards than tars) has no labels at all.
+_PER_TAR_SHARD = {"n_rows", "class_names"}
+_LABEL_ATTRS = {"task", "class_names", "target_names"}
+_LABEL_DATASETS = {"labels", "targets", "targets_flipped"}
 # How each shard ran (its device, compute batch after OOM back-off, decode threads): per worker,
 # so shards may differ, and the merged file keeps none of them.
 _RUN_ATTRS = {"run_device", "run_compute_batch", "run_decode_workers"}
@@ -48,6 +55,10 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
     """Merge ``shards`` (the files of shards 0..N-1 of one run, any order) into ``output``; returns a summary."""
     t0 = time.time()
     infos = _check_shards([os.fspath(s) for s in shards])
+    # The shard whose attrs and datasets the merged file takes: shard 0, or for tar shards the first holding rows
+    # (an empty one has no labels).
+    ref = next((s for s in infos if s["rows"]), infos[0]) if infos[0]["unit"] == "tar" else infos[0]
+    classes = _merged_classes(infos)
     output = os.fspath(output)
     real_out = os.path.realpath(output)
     for s in infos:
@@ -60,7 +71,7 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
             return _summary(output, infos, n, copy, t0, skipped=True)
         raise MergeError(f"{output} already exists and is not this merge of these shards; "
                          "use --overwrite (overwrite=True in Python) to replace it")
-    attrs = _merged_attrs(infos, n, copy)
+    attrs = _merged_attrs(infos, ref, n, copy, classes)
     out_dir = os.path.dirname(os.path.abspath(output))
     if not copy:  # readers refuse a virtual dataset reading from outside its folder (check_sources)
         outside = [s["path"] for s in infos if not _inside(s["path"], out_dir)]
@@ -74,9 +85,9 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
     try:
         with h5py.File(tmp, "w") as f:
             if copy:
-                _write_copy(f, infos, n, progress, os.path.basename(output))
+                _write_copy(f, infos, ref, n, progress, os.path.basename(output), classes)
             else:
-                attrs["vds_sources"] = _write_vds(f, infos, n, out_dir)
+                attrs["vds_sources"] = _write_vds(f, infos, ref, n, out_dir, classes)
             for key, value in attrs.items():
                 f.attrs[key] = value
             f.attrs["complete"] = True
@@ -127,9 +138,16 @@ def _check_shards(paths: list[str]) -> list[dict]:
     if missing:
         raise MergeError("; ".join(_missing_message(p) for p in missing))
     infos = sorted((_read_shard(p) for p in paths), key=lambda s: s["index"])
-    first = infos[0]
-    for s in infos[1:]:
-        _compare(first, s)
+    odd = next((s for s in infos if s["unit"] != infos[0]["unit"]), None)
+    if odd is not None:
+        raise MergeError(f"{odd['path']} and {infos[0]['path']} come from different runs: one is split by "
+                         f"{odd['unit']}, the other by {infos[0]['unit']} (a webdataset source is split by whole "
+                         "tars, other sources by rows); extract every shard with the same bneck and source")
+    tars = infos[0]["unit"] == "tar"
+    first = next((s for s in infos if s["rows"]), infos[0]) if tars else infos[0]
+    for s in infos:
+        if s is not first:
+            _compare(first, s, skip=_PER_TAR_SHARD if tars else set(), labels=not tars or s["rows"] > 0)
     count = first["count"]
     by_index = {}
     for s in infos:
@@ -142,6 +160,8 @@ def _check_shards(paths: list[str]) -> list[dict]:
         raise MergeError(f"shards {absent[:10]} of {count} are missing: "
                          + "; ".join(f"{h} exists but was not given" if os.path.isfile(h) else _missing_message(h)
                                      for h in hints))
+    if tars:
+        return _place_tar_shards(infos, count)
     n_rows = first["attrs"].get("n_rows")
     if not isinstance(n_rows, int):
         raise MergeError(f"{first['path']}: has no n_rows attr")
@@ -155,6 +175,49 @@ def _check_shards(paths: list[str]) -> list[dict]:
                 raise MergeError(f"{s['path']}: dataset {name!r} has {length} rows, expected "
                                  f"{s['row_stop'] - s['row_start']}")
     return infos
+
+
+def _place_tar_shards(infos: list[dict], count: int) -> list[dict]:
+    """Check that the shards' tar ranges tile ``[0, T)`` and number their rows, in shard order."""
+    n_tars = infos[0]["tar_count"]
+    offset = 0
+    for s in infos:
+        want = shard_bounds(n_tars, s["index"], count)
+        if (s["tar_start"], s["tar_stop"]) != want:
+            raise MergeError(f"{s['path']}: shard {s['index']}/{count} covers tars [{s['tar_start']}, "
+                             f"{s['tar_stop']}) but shard {s['index']}/{count} of {n_tars} tars is {list(want)}: "
+                             "a gap or an overlap with its neighbours")
+        if s["attrs"].get("n_rows") != s["rows"]:
+            raise MergeError(f"{s['path']}: attr n_rows is {s['attrs'].get('n_rows')!r}, 'features' has {s['rows']}")
+        for name, (length, _, _) in s["datasets"].items():
+            if length != s["rows"]:
+                raise MergeError(f"{s['path']}: dataset {name!r} has {length} rows, expected {s['rows']}")
+        s["row_start"], s["row_stop"] = offset, offset + s["rows"]
+        offset += s["rows"]
+    if not offset:
+        raise MergeError(f"{infos[0]['path']}: none of the {len(infos)} shards holds a row")
+    return infos
+
+
+def _merged_classes(infos: list[dict]) -> list[str] | None:
+    """The merged file's class names, and each shard's ``remap`` (its label index -> the merged one).
+
+    Row shards share one class list (compared). Tar shards each saw only their own tars' labels: ``.cls``
+    classes ``0..max`` are prefixes of the longest list, which keeps every index; classes of ``--label-key``
+    are sorted anew over all shards, as one run over every tar sorts them, and the labels renumbered.
+    """
+    lists = [s["attrs"]["class_names"] for s in infos if s["rows"] and "class_names" in s["attrs"]]
+    if not lists:
+        return None
+    longest = max(lists, key=len)
+    if all(names == longest[:len(names)] for names in lists):
+        return longest
+    classes = sorted_classes(c for names in lists for c in names)
+    index = {c: k for k, c in enumerate(classes)}
+    for s in infos:
+        if s["rows"] and "class_names" in s["attrs"]:
+            s["remap"] = np.array([index[c] for c in s["attrs"]["class_names"]], np.int64)
+    return classes
 
 
 def _missing_message(p: str) -> str:
@@ -195,17 +258,29 @@ def _read_shard(path: str) -> dict:
                         {k: plain(v) for k, v in f[n].attrs.items()}) for n in DATASETS if n in f}
     if "features" not in datasets:
         raise MergeError(f"{path}: has no 'features' dataset")
-    return {"path": path, "attrs": attrs, "index": index, "count": count, "datasets": datasets,
-            "row_start": int(attrs.get("row_start", -1)), "row_stop": int(attrs.get("row_stop", -1)),
-            "settings": json.loads(attrs["settings_json"])}
+    unit = attrs.get("shard_unit", "rows")  # files of older bneck, and every non-tar source: rows
+    if unit not in ("rows", "tar"):
+        raise MergeError(f"{path}: attr shard_unit is {unit!r}; expected 'rows' or 'tar'")
+    info = {"path": path, "attrs": attrs, "index": index, "count": count, "datasets": datasets, "unit": unit,
+            "rows": datasets["features"][0], "settings": json.loads(attrs["settings_json"]),
+            "row_start": int(attrs.get("row_start", -1)), "row_stop": int(attrs.get("row_stop", -1))}
+    if unit == "tar":
+        for key in ("tar_start", "tar_stop", "tar_count"):
+            if not isinstance(attrs.get(key), int):
+                raise MergeError(f"{path}: a tar shard without an integer {key} attr")
+            info[key] = attrs[key]
+    return info
 
 
-def _compare(a: dict, b: dict) -> None:
-    """Raise naming the first attr, setting or dataset in which shard ``b`` differs from shard ``a``."""
+def _compare(a: dict, b: dict, *, skip=frozenset(), labels: bool = True) -> None:
+    """Raise naming the first attr, setting or dataset in which shard ``b`` differs from shard ``a``.
+
+    ``skip``: more attrs that may differ; ``labels=False`` (an empty tar shard): labels and targets too.
+    """
     where = f"{b['path']} and {a['path']} come from different runs"
     if a["count"] != b["count"]:
         raise MergeError(f"{where}: shard counts differ ({a['attrs']['shard']} vs {b['attrs']['shard']})")
-    skip = _PER_SHARD | _HOST_LOCAL | _RUN_ATTRS
+    skip = _PER_SHARD | _HOST_LOCAL | _RUN_ATTRS | set(skip) | (set() if labels else _LABEL_ATTRS)
     for key in sorted(set(a["attrs"]) | set(b["attrs"])):
         if key not in skip and a["attrs"].get(key) != b["attrs"].get(key):
             raise MergeError(f"{where}: {key} differs ({a['attrs'].get(key)!r} vs {b['attrs'].get(key)!r})")
@@ -213,25 +288,39 @@ def _compare(a: dict, b: dict) -> None:
     for key in sorted(set(sa) | set(sb)):
         if sa.get(key) != sb.get(key):
             raise MergeError(f"{where}: setting {key} differs ({sa.get(key)!r} vs {sb.get(key)!r})")
-    if set(a["datasets"]) != set(b["datasets"]):
-        raise MergeError(f"{where}: datasets differ ({sorted(a['datasets'])} vs {sorted(b['datasets'])})")
-    for name, (_, (dt, shape, _), dattrs) in a["datasets"].items():
+    names_a = {n for n in a["datasets"] if labels or n not in _LABEL_DATASETS}
+    names_b = {n for n in b["datasets"] if labels or n not in _LABEL_DATASETS}
+    if names_a != names_b:
+        raise MergeError(f"{where}: datasets differ ({sorted(names_a)} vs {sorted(names_b)})")
+    for name in sorted(names_a):
+        _, (dt, shape, _), dattrs = a["datasets"][name]
         _, (dt2, shape2, _), dattrs2 = b["datasets"][name]
         if dt != dt2 or shape != shape2:
             raise MergeError(f"{where}: dataset {name!r} is {dt2}{shape2} vs {dt}{shape}")
+        if "class_names" in skip and name == "labels":
+            continue  # each tar shard's own classes: joined by _merged_classes
         if dattrs != dattrs2:
             raise MergeError(f"{where}: attrs of dataset {name!r} differ ({dattrs2} vs {dattrs})")
 
 
 def _full_run(settings: dict, n_rows: int) -> dict:
     """The settings an unsharded run of the same data would record."""
-    return {**settings, "shard": "0/1", "row_start": 0, "row_stop": n_rows}
+    full = {**settings, "shard": "0/1", "row_start": 0, "row_stop": n_rows}
+    if settings.get("shard_unit") == "tar":  # every tar; the list's fingerprint (source_fingerprint) stays
+        full.update(tar_start=0, tar_stop=settings["tar_count"])
+        full.pop("tars_fingerprint", None)
+    return full
 
 
-def _merged_attrs(infos: list[dict], n: int, copy: bool) -> dict:
-    attrs = {k: v for k, v in infos[0]["attrs"].items() if k not in _MERGE_ATTRS and k not in _RUN_ATTRS}
+def _merged_attrs(infos: list[dict], ref: dict, n: int, copy: bool, classes: list[str] | None) -> dict:
+    attrs = {k: v for k, v in ref["attrs"].items() if k not in _MERGE_ATTRS and k not in _RUN_ATTRS}
+    if ref["unit"] == "tar":
+        attrs.pop("tars_fingerprint", None)
+        attrs.update(n_rows=n, tar_start=0, tar_stop=ref["tar_count"])
+        if classes is not None:
+            attrs["class_names"] = classes
     attrs.update(shard="0/1", row_start=0, row_stop=n,
-                 settings_json=json.dumps(_full_run(infos[0]["settings"], n), sort_keys=True),
+                 settings_json=json.dumps(_full_run(ref["settings"], n), sort_keys=True),
                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  merged_from=[os.path.basename(s["path"]) for s in infos], virtual=not copy)
     attrs.pop("complete", None)  # set last, once every dataset is written
@@ -241,43 +330,69 @@ def _merged_attrs(infos: list[dict], n: int, copy: bool) -> dict:
 
 
 # -- writing -----------------------------------------------------------------------------------
-def _write_vds(f, infos: list[dict], n: int, out_dir: str) -> list[str]:
+def _dataset_attrs(name: str, dattrs: dict, classes: list[str] | None) -> dict:
+    return {**dattrs, "class_names": classes} if name == "labels" and classes is not None else dattrs
+
+
+def _write_vds(f, infos: list[dict], ref: dict, n: int, out_dir: str, classes: list[str] | None) -> list[str]:
     import h5py
 
     sources = [os.path.relpath(os.path.abspath(s["path"]), out_dir) for s in infos]
-    for name, (_, (dtype, shape, _), dattrs) in infos[0]["datasets"].items():
+    for name, (_, (dtype, shape, _), dattrs) in ref["datasets"].items():
+        if name == "labels" and any("remap" in s for s in infos):
+            # Renumbered labels cannot be a view of the shards' own: 8 bytes a row, written out.
+            ds = f.create_dataset(name, data=_remapped_labels(infos, n))
+            for key, value in _dataset_attrs(name, dattrs, classes).items():
+                ds.attrs[key] = value
+            continue
         layout = h5py.VirtualLayout(shape=(n, *shape), dtype=dtype)
         for s, rel in zip(infos, sources, strict=True):
             a, b = s["row_start"], s["row_stop"]
             if b > a:  # HDF5 cannot map an empty selection
                 layout[a:b] = h5py.VirtualSource(rel, name, shape=(b - a, *shape), dtype=dtype)
         ds = f.create_virtual_dataset(name, layout, fillvalue=None)
-        for key, value in dattrs.items():
+        for key, value in _dataset_attrs(name, dattrs, classes).items():
             ds.attrs[key] = value
     return sources
 
 
-def _write_copy(f, infos: list[dict], n: int, progress: bool, label: str) -> None:
+def _remapped_labels(infos: list[dict], n: int) -> np.ndarray:
+    import h5py
+
+    out = np.zeros(n, np.int64)
+    for s in infos:
+        if s["rows"]:
+            with h5py.File(s["path"], "r") as src:
+                labels = src["labels"][()]
+            out[s["row_start"]:s["row_stop"]] = s["remap"][labels] if "remap" in s else labels
+    return out
+
+
+def _write_copy(f, infos: list[dict], ref: dict, n: int, progress: bool, label: str,
+                classes: list[str] | None) -> None:
     import h5py
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n, unit="row", desc=f"merge {label}", disable=not progress,
                dynamic_ncols=True)
     try:
-        for name, (_, (dtype, shape, _), dattrs) in infos[0]["datasets"].items():
-            chunk_rows = max((s["datasets"][name][1][2] or (0,))[0] for s in infos)
+        for name, (_, (dtype, shape, _), dattrs) in ref["datasets"].items():
+            # An empty tar shard may lack the labels dataset; row shards all have every dataset.
+            holding = [s for s in infos if s["rows"] or s["unit"] == "rows"]
+            chunk_rows = max((s["datasets"][name][1][2] or (0,))[0] for s in holding)
             chunks = (min(chunk_rows, n), *shape) if chunk_rows and n else None
             ds = f.create_dataset(name, shape=(n, *shape), dtype=dtype, chunks=chunks)
-            for key, value in dattrs.items():
+            for key, value in _dataset_attrs(name, dattrs, classes).items():
                 ds.attrs[key] = value
             row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * max(1, dtype.itemsize))
             block = max(1, _BLOCK_BYTES // row_bytes)
-            for s in infos:
+            for s in holding:
+                remap = s.get("remap") if name == "labels" else None
                 with h5py.File(s["path"], "r") as src:
                     sds = src[name]
                     for a in range(0, s["row_stop"] - s["row_start"], block):
                         b = min(a + block, s["row_stop"] - s["row_start"])
-                        ds[s["row_start"] + a:s["row_start"] + b] = sds[a:b]
+                        ds[s["row_start"] + a:s["row_start"] + b] = sds[a:b] if remap is None else remap[sds[a:b]]
                         if name == "features":
                             bar.update(b - a)
     finally:

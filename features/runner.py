@@ -24,6 +24,7 @@ from features.reader.fs import absolute
 from features.reader.manifest import Manifest, parse_shard
 from features.reader.sources import check_found, read_source
 from features.writer import assemble, finished, partial
+from features.writer.changes import SourceView
 from features.writer.commit import ChunkWriter, check_signal, install_signal_handlers, restore_signal_handlers
 
 log = logging.getLogger("bneck")
@@ -58,9 +59,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     input_size = backbones.parse_input_size(cfg.input_size, spec)
     layer = cfg.layer or spec.default_layer
     source_options = {k: v for k, v in cfg.source.items() if v is not None}
-    manifest = read_source(cfg.data, progress=cfg.progress, **source_options)
+    shard = parse_shard(cfg.shard) if cfg.shard else None
+    manifest = read_source(cfg.data, progress=cfg.progress, shard=shard, **source_options)
     check_found(cfg.data, manifest)  # a wrong --image-root fails here, before the backbone is built
-    start, stop = manifest.shard_range(*parse_shard(cfg.shard)) if cfg.shard else (0, len(manifest))
+    part = manifest.part  # a source split by whole tars has read this shard's own tars only: all its rows
+    start, stop = (0, len(manifest)) if part or not shard else manifest.shard_range(*shard)
     out = shard_output(cfg.output, cfg.shard)
     runtime = resolve_runtime(cfg.runtime, spec)
     from features import weights as W
@@ -83,11 +86,27 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if runtime == "openvino" and precision == "fp16":  # runtime auto resolved to openvino
         raise ValueError("--precision fp16 is a GPU setting; with --runtime openvino use bf16 or fp32")
     # A test set calibrated on the training set's images gets the very same int8 model (cached).
-    fingerprint = manifest.fingerprint()  # stats every file: computed once
-    cal_manifest = read_source(cfg.calibrate_on, **source_options) if cfg.calibrate_on else manifest
+    # stats every file: computed once. A tar shard's rows are its own, so it is compared across shards by
+    # the fingerprint of the whole tar list, and resumed by that of its own tars (shard_settings below).
+    fingerprint = part.fingerprint if part else manifest.fingerprint()
+    cal_manifest = manifest
+    if cfg.calibrate_on:
+        cal_manifest = read_source(cfg.calibrate_on, **source_options)
+    elif part and shard and precision == "int8":
+        # Every shard must quantize alike, so calibration spreads over all tars: the one reason a tar
+        # shard reads the headers of the others.
+        cal_manifest = read_source(cfg.data, progress=cfg.progress, **source_options)
     calibration = int8.calibration_for(precision, runtime, cal_manifest, cfg.calibration_images, input_size,
                                        fingerprint=None if cfg.calibrate_on else fingerprint)
     chunk_rows = cfg.chunk_rows or cfg.batch_size * 8
+    shard_settings = {"row_start": start, "row_stop": stop}
+    if part:
+        shard_settings = {"shard_unit": part.unit, f"{part.unit}_start": part.start, f"{part.unit}_stop": part.stop,
+                          f"{part.unit}_count": part.count}
+        if shard:  # global rows are unknown here (features.merge numbers them); the own tars resume it
+            shard_settings[f"{part.unit}s_fingerprint"] = manifest.fingerprint()
+        else:
+            shard_settings.update(row_start=0, row_stop=len(manifest))
 
     def settings_for(winfo):
         return {
@@ -95,7 +114,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             "input_size": list(input_size), "weights": winfo.identity, "weights_sha256": winfo.sha256,
             "seed": cfg.seed, "precision": precision, "store_dtype": cfg.store_dtype, "flip": cfg.flip,
             "runtime": runtime, "xla": xla, "source_kind": manifest.kind, "source_fingerprint": fingerprint,
-            "shard": cfg.shard or "0/1", "row_start": start, "row_stop": stop,
+            "shard": cfg.shard or "0/1", **shard_settings,
             "batch_size": cfg.batch_size, "chunk_rows": chunk_rows,
             **({"calibration": calibration.key} if calibration else {}),
         }
@@ -108,9 +127,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
     # A Makefile's rerun of a finished extract should cost milliseconds, not a backbone build:
     # when the weights are known without building, the file's attrs are checked first.
+    # What a refused rerun compares the source with, to say in words what changed.
+    view = SourceView(manifest, start, stop, data=absolute(os.fspath(cfg.data)), image_root=absolute(manifest.root))
     if not cfg.overwrite and os.path.exists(out):
         known = W.known_weights(spec, cfg.weights, cfg.seed)
-        if known is not None and finished.check_existing(out, settings_for(known)):
+        if known is not None and finished.check_existing(out, settings_for(known), view):
             return already_done()
     # Weights are resolved before the settings so their hash is part of them.
     # OpenVINO takes a float32 graph and applies bf16 itself; TensorFlow needs the Keras policy.
@@ -121,14 +142,14 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     settings = settings_for(winfo)
     # --overwrite deletes the old output and chunks only under the partial dir's lock (in
     # PartialStore.open), so it cannot pull them away from a writer that is still running.
-    if not cfg.overwrite and finished.check_existing(out, settings):
+    if not cfg.overwrite and finished.check_existing(out, settings, view):
         return already_done()
 
     extractor = make_extractor(runtime, model, spec, cfg, precision, winfo, xla=xla, calibration=calibration)
     startup = time.time() - t0
     pstore = partial.PartialStore(out, settings, n_rows=stop - start, chunk_rows=chunk_rows,
                                 feature_shape=extractor.feature_shape, store_dtype=cfg.store_dtype,
-                                views=["features"] + (["features_flipped"] if cfg.flip else [])
+                                views=["features"] + (["features_flipped"] if cfg.flip else []), source=view
                                 ).open(overwrite=cfg.overwrite)
     try:
         computed, written = _run_chunks(cfg, manifest, start, pstore, extractor, input_size)

@@ -112,3 +112,16 @@ def test_cli(tmp_path, capsys, monkeypatch):
     assert demo.main([str(tmp_path / "d"), "--seed", "2", "--n-faces", "4"]) == 0
     assert "keypoints_training" in capsys.readouterr().out
     assert (tmp_path / "d" / demo.MARKER).read_text() == '{"seed": 2, "n_faces": 4}'
+
+
+def test_demo_digits_test_split_as_webdataset_tars(demo_paths):
+    from features import images
+
+    folder = read_source(demo_paths["digits_test"])
+    tars = read_source(demo_paths["digits_test_tars"])
+    assert tars.kind == "webdataset" and tars.part.count == demo.TEST_TARS
+    # The same rows in the same order: what the tar shards' merge is compared with.
+    assert [p.split("#")[1] for p in tars.paths] == [os.path.splitext(os.path.basename(p))[0] for p in folder.paths]
+    assert tars.labels.tolist() == folder.labels.tolist() and tars.class_names == folder.class_names
+    for i in (0, len(folder) // 2, len(folder) - 1):
+        np.testing.assert_array_equal(images.load_rgb(tars.source(i)), images.load_rgb(folder.source(i)))

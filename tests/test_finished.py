@@ -37,7 +37,7 @@ def test_same_settings_is_done_and_attrs_read_plain(tmp_path):
 
 def test_different_settings_are_named_and_refused(tmp_path):
     out = _complete(tmp_path / "out.h5", {"backbone": "vgg16", "layer": "block5_pool"})
-    with pytest.raises(finished.StoreError, match=r"layer: 'block5_pool' -> 'block4_pool'.*--overwrite"):
+    with pytest.raises(finished.StoreError, match=r"layer: block5_pool -> block4_pool\).*--overwrite"):
         finished.check_existing(out, {"backbone": "vgg16", "layer": "block4_pool"})
 
 

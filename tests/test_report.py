@@ -232,3 +232,19 @@ def test_a_report_of_10000_rows_stays_small_and_quick(tmp_path):
     assert total < 20e6 and seconds < 30, (total, seconds)
     page = (tmp_path / "rep" / "index.html").read_text()
     assert f"the first {report_html.MAX_BAD_ROWS_LISTED} listed" in page
+
+
+def test_webdataset_rows_show_their_tar_member(tmp_path):
+    from pipeline.tools.report_gallery import load_images, row_sources
+    from tests.datafiles import png_bytes, write_tar
+
+    (tmp_path / "shards").mkdir()
+    write_tar(tmp_path / "shards" / "00001.tar", [("k0", {"png": png_bytes(0), "cls": "0"}),
+                                                  ("k1", {"png": png_bytes(1), "cls": "1"})])
+    attrs = {"source_root": str(tmp_path), "source_kind": "webdataset"}
+    got = load_images(row_sources(attrs, ["shards/00001.tar#k1", "shards/00001.tar#gone", "shards/9.tar#k0"],
+                                  [0, 1, 2]))
+    from features import images
+
+    np.testing.assert_array_equal(got[0][0], images.load_rgb(png_bytes(1)))
+    assert [g[1] for g in got[1:]] == ["missing", "missing"]

@@ -128,8 +128,13 @@ def test_partial_run_with_other_settings_is_refused(dataset, tmp_path, monkeypat
     with faults.raising_at("batch", KeyboardInterrupt()), pytest.raises(KeyboardInterrupt):
         extract(_cfg(data, out))
     monkeypatch.undo()
-    with pytest.raises(StoreError, match=r"other settings: .*pooling"):
-        extract(_cfg(data, out, pooling="avg"))
+    # Killed before its first chunk: no valid row to keep, so the changed command simply starts again.
+    assert extract(_cfg(data, out, pooling="max", chunk_rows=4)).computed == 12
+    os.remove(out)
+    with faults.raising_at("batch", KeyboardInterrupt(), nth=2), pytest.raises(KeyboardInterrupt):
+        extract(_cfg(data, out, chunk_rows=4))
+    with pytest.raises(StoreError, match=r"other settings or another source: pooling: none -> avg\. Rerun"):
+        extract(_cfg(data, out, pooling="avg", chunk_rows=4))
 
 
 def test_too_many_bad_images_keeps_chunks(dataset, tmp_path):
@@ -230,7 +235,7 @@ def test_rerun_of_a_finished_extract_does_not_build_the_backbone(dataset, tmp_pa
         s = extract(_cfg(data, tmp_path / name, **kw))
         assert s.skipped_existing and s.computed == 0 and s.bad == 2
     # Other settings still fail before any build, with the usual message.
-    with pytest.raises(StoreError, match="different settings"):
+    with pytest.raises(StoreError, match="other settings or another source .*seed: 7 -> 8"):
         extract(_cfg(data, out, seed=8))
 
 

@@ -94,3 +94,17 @@ def test_a_name_with_brackets_that_exists_is_not_a_pattern(tmp_path):
     (tmp_path / "photos [2024]").mkdir()
     (tmp_path / "photos [2024]" / "a.png").write_bytes(png_bytes(0))
     assert read_source(str(tmp_path / "photos [2024]")).paths == ["a.png"]
+
+
+def test_memory_tar_shard_opens_only_its_own_tars(tmp_path, memfs):
+    # On an object store the other tars are listed (sizes, etags/mtimes), never fetched.
+    mem, root = memfs
+    for f in write_shards(tmp_path / "shards", n_shards=4, per_shard=2):
+        mem.pipe(f"{root}/s/{f.rsplit('/', 1)[1]}", open(f, "rb").read())
+    whole = read_source(f"memory://{root}/s")
+    for name in ("00000.tar", "00001.tar"):
+        mem.pipe(f"{root}/s/{name}", b"garbage, not a tar" * 50)
+    part = read_source(f"memory://{root}/s", shard=(1, 2))
+    assert part.paths == whole.paths[4:] and (part.part.start, part.part.stop, part.part.count) == (2, 4, 4)
+    with pytest.raises(SourceError, match=r"00000\.tar: not a tar file"):
+        read_source(f"memory://{root}/s", shard=(0, 2))

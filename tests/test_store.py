@@ -147,10 +147,16 @@ def test_overwrite_killed_part_way_never_resumes_the_old_rows(tmp_path, monkeypa
         _store(out, settings={"seed": 1}).open(overwrite=True)
     monkeypatch.undo()
     assert "settings.json" not in removed  # it goes last, so it still names what is left
-    with pytest.raises(StoreError, match="other settings"):
-        _store(out, settings={"seed": 1}).open()
-    again = _store(out, settings={"seed": 1}).open(overwrite=True)
+    # Both markers went first: no valid row is left, so the new settings start afresh, even without
+    # --overwrite, and nothing of the old run is resumed.
+    again = _store(out, settings={"seed": 1}).open()
     assert again.done_chunks() == set()
+    again.close()
+    ps = _store(out, settings={"seed": 1}).open()
+    ps.write_chunk(0, _chunk(ps, 0))
+    ps.close()
+    with pytest.raises(StoreError, match=r"other settings or another source: seed: 1 -> 2\. Rerun"):
+        _store(out, settings={"seed": 2}).open()  # a valid row is kept: refused until --overwrite
 
 
 def test_rows_without_settings_are_discarded(tmp_path, caplog):

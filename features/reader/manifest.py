@@ -16,6 +16,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
+@dataclass(frozen=True)
+class FilePart:
+    """The whole files of a source (webdataset tars) that a manifest covers when the file is the unit of work.
+
+    Shard ``I/N`` of a source of ``count`` files holds files ``[start, stop)`` =
+    :func:`shard_bounds` ``(count, I, N)`` of its file list, indexed alone: the other files are listed
+    and stat'ed, never opened (as img2dataset and clip-retrieval split work). Its rows are its own,
+    numbered from 0, since the global row of its first sample is not known without reading the tars
+    before it. ``fingerprint`` covers the names, sizes and etags/mtimes of *all* ``count`` files and the
+    reader options, so it is the same for every shard (and for an unsharded run): what merge compares.
+    """
+
+    unit: str
+    start: int
+    stop: int
+    count: int
+    fingerprint: str
+
+
 @dataclass
 class Manifest:
     """Rows of a dataset: ids, labels or regression targets (or neither: task ``none``), and per-row read errors.
@@ -41,6 +61,8 @@ class Manifest:
             ``--group-column``): rows of one group are near-duplicates, which stage two keeps on one
             side of every validation split. None: every row stands alone.
         group_by: What the groups are (``"video"``, the CSV column's name); set with ``groups``.
+        part: For a source split by whole files (webdataset tars): which files this manifest
+            covers (:class:`FilePart`); ``None`` for sources split by rows.
     """
 
     kind: str
@@ -55,6 +77,7 @@ class Manifest:
     blobs: object | None = None
     groups: list[str] | None = None
     group_by: str | None = None
+    part: FilePart | None = None
 
     def __post_init__(self):
         """Normalise dtypes and check that all per-row arrays agree on N."""
@@ -151,6 +174,18 @@ class Manifest:
             # Object stores offer sizes and etags, not mtimes: the blobs say what they have.
             _feed(h, b"blobs", self.blobs.fingerprint_bytes())
         else:
+            _feed(h, b"stats", self.file_stats(fresh=True).tobytes())
+        return h.hexdigest()
+
+    def file_stats(self, *, fresh: bool = False) -> np.ndarray | None:
+        """``(size, mtime_ns)`` per row of local file rows (``-1`` for a missing file); None for other rows.
+
+        ``fresh=True`` stats every file now (the fingerprint always does); otherwise the last result is
+        reused, so the run's row digests (features.writer.changes) cost no second pass over the files.
+        """
+        if self.inline is not None or self.blobs is not None:
+            return None
+        if fresh or getattr(self, "_stats", None) is None or len(self._stats) != len(self):
             stats = np.empty((len(self), 2), dtype="<i8")
             for i in range(len(self)):
                 try:
@@ -158,12 +193,20 @@ class Manifest:
                     stats[i] = (st.st_size, st.st_mtime_ns)
                 except OSError:
                     stats[i] = (-1, -1)
-            _feed(h, b"stats", stats.tobytes())
-        return h.hexdigest()
+            self._stats = stats  # a cache, not a field: dataclass equality and repr ignore it
+        return self._stats
 
     def shard_range(self, index: int, count: int) -> tuple[int, int]:
         """Return the contiguous row slice ``[start, stop)`` of shard ``index`` of ``count``."""
         return shard_bounds(len(self), index, count)
+
+
+def fingerprint_of(*fields: bytes) -> str:
+    """A sha256 hex digest of ``fields``, each length-prefixed (no two field lists hash alike)."""
+    h = hashlib.sha256()
+    for f in fields:
+        h.update(_lp(f))
+    return h.hexdigest()
 
 
 def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:

@@ -244,7 +244,7 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def read_source(path, *, kind="auto", progress=False, **options) -> Manifest:
+def read_source(path, *, kind="auto", progress=False, shard=None, **options) -> Manifest:
     """Read a dataset description into a :class:`~features.reader.manifest.Manifest`.
 
     Args:
@@ -255,6 +255,9 @@ def read_source(path, *, kind="auto", progress=False, **options) -> Manifest:
             ``.parquet`` shards; a Kaggle keypoints CSV before another ``.csv``; a ``.txt`` of
             ``<image> <integer>`` lines is ``"places365"``, of bare paths ``"list"``).
         progress: Show a progress bar while indexing many shards.
+        shard: ``(I, N)`` for ``--shard I/N``. A reader that splits work by whole files (it takes a
+            ``shard`` parameter: webdataset tars) reads only shard I's files and says so in
+            ``Manifest.part``; the others return every row and the caller slices them.
         **options: The reader's options (``categories``, ``image_root``, ``path_column``,
             ``label_column``, ``target_columns``, ``recursive``, ``label_key``, ``image_column``);
             ``None`` and ``False`` mean "not given". An option the reader does not take is refused.
@@ -290,6 +293,8 @@ def read_source(path, *, kind="auto", progress=False, **options) -> Manifest:
         raise SourceError(f"{path}: option(s) {flags} do not apply to a {kind} source")
     if "progress" in params:
         given["progress"] = progress
+    if "shard" in params and shard is not None:
+        given["shard"] = tuple(shard)
     return source.read(path, **given)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from . import fs
 from .base import check_xy_pairs, sorted_classes
 from .errors import SourceError
-from .manifest import Manifest
+from .manifest import FilePart, Manifest, fingerprint_of, shard_bounds
 
 log = logging.getLogger("bneck")
 
@@ -37,26 +37,50 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _META_MAX = 1 << 20
 
 
-def read_webdataset(path, *, label_key=None, target_columns=None, progress=False):
-    """Read webdataset shards into a manifest (see the module docstring); ``target_columns`` are json fields."""
+def read_webdataset(path, *, label_key=None, target_columns=None, progress=False, shard=None):
+    """Read webdataset shards into a manifest (see the module docstring); ``target_columns`` are json fields.
+
+    ``shard=(I, N)`` indexes only tars ``[I*T//N, (I+1)*T//N)`` of the ``T`` tars (the tar is the unit of
+    work, as in img2dataset and clip-retrieval): the others are listed and stat'ed for the fingerprint,
+    never opened. The manifest's ``part`` says which tars it covers; its rows are those tars' samples.
+    """
     target_keys = target_columns
     if label_key is not None and target_keys is not None:
         raise SourceError(f"{path}: give either --label-key or --target-columns, not both")
     shards = fs.shard_files(path, ".tar")
     # Row ids name the shard relative to the common folder, like the shard list users wrote.
     base = fs.common_parent(shards)
+    names = [fs.relative(shard, base) for shard in shards]
+    index, count = shard or (0, 1)
+    t0, t1 = shard_bounds(len(shards), index, count)
+    versions = _tar_versions(shards, base, names)
+    # Every shard computes the same value from the listing alone; the options shape labels and targets.
+    options = json.dumps({"label_key": label_key, "target_columns": list(target_keys or []) or None})
+    whole = fingerprint_of(b"webdataset", options.encode(),
+                           *(f"{n}:{size}:{version}".encode() for n, (size, version) in zip(names, versions)))
+    part = FilePart("tar", t0, t1, len(shards), whole)
     rows = []  # (shard index, key, image member (offset, size, ext) or None, reason, meta)
-    sizes = []
+    sizes = {}
     from tqdm.auto import tqdm
 
-    bar = tqdm(shards, desc="index tar shards", unit="tar", disable=not progress or len(shards) < 2, leave=False)
-    for s, shard in enumerate(bar):
-        size, version, samples = _index_tar(shard, need_json=bool(label_key or target_keys))
-        sizes.append((size, version, len(samples)))
+    bar = tqdm(range(t0, t1), desc="index tar shards", unit="tar", disable=not progress or t1 - t0 < 2,
+               leave=False)
+    for s in bar:
+        size, samples = _index_tar(shards[s], need_json=bool(label_key or target_keys))
+        sizes[s] = (size, versions[s][1], len(samples))
         rows += [(s, *sample) for sample in samples]
     if not rows:
-        raise SourceError(f"{path}: the tar shards hold no samples")
-    names = [fs.relative(shard, base) for shard in shards]
+        if shard is None or count == 1:
+            raise SourceError(f"{path}: the tar shards hold no samples")
+        # A SLURM array sized for more tars than there are: this shard finishes empty and merges.
+        what = f"tars {names[t0]}..{names[t1 - 1]} hold no samples" if t1 > t0 else \
+            f"there are only {len(shards)} tars, so shard {index}/{count} has none"
+        log.warning(f"{path}: {what}; shard {index}/{count} is written empty")
+        # --target-columns says regression without a sample to look at (it sets --precision auto's choice);
+        # whether .cls labels exist is unknown here, and features.merge ignores an empty shard's labels.
+        fields = {"targets": np.zeros((0, len(target_keys)), np.float32), "target_names": list(target_keys)} \
+            if target_keys else {}
+        return Manifest("webdataset", base, [], blobs=TarMembers(shards, names, [], sizes), part=part, **fields)
     ids = [f"{names[s]}#{key}" for s, key, *_ in rows]
     errors = {i: r[3] for i, r in enumerate(rows) if r[3]}
     blobs = TarMembers(shards, names, [(s, img) for s, _, img, _, _ in rows], sizes)
@@ -106,11 +130,29 @@ def read_webdataset(path, *, label_key=None, target_columns=None, progress=False
                 i = int(np.argmin(labels))
                 raise SourceError(f"{shards[rows[i][0]]}#{rows[i][1]}: .cls {labels[i]} is negative")
             fields = {"labels": labels, "class_names": [str(k) for k in range(int(labels.max()) + 1)]}
-    return Manifest("webdataset", base, ids, row_errors=errors, blobs=blobs, **fields)
+    return Manifest("webdataset", base, ids, row_errors=errors, blobs=blobs, part=part, **fields)
+
+
+def _tar_versions(shards, base, names):
+    """``(size, version)`` of every tar from a listing or ``stat``, without opening any of them."""
+    if fs.is_url(shards[0]):
+        found = fs.stats(base, names)
+        absent = [n for n, (size, _) in zip(names, found) if size < 0]
+        if absent:
+            raise SourceError(f"{fs.join(base, absent[0])}: cannot read this tar (it is not in the listing)")
+        return found
+    out = []
+    for shard in shards:
+        try:
+            st = os.stat(shard)
+        except OSError as exc:
+            raise SourceError(f"{shard}: cannot read this tar ({exc})") from None
+        out.append((st.st_size, str(st.st_mtime_ns)))
+    return out
 
 
 def _index_tar(shard, *, need_json):
-    """``(size, version, samples)`` of one tar from its headers; samples are (key, image, reason, meta)."""
+    """``(size, samples)`` of one tar from its headers; samples are (key, image, reason, meta)."""
     try:
         with fs.open_binary(shard) as f:
             f.seek(0, os.SEEK_END)
@@ -125,13 +167,7 @@ def _index_tar(shard, *, need_json):
             samples = _group(shard, f, members, size, need_json)
     except OSError as exc:
         raise SourceError(f"{shard}: cannot read this tar ({exc})") from None
-    version = ""
-    if fs.is_url(shard):
-        fsys, p = fs.filesystem(shard)
-        version = fs.version_of(fsys.info(p))
-    else:
-        version = str(os.stat(shard).st_mtime_ns)
-    return size, version, samples
+    return size, samples
 
 
 def _members(shard, f, size):
@@ -212,6 +248,7 @@ class TarMembers:
     """Rows whose images are byte ranges of tar shards."""
 
     def __init__(self, shards, names, images, sizes):
+        # shards, names: every tar of the source; sizes: {tar index: (size, version, samples)} of those indexed.
         self.shards, self.names, self.images, self.sizes = shards, names, images, sizes
 
     def source(self, i):
@@ -223,6 +260,6 @@ class TarMembers:
         return fs.Blob(self.shards[s], offset, size, name=f"{self.names[s]}#member@{offset}.{ext}")
 
     def fingerprint_bytes(self) -> bytes:
-        """Each shard's name, size, etag/mtime and sample count."""
-        return "\0".join(f"{n}:{size}:{version}:{count}"
-                         for n, (size, version, count) in zip(self.names, self.sizes)).encode()
+        """Each indexed tar's name, size, etag/mtime and sample count (a shard's own tars only)."""
+        return "\0".join(f"{self.names[s]}:{size}:{version}:{count}"
+                         for s, (size, version, count) in sorted(self.sizes.items())).encode()

@@ -13,6 +13,7 @@ import os
 import shutil
 
 from features.attrs import plain
+from features.writer.changes import explain, finished_source
 
 PRODUCER = "bneck"
 
@@ -26,12 +27,6 @@ def partial_dir(out_path: str) -> str:
     return out_path + ".partial"
 
 
-def settings_diff(old: dict, new: dict) -> list[str]:
-    """Human-readable list of settings that differ between two runs."""
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
 def read_attrs(path: str) -> dict:
     """The file's root attributes as plain Python values."""
     import h5py
@@ -40,8 +35,11 @@ def read_attrs(path: str) -> dict:
         return {k: plain(v) for k, v in f.attrs.items()}
 
 
-def check_existing(out_path: str, settings: dict) -> bool:
-    """True if ``out_path`` is a complete file made with ``settings``; raise if it differs or is broken."""
+def check_existing(out_path: str, settings: dict, source=None) -> bool:
+    """True if ``out_path`` is a complete file made with ``settings``; raise if it differs or is broken.
+
+    ``source`` (a :class:`features.writer.changes.SourceView`) lets the refusal say how the source changed.
+    """
     if not os.path.exists(out_path):
         return False
     try:
@@ -52,9 +50,9 @@ def check_existing(out_path: str, settings: dict) -> bool:
     if attrs.get("producer") != PRODUCER or not attrs.get("complete"):
         raise StoreError(f"{out_path} exists but is not a complete bneck feature file; use --overwrite to replace it")
     old = json.loads(attrs.get("settings_json", "{}"))
-    diff = settings_diff(old, settings)
-    if diff:
-        raise StoreError(f"{out_path} exists with different settings ({'; '.join(diff)}); "
+    if old != settings:
+        diff = explain(old, settings, finished_source(out_path) if source is not None else None, source)
+        raise StoreError(f"{out_path} exists with other settings or another source ({'; '.join(diff)}); "
                          "use --overwrite to replace it or choose another output")
     return True
 

@@ -24,7 +24,8 @@ import numpy as np
 from features import names
 from features.faults import fault_point
 from features.fsutil import atomic_write_bytes, fsync_dir
-from features.writer.finished import StoreError, partial_dir, settings_diff
+from features.writer.changes import explain, saved_source
+from features.writer.finished import StoreError, partial_dir
 from features.writer.target import Target, TargetError, TargetUnreadable
 
 log = logging.getLogger("bneck")
@@ -36,8 +37,10 @@ class PartialStore:
     """The partial state of one output file under ``OUT.h5.partial/``, guarded by an exclusive lock."""
 
     def __init__(self, out_path: str, settings: dict, *, n_rows: int, chunk_rows: int,
-                 feature_shape=(0,), store_dtype: str = "float16", views=("features",)):
-        self.out_path, self.settings = out_path, settings
+                 feature_shape=(0,), store_dtype: str = "float16", views=("features",), source=None):
+        # source: a features.writer.changes.SourceView, saved beside the settings so a refused rerun can
+        # say what changed in words; None (tests, older callers) compares the settings alone.
+        self.out_path, self.settings, self.source = out_path, settings, source
         self.n_rows, self.chunk_rows = n_rows, chunk_rows
         self.dir = partial_dir(out_path)
         self.target = Target(self.dir, n_rows=n_rows, feature_shape=feature_shape, store_dtype=store_dtype,
@@ -96,18 +99,35 @@ class PartialStore:
         if os.path.exists(meta):
             with open(meta, encoding="utf-8") as f:
                 old = json.load(f)
-            diff = settings_diff(old, self.settings)
-            if diff:
-                raise StoreError(f"{self.dir} holds a partial run with other settings: {'; '.join(diff)}. "
+            if old == self.settings:
+                return
+            changes = "; ".join(explain(old, self.settings, saved_source(self.dir), self.source))
+            if self._holds_a_valid_row():
+                raise StoreError(f"{self.dir} holds a partial run with other settings or another source: {changes}. "
                                  "Rerun with the original settings to resume, or pass --overwrite to start again")
-            return
+            # Nothing in it is worth keeping (say every image was missing): the corrected command just starts.
+            log.warning(f"{self.dir} holds a partial run without a single valid row ({changes}); starting again")
+            for name in sorted(os.listdir(self.dir), key=lambda n: n == "settings.json"):
+                if name != "lock":
+                    os.remove(os.path.join(self.dir, name))
         # Rows and markers whose settings are unknown cannot be trusted to belong to this run.
         orphans = [n for n in os.listdir(self.dir) if n != "lock"]
         if orphans:
             log.warning(f"{self.dir} has {len(orphans)} files but no settings.json; discarding them")
             for name in orphans:
                 _remove_quietly(os.path.join(self.dir, name))
+        if self.source is not None:
+            self.source.save(self.dir)  # before settings.json: without it, a kill leaves orphans, discarded above
         atomic_write_bytes(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
+
+    def _holds_a_valid_row(self) -> bool:
+        for k in self.done_chunks():
+            try:
+                if self.read_chunk(k)["valid"].any():
+                    return True
+            except (OSError, ValueError, KeyError):
+                return True  # unreadable: not ours to judge worthless
+        return False
 
     def _open_target(self) -> None:
         done = self.done_chunks()

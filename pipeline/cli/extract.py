@@ -57,7 +57,9 @@ def add_arguments(p) -> None:
                         "compute batch halves by itself, rows unchanged (default 32)")
     p.add_argument("--chunk-rows", type=positive_int, help="rows per committed chunk, a multiple of --batch-size "
                                                   "(default 8 batches); a kill loses at most one chunk")
-    p.add_argument("--shard", metavar="I/N", help="extract only shard I of N (0-based); writes OUT.shard-I-of-N.h5")
+    p.add_argument("--shard", metavar="I/N", help="extract only shard I of N (0-based); writes OUT.shard-I-of-N.h5. "
+                   "Rows are split evenly; webdataset sources by whole tars (I*T//N to (I+1)*T//N of T), "
+                   "opening no other tar")
     p.add_argument("--overwrite", action="store_true", help="discard an existing output or partial run and redo it")
     p.add_argument("--max-bad-fraction", type=fraction, default=0.05,
                    help="exit 3 when more than this fraction of images cannot be decoded (default 0.05)")

@@ -2,6 +2,9 @@
 
 * ``digits/{train,test}/<digit>/<i>.png``: scikit-learn's bundled 8x8 digits, scaled
   to 0-255 and upscaled to 32x32 grey PNGs, split 75/25 stratified by class.
+* ``digits/test-tars/{00000..00003}.tar``: the same test split as webdataset tar shards, as
+  img2dataset writes them (``<i>.png`` and ``<i>.cls`` per sample, in the folder's row order), to
+  show ``bneck extract --shard I/N`` over tars and ``bneck merge``.
 * ``keypoints/{training,validation}.csv``: synthetic 96x96 grey "faces" in the exact
   Kaggle Facial Keypoints format (30 keypoint columns, then ``Image``), with Kaggle-like
   missing keypoints.  Each face is rendered analytically from a few parameters
@@ -21,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 
 import numpy as np
@@ -155,11 +159,36 @@ def _write_digits(outdir, seed) -> None:
             folder = os.path.join(tmp, split, str(d.target[i]))
             os.makedirs(folder, exist_ok=True)
             Image.fromarray(img).save(os.path.join(folder, f"{i:04d}.png"))
+    _write_tars(os.path.join(tmp, "test"), os.path.join(tmp, "test-tars"), TEST_TARS)
     final = os.path.join(outdir, "digits")
     # The demo owns outdir/digits: a stale tree from another seed would mix splits.
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+#: How many webdataset tars the digits test split is written as.
+TEST_TARS = 4
+
+
+def _write_tars(folder, tars, n_tars) -> None:
+    """Write the class folder ``folder`` as ``n_tars`` webdataset tars, samples in the folder's row order."""
+    from features.reader.manifest import shard_bounds
+
+    samples = [(cls, name) for cls in sorted(os.listdir(folder), key=int)
+               for name in sorted(os.listdir(os.path.join(folder, cls)))]
+    os.makedirs(tars)
+    for t in range(n_tars):
+        a, b = shard_bounds(len(samples), t, n_tars)
+        with tarfile.open(os.path.join(tars, f"{t:05d}.tar"), "w", format=tarfile.USTAR_FORMAT) as tf:
+            for cls, name in samples[a:b]:
+                key = os.path.splitext(name)[0]
+                with open(os.path.join(folder, cls, name), "rb") as f:
+                    png = f.read()
+                for ext, data in (("png", png), ("cls", cls.encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime = len(data), 0  # mtime 0: the same seed writes the same bytes
+                    tf.addfile(info, io.BytesIO(data))
 
 
 def make_demo(outdir, *, seed: int = 0, n_faces: int = 600) -> dict:
@@ -172,7 +201,7 @@ def make_demo(outdir, *, seed: int = 0, n_faces: int = 600) -> dict:
         n_faces: Rows of ``keypoints/training.csv``; ``validation.csv`` gets a quarter.
 
     Returns:
-        ``{"root", "digits_train", "digits_test", "keypoints_training",
+        ``{"root", "digits_train", "digits_test", "digits_test_tars", "keypoints_training",
         "keypoints_validation"}`` mapped to paths.  When ``outdir/.demo-complete``
         records the same ``seed`` and ``n_faces``, nothing is rewritten.
     """
@@ -183,6 +212,7 @@ def make_demo(outdir, *, seed: int = 0, n_faces: int = 600) -> dict:
         "root": outdir,
         "digits_train": os.path.join(outdir, "digits", "train"),
         "digits_test": os.path.join(outdir, "digits", "test"),
+        "digits_test_tars": os.path.join(outdir, "digits", "test-tars"),
         "keypoints_training": os.path.join(outdir, "keypoints", "training.csv"),
         "keypoints_validation": os.path.join(outdir, "keypoints", "validation.csv"),
     }

@@ -2,9 +2,10 @@
 
 Images come from where stage one read them: the feature file's ``source_root`` attr plus each row's
 ``paths`` entry, or, for Kaggle-style CSVs that carry their pixels inline (``training.csv#row=12``),
-the CSV itself. A file that has moved or gone is shown as missing, never fatal: the report is about
-the model, and the features it was scored on are still there. Drawing uses Pillow only, so its
-pixel positions are plain arithmetic a test can check.
+the CSV itself, and for webdataset samples (``00003.tar#0123``) the member of that tar. A file that has
+moved or gone is shown as missing, never fatal: the report is about the model, and the features it was
+scored on are still there. Drawing uses Pillow only, so its pixel positions are plain arithmetic a test
+can check.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pipeline.tools.report_data import point_side
 TRUE_RGB = (0, 160, 255)
 PRED_RGB = (255, 120, 0)
 _INLINE = re.compile(r"^(?P<file>.+)#row=(?P<row>\d+)$")
+_TAR_MEMBER = re.compile(r"^(?P<tar>.+\.tar)#(?P<key>.+)$")
 
 
 def row_sources(attrs: dict, paths, rows) -> list:
@@ -31,11 +33,17 @@ def row_sources(attrs: dict, paths, rows) -> list:
     None means the image cannot be found from the file's provenance (the reason is in :func:`missing_reason`).
     """
     root = attrs.get("source_root") or ""
-    out, inline = [], {}
+    out, inline, tars = [], {}, {}
     for r in rows:
         p = paths[r]
         m = _INLINE.match(p)
-        if m:
+        t = _TAR_MEMBER.match(p) if attrs.get("source_kind") == "webdataset" else None
+        if t:
+            tar_path = os.path.join(root, t["tar"])
+            if tar_path not in tars:
+                tars[tar_path] = _tar_members(tar_path)
+            out.append(tars[tar_path].get(t["key"]))
+        elif m:
             csv_path = os.path.join(root, m["file"])
             if csv_path not in inline:
                 inline[csv_path] = _inline_images(csv_path)
@@ -45,6 +53,20 @@ def row_sources(attrs: dict, paths, rows) -> list:
         else:
             out.append(p if os.path.isabs(p) else os.path.join(root, p) if root else None)
     return out
+
+
+def _tar_members(tar_path) -> dict:
+    """``{sample key: blob of its image member}`` of one webdataset tar; empty when it is gone or unreadable."""
+    from features.reader.errors import SourceError
+    from features.reader.sources import read_source
+
+    if not os.path.isfile(tar_path):
+        return {}
+    try:
+        m = read_source(tar_path, kind="webdataset")  # its headers only: one tar, not the whole list
+    except (SourceError, OSError, ValueError):
+        return {}
+    return {p.split("#", 1)[1]: m.source(i) for i, p in enumerate(m.paths) if i not in m.row_errors}
 
 
 def _inline_images(csv_path):
