@@ -8,6 +8,10 @@ the classic approach (`image_dataset_from_directory` + `model.predict` fp32, one
 
     python bench/extract.py --backbones vgg16,resnet50,mobilenet,mobilenetv2 --n 400 --classic vgg16
     python bench/extract.py --backbones vgg16 --n 480 --classic vgg16 --int8 vgg16
+    python bench/extract.py --backbones mobilenet --layouts webdataset,parquet --classic ''   # issue 22 item 6
+
+--layouts also packs the same JPEGs as 4 webdataset tars and/or one parquet file (row groups of 64) and runs
+the same extract on each right after the folder run: the ratios to the folder and to the limit side by side.
 """
 
 from __future__ import annotations
@@ -69,6 +73,39 @@ def int8_row(directory: str, name: str, d: float, args) -> dict:
             "ratio_to_limit": round(steady / limit, 3), "features_per_s": round(2 * steady, 2)}
 
 
+def pack_layouts(directory: str, paths: list[str], layouts: list[str], root: str) -> dict:
+    """The same JPEG bytes as webdataset tars / a parquet file under ``root``: {layout: the DATA to extract}."""
+    import io
+    import tarfile
+
+    out = {}
+    labels = [os.path.basename(os.path.dirname(p)) for p in paths]
+    classes = sorted(set(labels))
+    if "webdataset" in layouts:
+        tars = os.path.join(root, "tars")
+        os.makedirs(tars, exist_ok=True)
+        per = -(-len(paths) // 4)
+        for s in range(4):
+            with tarfile.open(os.path.join(tars, f"{s:05d}.tar"), "w") as tf:
+                for i in range(s * per, min((s + 1) * per, len(paths))):
+                    for ext, data in (("jpg", open(paths[i], "rb").read()),
+                                      ("cls", str(classes.index(labels[i])).encode())):
+                        info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                        info.size = len(data)
+                        tf.addfile(info, io.BytesIO(data))
+        out["webdataset"] = tars
+    if "parquet" in layouts:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"image": [open(p, "rb").read() for p in paths],
+                          "label": [classes.index(lab) for lab in labels]})
+        path = os.path.join(root, "data.parquet")
+        pq.write_table(table, path, row_group_size=64)
+        out["parquet"] = path
+    return out
+
+
 def main(argv=None) -> dict:
     p = common.parser(__doc__)
     p.add_argument("--backbones", default="vgg16,resnet50,mobilenet,mobilenetv2", help="comma-separated names")
@@ -78,6 +115,8 @@ def main(argv=None) -> dict:
     p.add_argument("--classic", default="vgg16", help="backbones to also run the classic approach on ('' = none)")
     p.add_argument("--int8", default="", help="backbones to also measure with --precision int8 (OpenVINO + NNCF): "
                                               "its own ceiling, limit and extract run (default none)")
+    p.add_argument("--layouts", default="", help="also extract the same JPEGs as webdataset tars and/or parquet "
+                                                 "(comma-separated: webdataset,parquet; default none)")
     common.add_output_args(p)
     args = p.parse_args(argv)
 
@@ -117,6 +156,19 @@ def main(argv=None) -> dict:
                     "ratio_to_limit": round(steady / limit, 3), "features_per_s": round(2 * steady, 2)})
         common.log(f"   extract {steady} img/s after {e2e['startup_seconds']} s start-up; limit {limit:.1f}; "
                    f"ratio {row['ratio_to_limit']}")
+        layouts = [x for x in args.layouts.split(",") if x]
+        if layouts:
+            row["layouts"] = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                for layout, data in pack_layouts(directory, paths, layouts, tmp).items():
+                    e = run_extract(data, os.path.join(tmp, f"{layout}.h5"), name, rt, precision, args.batch)
+                    rate = e["images_per_s_after_startup"]
+                    row["layouts"][layout] = {"images_per_s_after_startup": rate, "rows": e.get("rows"),
+                                              "ratio_to_limit": round(rate / limit, 3),
+                                              "ratio_to_folder": round(rate / steady, 3),
+                                              "peak_rss_mb": e["peak_rss_mb"]}
+                    common.log(f"   {layout}: {rate} img/s; ratio to limit {rate / limit:.3f}, to the folder "
+                               f"{rate / steady:.3f}")
         if name in args.classic.split(","):
             import contextlib
 
