@@ -168,16 +168,13 @@ class FeatureFile:
     @property
     def paths(self) -> list[str]:
         """Source image paths (or ids), one per row."""
-        if "paths" not in self._h5:
-            return [""] * self.n_rows
-        return [str(p) for p in self._h5["paths"].asstr()[()]]
+        paths = self._strings("paths")
+        return [""] * self.n_rows if paths is None else paths
 
     @property
     def groups(self) -> list[str] | None:
         """Per row, its group of near-duplicates (the video a frame came from), or None without groups."""
-        if "groups" not in self._h5:
-            return None
-        return [str(g) for g in self._h5["groups"].asstr()[()]]
+        return self._strings("groups")
 
     @property
     def group_by(self) -> str | None:
@@ -187,9 +184,12 @@ class FeatureFile:
     @property
     def reasons(self) -> list[str]:
         """Why each invalid row failed ('' for valid rows)."""
-        if "reason" not in self._h5:
-            return [""] * self.n_rows
-        return [str(p) for p in self._h5["reason"].asstr()[()]]
+        reasons = self._strings("reason")
+        return [""] * self.n_rows if reasons is None else reasons
+
+    def _strings(self, name: str) -> list[str] | None:
+        """A string dataset as a list of str, or None where the file has no such dataset."""
+        return [str(s) for s in self._h5[name].asstr()[()]] if name in self._h5 else None
 
     @property
     def image_size(self) -> np.ndarray:
