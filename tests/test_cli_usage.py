@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pipeline.cli.errors import EXIT_USAGE
-from pipeline.cli.main import COMMANDS, build_parser, main
+from pipeline.cli.main import COMMANDS, build_parser, main, parse_args
 
 X = ["x.h5", "-o", "out"]  # train's positional + required flag
 E = ["data", "-o", "out.h5"]  # extract's
@@ -123,6 +123,14 @@ def test_quiet_before_or_after_the_subcommand_is_the_same():
         assert args.quiet is True and args.verbose is False, argv
     args = parser.parse_args(["info", "f.h5"])
     assert args.quiet is False and args.verbose is False
+
+
+@pytest.mark.parametrize("argv", [["-q", "extract", "d", "-o", "f.h5"], ["extract", "d", "-o", "f.h5", "-q"],
+                                  ["merge", "a.h5", "-o", "f.h5", "-q"], ["report", "m", "f.h5", "-o", "r", "-q"],
+                                  ["frames", "v", "-o", "f", "-q"]])
+def test_quiet_hides_the_progress_bars(argv):
+    assert parse_args(argv).progress is False
+    assert parse_args([a for a in argv if a != "-q"]).progress is True
 
 
 def test_gpus_all_on_a_machine_without_gpus_is_a_usage_error(tmp_path, monkeypatch, capsys):

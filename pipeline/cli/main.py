@@ -49,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bneck", description="Transfer learning with cached bottleneck features.")
     parser.add_argument("--version", action="version", version=f"bneck {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     # The same two flags after the subcommand (`bneck info F -q`); SUPPRESS keeps the subparser
     # from resetting a -q given before the subcommand.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="warnings and errors only")
+                        help="warnings and errors only, no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for cmd in COMMANDS:
@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_arguments(p)
         p.set_defaults(cmd=cmd, cmd_parser=p)
     return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line as its command sees it, global flags applied; a usage error exits 2 (argparse)."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # said by the subcommand's parser, so the usage shown is the command's own
+        args.cmd_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.quiet and hasattr(args, "progress"):
+        # -q is for logs and Makefiles: a progress bar is neither a warning nor an error.
+        args.progress = False
+    return args
 
 
 def _setup_logging(args) -> None:
@@ -77,10 +88,7 @@ def main(argv=None) -> int:
     # A file name that is not UTF-8 must not end a run with UnicodeEncodeError halfway through
     # its output (predict prints one line per image as it goes).
     escape_unencodable_output(sys.stdout, sys.stderr)
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # said by the subcommand's parser, so the usage shown is the command's own
-        args.cmd_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parse_args(argv)
     cmd = args.cmd
     _setup_logging(args)
     try:
