@@ -56,6 +56,32 @@ def test_source_changes_are_named_in_words(tmp_path):
     assert lines[2:] == ["source: 2 files changed (first: cats/img001.png)"]  # copytree kept the others' mtimes
 
 
+def test_a_class_folder_whose_name_is_not_utf8_is_described(tmp_path):
+    # POSIX names are bytes: b"caf\xe9" comes back as a lone surrogate, which has no strict UTF-8 encoding.
+    make_class_folder(tmp_path / "a", classes=("dogs",), per_class=2)
+    os.rename(tmp_path / "a" / "dogs", os.fsdecode(os.fsencode(tmp_path / "a") + b"/caf\xe9"))
+    m = read_source(str(tmp_path / "a"))
+    assert m.class_names == [os.fsdecode(b"caf\xe9")]
+    _view(m, tmp_path / "a").save(str(tmp_path))
+    from features.writer.changes import saved_source
+
+    assert len(saved_source(str(tmp_path))["digests"]["labels"]) == 2
+
+
+def test_groups_given_since_are_named(tmp_path):
+    (tmp_path / "d.csv").write_text("path,label,subject\na.png,cat,7\nb.png,dog,8\n")
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"x")
+    plain = read_source(str(tmp_path / "d.csv"))
+    _view(plain, tmp_path).save(str(tmp_path))
+    from features.writer.changes import saved_source
+
+    grouped = read_source(str(tmp_path / "d.csv"), group_column="subject")
+    lines = explain({"source_fingerprint": "x"}, {"source_fingerprint": "y"}, saved_source(str(tmp_path)),
+                    _view(grouped, tmp_path))
+    assert lines == ["source: groups added (by subject)"]
+
+
 def _places(tmp_path, n=6):
     """A Places365 list whose names live in images/, not beside the list."""
     make_class_folder(tmp_path / "images", classes=("x",), per_class=n)

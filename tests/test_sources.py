@@ -107,13 +107,17 @@ def test_csv_group_column(tmp_path):
     assert r.target_names == ["age"] and r.groups == ["7", "8"]
     with pytest.raises(SourceError, match="both a target and the group column"):
         read_source(str(tmp_path / "r.csv"), group_column="age", target_columns=["age"])
+    with pytest.raises(SourceError, match="'path' cannot be both the path and the group column"):
+        read_source(str(tmp_path / "d.csv"), group_column="path")
+    with pytest.raises(SourceError, match="'label' cannot be both the label and the group column"):
+        read_source(str(tmp_path / "d.csv"), group_column="label")
     with pytest.raises(SourceError, match=r"d\.csv: no group column 'who'"):
         read_source(str(tmp_path / "d.csv"), group_column="who")
     (tmp_path / "e.csv").write_text("path,label,subject\na,cat,7\nb,cat,\n")
     with pytest.raises(SourceError, match=r"e\.csv:3: empty value in group column 'subject'"):
         read_source(str(tmp_path / "e.csv"), group_column="subject")
-    # The fingerprint covers the groups: another grouping is another source.
-    assert m.fingerprint() != read_source(str(tmp_path / "d.csv"), group_column="label").fingerprint()
+    # The fingerprint covers the groups: the same rows without them are another source.
+    assert m.fingerprint() != read_source(str(tmp_path / "d.csv")).fingerprint()
 
 
 @pytest.mark.parametrize("text, pattern", [
@@ -136,6 +140,19 @@ def test_folder_groups_file_extra_lines_are_ignored(tmp_path):
     (tmp_path / "d" / ".bneck-groups.csv").write_text("path,scene\na/1.png,s1\na/deleted.png,s1\n")
     m = read_source(str(tmp_path / "d"))
     assert m.kind == "folder" and m.groups == ["s1"] and m.group_by == "scene" and m.paths == ["a/1.png"]
+
+
+def test_folder_groups_file_keeps_names_as_written(tmp_path):
+    # A flat frames folder of " walk.mp4" writes " walk/ walk_000000.jpg": a name's spaces are part of it.
+    from features.reader.groups import write_groups_file
+
+    _touch(tmp_path / "d" / " walk" / " walk_000000.jpg")
+    write_groups_file(tmp_path / "d", [(" walk/ walk_000000.jpg", " walk")], by="video")
+    m = read_source(str(tmp_path / "d"))
+    assert m.paths == [" walk/ walk_000000.jpg"] and m.groups == ["walk"]
+    (tmp_path / "d" / ".bneck-groups.csv").write_bytes(b'path,video\n"a\n')  # an open quote to the end
+    with pytest.raises(SourceError, match=r"\.bneck-groups\.csv:\d+: (not a readable CSV line|expected)"):
+        read_source(str(tmp_path / "d"))
 
 
 @pytest.mark.parametrize("text, kwargs, pattern", [

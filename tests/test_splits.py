@@ -95,6 +95,22 @@ def test_cv_folds_keep_groups_whole_and_never_score_a_one_video_class():
     assert none is None and not rec["grouped"] and "optimistic" in rec["warning"]
 
 
+def test_cv_folds_never_score_a_subject_whose_other_photos_must_train():
+    # Subject s1 is the only group of class 0 and also has a photo of class 1: that photo cannot be scored
+    # without testing on s1 while s1's class-0 photos train (the reviewer's case: y and groups below).
+    y, g = np.array([0, 0, 1, 1, 1, 1]), np.array(["s1", "s1", "s1", "s2", "s3", "s3"])
+    folds, _ = grouped_cv_folds(y, g, 2, classifier=True, seed=0)
+    for a, b in folds or []:
+        assert not set(g[a]) & set(g[b]) and "s1" not in set(g[b])
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # random subjects spread over classes: no fold shares a group or lacks a tested class
+        n = int(rng.integers(6, 40))
+        y, g = rng.integers(0, 3, n), rng.integers(0, int(rng.integers(2, 10)), n).astype(str)
+        folds, _ = grouped_cv_folds(y, g, 3, classifier=True, seed=int(rng.integers(1000)))
+        for a, b in folds or []:
+            assert len(b) and not set(g[a]) & set(g[b]) and set(y[b]) <= set(y[a])
+
+
 def test_group_codes_follow_the_rows():
     assert group_codes(["b", "a", "b", "c"]).tolist() == [0, 1, 0, 2]
 

@@ -159,6 +159,20 @@ def test_overwrite_killed_part_way_never_resumes_the_old_rows(tmp_path, monkeypa
         _store(out, settings={"seed": 2}).open()  # a valid row is kept: refused until --overwrite
 
 
+def test_valid_rows_beyond_the_new_runs_chunks_are_kept(tmp_path):
+    # The old run had 4 chunks; its first holds no valid row, its last does. A corrected command over a
+    # smaller source (1 chunk) must not judge the old run by that first chunk alone and delete it.
+    out = tmp_path / "o.h5"
+    ps = _store(out, n=32, settings={"seed": 0}).open()
+    for k in range(ps.n_chunks):
+        arrays = _chunk(ps, k)
+        arrays["valid"][:] = k == 3
+        ps.write_chunk(k, arrays)
+    ps.close()
+    with pytest.raises(StoreError, match="other settings or another source"):
+        _store(out, n=8, settings={"seed": 1}).open()
+
+
 def test_rows_without_settings_are_discarded(tmp_path, caplog):
     out = tmp_path / "o.h5"
     ps = _store(out, settings={"seed": 0}).open()

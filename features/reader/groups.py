@@ -70,21 +70,25 @@ def read_groups_file(root, paths) -> tuple[list[str], str] | None:
                                                                  errors="surrogateescape")
     with opened as f:
         reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if len(header) != 2 or header[0] != "path":
-            raise SourceError(f"{where}:1: expected the header 'path,<group column>' (e.g. path,video), "
-                              f"got {','.join(header)[:80]!r}")
-        by = check_group_by(header[1], where=f"{where}:1")
-        group_of: dict[str, str] = {}
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise SourceError(f"{where}:{reader.line_num}: expected 'path,{by}' with both values, got {row!r}")
-            path = row[0].strip()
-            if path in group_of:
-                raise SourceError(f"{where}:{reader.line_num}: {path!r} is listed twice")
-            group_of[path] = row[1].strip()
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            if len(header) != 2 or header[0] != "path":
+                raise SourceError(f"{where}:1: expected the header 'path,<group column>' (e.g. path,video), "
+                                  f"got {','.join(header)[:80]!r}")
+            by = check_group_by(header[1], where=f"{where}:1")
+            group_of: dict[str, str] = {}
+            for row in reader:
+                if not row:
+                    continue
+                # The path is kept as written (csv quoting keeps a name's spaces); only the group is trimmed.
+                if len(row) != 2 or not row[0] or not row[1].strip():
+                    raise SourceError(f"{where}:{reader.line_num}: expected 'path,{by}' with both values, "
+                                      f"got {row!r}")
+                if row[0] in group_of:
+                    raise SourceError(f"{where}:{reader.line_num}: {row[0]!r} is listed twice")
+                group_of[row[0]] = row[1].strip()
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise SourceError(f"{where}:{reader.line_num + 1}: not a readable CSV line ({exc})") from None
     groups, unlisted = [], []
     for p in paths:
         g = group_of.get(_norm(p))
@@ -107,7 +111,11 @@ def read_groups_rows(root) -> dict[str, str]:
         return {}
     with open(where, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
-        header = next(reader, [])
-        if len(header) != 2 or header[0].strip() != "path":
-            raise SourceError(f"{where}:1: expected the header 'path,<group column>', got {','.join(header)[:80]!r}")
-        return {row[0].strip(): row[1].strip() for row in reader if len(row) == 2 and row[0].strip() and row[1].strip()}
+        try:
+            header = next(reader, [])
+            if len(header) != 2 or header[0].strip() != "path":
+                raise SourceError(f"{where}:1: expected the header 'path,<group column>', "
+                                  f"got {','.join(header)[:80]!r}")
+            return {row[0]: row[1].strip() for row in reader if len(row) == 2 and row[0] and row[1].strip()}
+        except csv.Error as exc:
+            raise SourceError(f"{where}:{reader.line_num + 1}: not a readable CSV line ({exc})") from None

@@ -103,6 +103,8 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
     grouped, gcol = {}, None
     if group_column is not None:
         gcol = _pick_column(path, header, group_column, (), "group")
+        if gcol == pcol:
+            raise SourceError(f"{path}: column {header[gcol]!r} cannot be both the path and the group column")
         grouped = {"groups": _cells(path, header, rows, gcol, "group"),
                    "group_by": check_group_by(header[gcol], where=path)}
     if label_column is not None and target_columns is not None:
@@ -110,6 +112,8 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
     lcol = None
     if target_columns is None:
         lcol = _pick_column(path, header, label_column, LABEL_COLUMNS, "label", required=False)
+    if lcol is not None and lcol == gcol:
+        raise SourceError(f"{path}: column {header[gcol]!r} cannot be both the label and the group column")
     paths = _cells(path, header, rows, pcol, "path")
     files = file_rows(root, paths)
     errors = files["row_errors"]
@@ -124,6 +128,8 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
         return Manifest("csv", root, paths, **files, **grouped)
     if target_columns is not None:
         tcols = [_pick_column(path, header, c, (), "target") for c in target_columns]
+        if gcol in tcols:
+            raise SourceError(f"{path}: column {header[gcol]!r} cannot be both a target and the group column")
     else:
         # Auto: every other column holding at least one number; it must then be all numbers.
         skip = {pcol, gcol}  # a subject number is a group, not a target
@@ -135,8 +141,6 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
     targets = parse_floats(path, header, rows, tcols)
     for i in np.flatnonzero(np.isnan(targets).all(axis=1)):
         errors.setdefault(int(i), "no_targets")
-    if gcol in tcols:
-        raise SourceError(f"{path}: column {group_column!r} cannot be both a target and the group column")
     return Manifest("csv", root, paths, targets=targets, target_names=[header[j] for j in tcols], **files,
                     **grouped)
 

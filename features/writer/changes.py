@@ -45,17 +45,20 @@ class SourceView:
         return [names.printable(p) for p in self.manifest.paths[self.start:self.stop]]
 
     def digests(self) -> dict[str, np.ndarray]:
-        """crc32 per row: of its id (``ids``), file size and mtime (``files``), label or targets (``labels``)."""
+        """crc32 per row: of its id (``ids``), file size and mtime (``files``), label or targets (``labels``),
+        group (``groups``). Names are hashed as :func:`names.printable` text, the form a finished file stores."""
         m, a, b = self.manifest, self.start, self.stop
-        out = {"ids": _crc([p.encode("utf-8", "surrogateescape") for p in m.paths[a:b]])}
+        out = {"ids": _crc_text(m.paths[a:b])}
         stats = m.file_stats()
         if stats is not None:
             out["files"] = _crc([row.tobytes() for row in stats[a:b].astype("<i8")])
         if m.labels is not None:
             # The class name, not its index: a new class sorted in front renumbers rows whose label is unchanged.
-            out["labels"] = _crc([m.class_names[k].encode() for k in m.labels[a:b]])
+            out["labels"] = _crc_text([m.class_names[k] for k in m.labels[a:b]])
         elif m.targets is not None:
             out["labels"] = _crc([row.tobytes() for row in np.nan_to_num(m.targets[a:b], nan=-1e30).astype("<f8")])
+        if m.groups is not None:
+            out["groups"] = _crc_text(m.groups[a:b])
         return out
 
     def save(self, directory: str) -> None:
@@ -67,6 +70,11 @@ class SourceView:
 
 def _crc(items) -> np.ndarray:
     return np.array([zlib.crc32(x) for x in items], np.uint32)
+
+
+def _crc_text(items) -> np.ndarray:
+    # A file name that is not UTF-8 (a lone surrogate) has no strict encoding: hash it as stored and shown.
+    return _crc([names.printable(str(x)).encode("utf-8") for x in items])
 
 
 def _npz(arrays) -> bytes:
@@ -97,17 +105,19 @@ def finished_source(out_path: str) -> dict | None:
         with h5py.File(out_path, "r") as f:
             paths = f["paths"].asstr()[()] if "paths" in f else []
             root = f.attrs.get("source_root")
-            digests = {"ids": _crc([str(p).encode("utf-8", "surrogateescape") for p in paths])}
+            digests = {"ids": _crc_text(paths)}
             if "labels" in f:
                 classes = [c.decode() if isinstance(c, bytes) else str(c) for c in f["labels"].attrs["class_names"]]
-                digests["labels"] = _crc([classes[k].encode() for k in f["labels"][()]])
+                digests["labels"] = _crc_text([classes[k] for k in f["labels"][()]])
             elif "targets" in f:
                 digests["labels"] = _crc([r.tobytes() for r in np.nan_to_num(f["targets"][()], nan=-1e30)
                                           .astype("<f8")])
+            if "groups" in f:
+                digests["groups"] = _crc_text(f["groups"].asstr()[()])
             return {"image_root": root.decode() if isinstance(root, bytes) else root, "rows": len(paths),
                     "digests": digests}
-    except (OSError, KeyError):
-        return None
+    except (OSError, KeyError, ValueError, IndexError):
+        return None  # a damaged file: the settings alone are compared, never a traceback
 
 
 def explain(old: dict, new: dict, old_source: dict | None = None, new_source: SourceView | None = None) -> list[str]:
@@ -152,8 +162,12 @@ def _source_changes(old: dict, new: SourceView) -> list[str]:
     if old.get("rows") != about["rows"]:
         return out + [f"source: {old.get('rows')} rows -> {about['rows']} rows"]
     digests, now = old.get("digests") or {}, new.digests()
+    if digests and ("groups" in digests) != ("groups" in now):
+        # --group-column given or dropped, or a groups file written beside the images since.
+        out.append(f"source: groups added (by {new.manifest.group_by})" if "groups" in now
+                   else "source: groups removed")
     ids = new.ids()
-    for kind, noun in (("ids", "row id"), ("files", "file"), ("labels", "label")):
+    for kind, noun in (("ids", "row id"), ("files", "file"), ("labels", "label"), ("groups", "group")):
         if kind not in digests or kind not in now or len(digests[kind]) != len(now[kind]):
             continue
         changed = np.flatnonzero(digests[kind] != now[kind])

@@ -121,9 +121,15 @@ class PartialStore:
         atomic_write_bytes(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
 
     def _holds_a_valid_row(self) -> bool:
-        for k in self.done_chunks():
+        # Every marker the old run left, not this run's chunk indices: it may have had more rows or other chunks.
+        prefix, suffix = _CHUNK_FMT.split("{")[0], _CHUNK_FMT.split("}")[-1]
+        for name in os.listdir(self.dir):
+            if not (name.startswith(prefix) and name.endswith(suffix)):
+                continue
             try:
-                if self.read_chunk(k)["valid"].any():
+                with np.load(os.path.join(self.dir, name), allow_pickle=False) as z:
+                    valid = z["valid"]
+                if valid.any():
                     return True
             except (OSError, ValueError, KeyError):
                 return True  # unreadable: not ours to judge worthless

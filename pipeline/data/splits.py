@@ -19,6 +19,7 @@ break that layout's one-command workflow. Either way model.json records what was
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 
@@ -163,10 +164,15 @@ def grouped_cv_folds(y, groups, cv: int, *, classifier: bool, seed=0, by: str = 
         _, counts = _majority(labels, codes, int(codes.max()) + 1 if n else 0)
         single = np.flatnonzero((counts > 0).sum(axis=0) < 2)
         scored = ~np.isin(labels, single)
+        # A group with a row that must stay in training stays there whole: scoring its other rows (a subject
+        # photographed in several classes) would test the head on near-duplicates of its training rows.
+        scored &= ~np.isin(codes, codes[~scored])
     n_scored_groups = len(np.unique(codes[scored]))
     k = min(int(cv), n_scored_groups)
+    if classifier and scored.any():  # StratifiedGroupKFold needs a class with at least k rows
+        k = min(k, int(np.bincount(labels[scored]).max()))
     if k < 2:
-        warning = (f"the grid search's CV folds cannot be split by {by} (no class has two {by}s); they go by "
+        warning = (f"the grid search's CV folds cannot be split by {by} (too few classes have two {by}s); they go by "
                    "image, so the CV score that chooses the settings is optimistic: its rows have near-duplicates "
                    f"(same {by}) in training")
         log.warning("%s", warning)
@@ -176,5 +182,14 @@ def grouped_cv_folds(y, groups, cv: int, *, classifier: bool, seed=0, by: str = 
     idx = np.flatnonzero(scored)
     kind = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed) if classifier else GroupKFold(n_splits=k)
     always = np.flatnonzero(~scored)
-    folds = [(np.sort(np.concatenate([idx[a], always])), idx[b]) for a, b in kind.split(idx, y[idx], codes[idx])]
-    return folds, {**record, "n_folds": k}
+    folds = []
+    with warnings.catch_warnings():  # "the least populated class has only N members": expected with groups
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(kind.split(idx, y[idx], codes[idx]))
+    for a, b in splits:
+        train, test = np.sort(np.concatenate([idx[a], always])), idx[b]
+        if classifier:  # a class whose every group is in this test fold cannot be learnt in it: not scored there
+            test = test[np.isin(y[test], y[train])]
+        if len(test):
+            folds.append((train, test))
+    return folds, {**record, "n_folds": len(folds)}
