@@ -5,6 +5,8 @@ Building 40 graphs takes minutes on two cores, so the default suite builds a lig
 most families and ``-m slow`` builds the rest. The checks that need no model run on all.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -89,10 +91,22 @@ def test_registry_entry_contract(spec):
     _contract(spec, max(spec.min_size, 32))
 
 
-# With random weights EfficientNetV2L's activations grow ~10x every few blocks (5.7e6 at block6y_add), and
-# float32 rounding differences with them: TF and OpenVINO agree to 1.7e-6 at block2g_add, 1.6e-4 at
-# block4j_add and not at all at block6y_add. ImageNet weights keep the activations bounded.
-OV_LAYER = {"efficientnetv2l": "block2g_add"}
+# Seeded random weights with calibrated BatchNorm (features/random_init.py) keep each layer's scale, but a
+# deep random EfficientNet is chaotic: activations grow ~10x every block past block 3 and amplify float32
+# rounding differences with them. TF against OpenVINO fp32 at 32 px, max |diff| / max |a| (2026-12-07):
+# B0 block4c 4e-6, block6d 1e-2; B7 block3g 8e-6, block4j 0.16, block5j 0.96; V2-M block3e 2e-6, block6r 1.08.
+# ImageNet weights keep the activations bounded. So these families are compared at the end of block 3, where
+# every op type of theirs (MBConv, squeeze-excite, swish) has already run.
+CHAOTIC_PAST_BLOCK3 = ("EfficientNet", "EfficientNetV2")
+
+
+def _compared_layer(spec, size) -> str:
+    from features.weights import build_backbone
+
+    if spec.family not in CHAOTIC_PAST_BLOCK3:
+        return spec.all_layers[0]
+    full, _ = build_backbone(spec, input_size=(size, size), layer=spec.default_layer, weights="none")
+    return [layer.name for layer in full.layers if re.fullmatch(r"block3[a-z]+_add", layer.name)][-1]
 
 
 def _runtimes_agree(spec, size, tmp_path):
@@ -102,7 +116,7 @@ def _runtimes_agree(spec, size, tmp_path):
     from features.mapper.tf_runtime import Extractor
     from features.weights import build_backbone
 
-    layer = OV_LAYER.get(spec.name, spec.all_layers[0])
+    layer = _compared_layer(spec, size)
     model, _ = build_backbone(spec, input_size=(size, size), layer=layer, weights="none")
     x = np.random.default_rng(2).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     want = Extractor(model, spec.preprocess_function, flip=True, batch_size=2, device=None)(x)

@@ -95,8 +95,18 @@ def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
     x = _images(BATCH - 1, 3)
     ref_o, ref_f = tf_ex(x)
     got_o, got_f = ov_ex(x)
-    assert _cosine(got_o, ref_o).min() >= 0.99
-    assert _cosine(got_f, ref_f).min() >= 0.99
+    # bf16 keeps 8 bits of mantissa, and a random net with calibrated BatchNorm amplifies its rounding with
+    # depth (MobileNet, 2026-12-07: cosine to fp32 0.9997 at conv_pw_6, 0.94-0.97 at conv_pw_13, for
+    # TensorFlow's own bf16 too). So OpenVINO's bf16 must be as close to fp32 as TensorFlow's bf16 is
+    # (or within 0.99), not closer than bf16 can be.
+    spec = backbones.get(name)
+    tf_bf16 = tf_runtime.Extractor(weights.build_backbone(spec, input_size=SIZE, weights="none", seed=7,
+                                                          dtype_policy="mixed_bfloat16")[0],
+                                   spec.preprocess_input, pooling=pooling, flip=True, batch_size=BATCH)
+    own_o, own_f = tf_bf16(x)
+    assert (_cosine(got_o, ref_o) >= np.minimum(0.99, _cosine(own_o, ref_o) - 0.01)).all()
+    assert (_cosine(got_f, ref_f) >= np.minimum(0.99, _cosine(own_f, ref_f) - 0.01)).all()
+    assert _cosine(got_o, ref_o).min() >= 0.9  # far from unrelated features (cosine ~0)
 
 
 @pytest.mark.slow  # ~10 s: an OpenVINO compile per case (issue 18: default suite <= 4 min)
