@@ -9,7 +9,7 @@ which each BatchNorm first sets its moving mean and variance to the moments of i
 then normalises with them, so every layer sees its upstream layers already calibrated (layer by
 layer, in one pass). Inference mode keeps Dropout and noise layers off: only the seed decides.
 
-Limits, measured (tests/test_random_init.py): the batch's scale is right at every layer, but a
+Limits, measured (tests/features/test_random_init.py): the batch's scale is right at every layer, but a
 deep random net still answers some images far more strongly than others (EfficientNetB4+ and
 V2-M/L at 96 px: one pink-noise image in 8 comes out ~300x the others), so the float16 store's
 overflow/underflow check (features/runner.py) stays the safeguard it was.

@@ -43,7 +43,7 @@ _FAULT_DELAY = float(os.environ.get("BNECK_TEST_BATCH_DELAY", "0") or 0)
 IN_FLIGHT = 2
 
 
-# Module-level name so tests can intercept collected batches (tests/test_runner.py).
+# Module-level name so tests can intercept collected batches (tests/features/test_runner.py).
 
 
 def extract(cfg: ExtractConfig) -> ExtractSummary:

@@ -109,3 +109,26 @@ def assert_rows_close(got, want, *, rtol: float = 1e-5) -> None:
     scale = np.abs(want).reshape(len(want), -1).max(axis=1).reshape(-1, *[1] * (want.ndim - 1))
     scale = np.where(scale > 0, scale, 1.0)
     np.testing.assert_allclose(got / scale, want / scale, rtol=rtol, atol=rtol)
+
+
+class FakeView:
+    """Minimal lazy feature view for the heads: wraps an array, insists on sorted int index arrays, counts reads."""
+
+    def __init__(self, a):
+        self.a, self.reads, self.max_rows = a, 0, 0
+        self.row_reads = np.zeros(len(a), int)
+
+    def __len__(self):
+        return len(self.a)
+
+    @property
+    def shape(self):
+        return self.a.shape
+
+    def __getitem__(self, idx):
+        assert isinstance(idx, np.ndarray) and idx.dtype.kind in "iu", type(idx)
+        assert np.all(np.diff(idx) > 0), "indices must be sorted and unique"
+        self.reads += 1
+        self.max_rows = max(self.max_rows, len(idx))
+        self.row_reads[idx] += 1
+        return self.a[idx].astype(np.float32)

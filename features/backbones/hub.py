@@ -63,7 +63,7 @@ class HubSpec:
     class_token: bool = True  # token 0 is a class token
     pooled_layer: str = ""  # a layer whose output is the model's own pooled embedding (SigLIP's head)
     vision_attr: str = ""  # presets holding an image-text model: the attribute with the image encoder
-    runtimes: tuple[str, ...] = ("tensorflow", "openvino")  # both convert (tests/test_hub_backbones.py)
+    runtimes: tuple[str, ...] = ("tensorflow", "openvino")  # both convert (tests/features/test_hub_backbones.py)
 
     source = "keras-hub"
     notop_file = ""

@@ -72,7 +72,7 @@ def any_size_input(model, size):
     The resize is bilinear with ``antialias=True``, TensorFlow's counterpart of Pillow's BILINEAR
     (whose kernel also widens when downscaling), rounded back to uint8 like Pillow: an app feeds the
     decoded image as it is. Only libjpeg's reduced-size decode of large JPEGs
-    (:mod:`features.images`, step 4) is not reproduced; tests/test_export.py measures what that costs.
+    (:mod:`features.images`, step 4) is not reproduced; tests/pipeline/serve/test_export.py measures what that costs.
     The output keeps its name (``scores`` or ``targets``).
     """
     import keras

@@ -16,7 +16,8 @@ from features.writer.finished import partial_dir
 from pipeline.cli.main import main
 
 # Two to three extracts and trains of a TensorFlow backbone (~10 s each here); the default suite has
-# tests/test_splits.py (the splits, train's model.json) and tests/test_merge.py (extract and merge of groups).
+# tests/pipeline/data/test_splits.py (the splits, train's model.json) and tests/features/test_merge.py
+# (extract and merge of groups).
 pytestmark = pytest.mark.slow
 
 FAST = ["--backbone", "mobilenet", "--input-size", "32", "--weights", "none", "--seed", "2", "--precision", "fp32",

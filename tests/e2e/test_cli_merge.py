@@ -10,7 +10,7 @@ import pytest
 from tests.e2e.test_cli_extract import COMMON, bneck
 from tests.imagefolders import make_class_folder
 
-# Three shard extracts, each a bneck process starting TensorFlow, before the first test; tests/test_merge.py
+# Three shard extracts, each a bneck process starting TensorFlow, before the first test; tests/features/test_merge.py
 # runs the same merges in-process in the default suite.
 pytestmark = pytest.mark.slow
 

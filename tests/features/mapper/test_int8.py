@@ -12,7 +12,7 @@ pytest.importorskip("nncf")
 from features import backbones, weights  # noqa: E402
 from features.mapper import int8, ov_runtime, tf_runtime
 from features.reader.manifest import Manifest  # noqa: E402
-from tests.test_openvino_runtime import SIZE, _cosine, _images  # noqa: E402
+from tests.runtime_images import SIZE, cosine, smooth_images  # noqa: E402
 
 
 class _Calibration:
@@ -53,7 +53,7 @@ def test_calibration_images_skip_rows_that_cannot_be_decoded(tmp_path, caplog):
     paths = []
     for i in range(4):
         p = tmp_path / f"{i}.png"
-        Image.fromarray(_images(1, seed=i)[0]).save(p)
+        Image.fromarray(smooth_images(1, seed=i)[0]).save(p)
         paths.append(p.name)
     (tmp_path / "3.png").write_bytes(b"not an image")
     m = Manifest(kind="folder", root=str(tmp_path), paths=paths, row_errors={1: "missing"})
@@ -71,22 +71,22 @@ def vgg():
 @pytest.mark.slow  # ~12 s: NNCF calibration
 def test_int8_features_are_close_to_tensorflow_fp32_and_cached(vgg, tmp_path):
     spec, model = vgg
-    x = _images(8, seed=1)
+    x = smooth_images(8, seed=1)
     ref, ref_flip = tf_runtime.Extractor(model, spec.preprocess_input, pooling="none", flip=True, batch_size=8)(x)
-    cal = _Calibration(_images(32, seed=0))
+    cal = _Calibration(smooth_images(32, seed=0))
     kw = dict(pooling="none", flip=True, batch_size=8, precision="int8", cache_dir=str(tmp_path),
               model_key="vgg16|test", calibration=cal)
     ex = ov_runtime.OpenVINOExtractor(model, spec.preprocess_input, **kw)
     got, got_flip = ex(x)
     assert ex.describe()["precision"] == "int8" and ex.quantized_from_cache is False
-    assert _cosine(got, ref).min() >= 0.98 and _cosine(got_flip, ref_flip).min() >= 0.98
+    assert cosine(got, ref).min() >= 0.98 and cosine(got_flip, ref_flip).min() >= 0.98
     # A second run (another shard, a rerun) reads the quantized model back: same features, no calibration.
     again = ov_runtime.OpenVINOExtractor(model, spec.preprocess_input, **kw)
     assert again.quantized_from_cache is True and cal.loads == 1
     np.testing.assert_array_equal(again(x)[0], got)
     # Another calibration set is another model.
     other = ov_runtime.OpenVINOExtractor(model, spec.preprocess_input,
-                                               **{**kw, "calibration": _Calibration(_images(8, seed=5), "other")})
+                                               **{**kw, "calibration": _Calibration(smooth_images(8, seed=5), "other")})
     assert other.quantized_from_cache is False
 
 
@@ -96,4 +96,4 @@ def test_int8_needs_a_calibration_set_and_only_int8_takes_one(vgg, tmp_path):
         ov_runtime.OpenVINOExtractor(model, spec.preprocess_input, precision="int8", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="only int8 takes one"):
         ov_runtime.OpenVINOExtractor(model, spec.preprocess_input, precision="bf16", cache_dir=str(tmp_path),
-                                           calibration=_Calibration(_images(2)))
+                                           calibration=_Calibration(smooth_images(2)))

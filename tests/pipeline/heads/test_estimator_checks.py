@@ -28,7 +28,7 @@ def expected_failed_checks(estimator):
         return {**regression,
             "check_regressor_multioutput": "Keras computes in float32; predictions are float32, not float64",
             # A neural network trained for 3 epochs from a random start is not an accurate classifier
-            # or regressor on sklearn's toy problems; accuracy is pinned in tests/test_heads_dense.py.
+            # or regressor on sklearn's toy problems; accuracy is pinned in tests/pipeline/heads/test_heads_dense.py.
             "check_classifiers_train": "3 epochs of an MLP are not meant to fit sklearn's toy data",
             "check_regressors_train": "3 epochs of an MLP are not meant to fit sklearn's toy data",
         }

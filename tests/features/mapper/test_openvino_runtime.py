@@ -13,21 +13,9 @@ ov = pytest.importorskip("openvino")
 
 from features import backbones, weights  # noqa: E402
 from features.mapper import ov_runtime, tf_runtime  # noqa: E402
+from tests.runtime_images import SIZE, cosine, smooth_images  # noqa: E402
 
-SIZE = (64, 64)
 BATCH = 4
-
-
-def _images(n, seed=0):
-    """Smooth random images with a little noise (natural-ish, and not mirror-symmetric)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE[0], 0:SIZE[1]] / SIZE[0]
-    out = np.empty((n, *SIZE, 3), np.uint8)
-    for i in range(n):
-        a, b, c = rng.uniform(-1, 1, (3, 3))
-        img = 128 + 90 * np.sin(3 * (a * xx[..., None] + b * yy[..., None]) + c) + rng.normal(0, 12, (*SIZE, 3))
-        out[i] = np.clip(img, 0, 255)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +32,6 @@ def cache(tmp_path_factory):
 def _rel_err(a, b):
     a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
     return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
-
-
-def _cosine(a, b):
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def _both(models, name, pooling, precision, cache, flip=True):
@@ -72,7 +55,7 @@ def test_available():
 def test_fp32_matches_tensorflow(models, cache, name, pooling):
     tf_ex, ov_ex = _both(models, name, pooling, "fp32", cache)
     assert ov_ex.feature_shape == tf_ex.feature_shape and ov_ex.input_size == tf_ex.input_size
-    for x in (_images(BATCH, 1), _images(BATCH - 1, 2)):  # a full batch, then a short last batch
+    for x in (smooth_images(BATCH, 1), smooth_images(BATCH - 1, 2)):  # a full batch, then a short last batch
         ref_o, ref_f = tf_ex(x)
         got_o, got_f = ov_ex(x)
         assert got_o.dtype == np.float32 and got_o.shape == (len(x),) + tf_ex.feature_shape
@@ -92,7 +75,7 @@ def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
         pytest.skip("this CPU has no bf16 (AMX or AVX512_BF16): OpenVINO runs f32 instead, see test_runner")
     tf_ex, ov_ex = _both(models, name, pooling, "bf16", cache)
     assert ov_ex.describe()["inference_precision"] == "bf16"
-    x = _images(BATCH - 1, 3)
+    x = smooth_images(BATCH - 1, 3)
     ref_o, ref_f = tf_ex(x)
     got_o, got_f = ov_ex(x)
     # bf16 keeps 8 bits of mantissa, and a random net with calibrated BatchNorm amplifies its rounding with
@@ -104,9 +87,9 @@ def test_bf16_close_to_tensorflow_fp32(models, cache, name, pooling):
                                                           dtype_policy="mixed_bfloat16")[0],
                                    spec.preprocess_input, pooling=pooling, flip=True, batch_size=BATCH)
     own_o, own_f = tf_bf16(x)
-    assert (_cosine(got_o, ref_o) >= np.minimum(0.99, _cosine(own_o, ref_o) - 0.01)).all()
-    assert (_cosine(got_f, ref_f) >= np.minimum(0.99, _cosine(own_f, ref_f) - 0.01)).all()
-    assert _cosine(got_o, ref_o).min() >= 0.9  # far from unrelated features (cosine ~0)
+    assert (cosine(got_o, ref_o) >= np.minimum(0.99, cosine(own_o, ref_o) - 0.01)).all()
+    assert (cosine(got_f, ref_f) >= np.minimum(0.99, cosine(own_f, ref_f) - 0.01)).all()
+    assert cosine(got_o, ref_o).min() >= 0.9  # far from unrelated features (cosine ~0)
 
 
 @pytest.mark.slow  # ~10 s: an OpenVINO compile per case (issue 18: default suite <= 4 min)
@@ -115,7 +98,7 @@ def test_flip_is_the_mirror_image_and_no_flip_splits_requests(models, cache):
     kw = dict(pooling="avg", batch_size=BATCH, precision="fp32", cache_dir=cache)
     with_flip = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, flip=True, **kw)
     no_flip = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, flip=False, **kw)
-    x = _images(BATCH, 4)
+    x = smooth_images(BATCH, 4)
     orig, flipped = with_flip(x)
     mirrored, none = no_flip(x[:, :, ::-1])
     assert none is None
@@ -134,7 +117,7 @@ def test_a_mirrored_batch_from_the_caller_gives_the_same_features(models, cache)
     ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
                                             batch_size=BATCH, precision="fp32", cache_dir=cache)
     assert ex.takes_mirrored
-    x = _images(BATCH - 1, 5)  # short: both views are padded the same way
+    x = smooth_images(BATCH - 1, 5)  # short: both views are padded the same way
     own = ex.submit(x).result()
     given = ex.submit(x, np.ascontiguousarray(x[:, :, ::-1])).result()
     for got, want in zip(given, own):
@@ -161,9 +144,9 @@ def test_rejects_bad_inputs(models, cache):
     ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
                                             batch_size=2, precision="fp32", cache_dir=cache)
     with pytest.raises(ValueError, match="exceeds"):
-        ex(_images(3))
+        ex(smooth_images(3))
     with pytest.raises(TypeError, match="uint8"):
-        ex(_images(2).astype(np.float32))
+        ex(smooth_images(2).astype(np.float32))
     with pytest.raises(ValueError, match="expects"):
         ex(np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="precision"):
@@ -181,7 +164,7 @@ def test_rejects_mixed_precision_keras_model():
 def test_converted_model_cache_is_reused_and_keyed(models, tmp_path, caplog):
     spec = backbones.get("mobilenet")
     kw = dict(pooling="avg", batch_size=2, precision="fp32", cache_dir=str(tmp_path / "c"))
-    x = _images(2, 5)
+    x = smooth_images(2, 5)
     first = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
     again = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, model_key="k1", **kw)
     assert not first.converted_from_cache and again.converted_from_cache
@@ -211,7 +194,7 @@ def test_submitted_batches_complete_in_order(models, cache):
     spec = backbones.get("mobilenet")
     ex = ov_runtime.OpenVINOExtractor(models["mobilenet"], spec.preprocess_input, pooling="avg",
                                             batch_size=BATCH, precision="fp32", cache_dir=cache)
-    a, b = _images(BATCH, 8), _images(BATCH - 1, 9)
+    a, b = smooth_images(BATCH, 8), smooth_images(BATCH - 1, 9)
     pa, pb = ex.submit(a), ex.submit(b)
     rb, ra = pb.result(), pa.result()
     for got, want in zip(ra + rb, ex(a) + ex(b)):

@@ -8,25 +8,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 
 from pipeline.heads import HEAD_NAMES, make_head
 from pipeline.heads.linear import LogRegHead, SVMHead, grid_search, parse_grid
-
-
-class FakeView:
-    """Minimal lazy feature view: wraps an array and insists on sorted int index arrays."""
-
-    def __init__(self, a):
-        self.a = a
-
-    def __len__(self):
-        return len(self.a)
-
-    @property
-    def shape(self):
-        return self.a.shape
-
-    def __getitem__(self, idx):
-        assert isinstance(idx, np.ndarray) and idx.dtype.kind in "iu"
-        assert np.all(np.diff(idx) > 0)
-        return self.a[idx].astype(np.float32)
+from tests.feature_files import FakeView
 
 
 def _data(rng, n_classes, n=150):

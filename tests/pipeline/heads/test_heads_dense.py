@@ -14,29 +14,7 @@ from sklearn.base import clone  # noqa: E402
 from pipeline.heads.dense import DenseHead  # noqa: E402
 from pipeline.heads.dense_fit import Batches, masked_mse  # noqa: E402
 from pipeline.heads.tasks import infer_task  # noqa: E402
-
-
-class FakeView:
-    """Minimal lazy feature view: wraps an array, checks and counts index reads."""
-
-    def __init__(self, a):
-        self.a, self.reads, self.max_rows = a, 0, 0
-        self.row_reads = np.zeros(len(a), int)
-
-    def __len__(self):
-        return len(self.a)
-
-    @property
-    def shape(self):
-        return self.a.shape
-
-    def __getitem__(self, idx):
-        assert isinstance(idx, np.ndarray) and idx.dtype.kind in "iu", type(idx)
-        assert np.all(np.diff(idx) > 0), "indices must be sorted and unique"
-        self.reads += 1
-        self.max_rows = max(self.max_rows, len(idx))
-        self.row_reads[idx] += 1
-        return self.a[idx].astype(np.float32)
+from tests.feature_files import FakeView  # noqa: E402
 
 
 def _blobs(rng, n=120, d=12, k=3):

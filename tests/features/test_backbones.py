@@ -127,7 +127,7 @@ def _runtimes_agree(spec, size, tmp_path):
         np.testing.assert_allclose(b / scale, a / scale, atol=1e-4)
 
 
-OV_FAST: set = set()  # tests/test_openvino_runtime.py covers the runtime itself in the default suite
+OV_FAST: set = set()  # tests/features/mapper/test_openvino_runtime.py covers the runtime itself in the default suite
 
 
 @pytest.mark.parametrize("spec", [pytest.param(s, id=s.name, marks=() if s.name in OV_FAST else pytest.mark.slow)

@@ -79,7 +79,7 @@ def _same(single, merged):
         assert set(b.attrs) - set(a.attrs) <= {"merged_from", "virtual", "vds_sources", "note"}
 
 
-@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize("copy", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_tar_shards_merge_into_the_single_run(tars, copy):
     root, data, full, parts = tars
     assert [p.rows for p in parts] == [0, 3, 3, 2]  # 3 tars over 4 shards: shard 0 gets none
@@ -141,6 +141,7 @@ def test_gaps_overlaps_and_mixed_units_are_refused_naming_the_file(tars, tmp_pat
         merge(s[:3], out)
 
 
+@pytest.mark.slow  # three extracts of their own (~6 s); the merge of tar shards stays in the default suite
 def test_label_key_classes_seen_by_different_shards_are_joined(tmp_path):
     # Each shard sorts only the classes of its own tars; the merge must sort them over all and renumber.
     (tmp_path / "tars").mkdir()
