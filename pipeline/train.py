@@ -161,8 +161,9 @@ def _refit_on_every_row(est, features, *, pooling, use_flipped, memory_budget):
         log.info("refitting on every training row: %d rows%s", len(everything.X),
                  f" with {_jsonable(chosen)}" if chosen else "")
         final.fit(everything.X, everything.y)
+        # training.* keeps what the selection step chose; refit.* adds what the saved head chose again.
         return final, {"n_training_samples": len(everything.X), "n_train_rows": everything.n_train_rows,
-                       "params": _jsonable(chosen)}
+                       "params": _jsonable(chosen), **_jsonable(final.refit_record())}
     finally:
         everything.close()
 

@@ -173,6 +173,14 @@ class Head:
         """Hyper-parameter grid searched by CV when the user gave neither a value nor ``--grid`` ({} = none)."""
         return {}
 
+    def refit_record(self) -> dict:
+        """What a head refitted on every row chose again by itself, for model.json's ``training.refit``.
+
+        Most heads choose nothing more in a refit ({}); the specialists' leave-one-out alphas are chosen
+        afresh on every row, and the saved head's alphas are what a reader of model.json wants to see.
+        """
+        return {}
+
     def selected_for_refit(self) -> dict:
         """Parameters that repeat what this fitted head chose on validation, for a refit on every row.
 

@@ -355,6 +355,9 @@ class SpecialistsHead(Head, MultiOutputMixin, RegressorMixin, BaseEstimator):
         return {"rows_used_per_group": {g: int(n) for g, n in self.n_rows_used_.items()},
                 "alpha_per_group": dict(getattr(self, "alphas_", {}))}
 
+    def refit_record(self) -> dict:
+        return self.training_record()  # RidgeCV chooses each group's alpha again on every row
+
     def keras_output(self, x, task: str):
         """One frozen linear Dense layer holding every group's columns (linear specialists only)."""
         # Columns in no group are NaN in predict; a NaN bias reproduces that.

@@ -78,5 +78,9 @@ def test_specialists_choose_alpha_per_group_by_cv_unless_given(keypoints, tmp_pa
     meta = train(keypoints, tmp_path / "cv", head="specialists")
     alphas = meta["training"]["alpha_per_group"]
     assert len(alphas) == 2 and all(a in DEFAULT_ALPHAS for a in alphas.values())  # left_eye, nose_tip
+    # The refit chooses again on every row: model.json says what the saved head uses.
+    refit = meta["training"]["refit"]
+    assert refit["alpha_per_group"] == load_model_dir(tmp_path / "cv")[0].alphas_
+    assert sum(refit["rows_used_per_group"].values()) > sum(meta["training"]["rows_used_per_group"].values())
     fixed = train(keypoints, tmp_path / "fixed", head="specialists", params={"alpha": 10.0})
     assert set(fixed["training"]["alpha_per_group"].values()) == {10.0}

@@ -109,3 +109,18 @@ def test_default_groups():
     few = default_groups(["left_eye_center_x", "left_eye_center_y", "nose_tip_x", "nose_tip_y",
                           "chin_x", "chin_y", "score"])
     assert few == {"eye_centers": [0, 1], "nose_tip": [2, 3], "chin": [4, 5], "score": [6]}
+
+
+def test_each_group_chooses_its_own_alpha_by_cv(rng):
+    # Group "clean" is an exact linear function of X, group "noise" is independent of it: leave-one-out
+    # must pick a tiny alpha for the first and a large one for the second. A fixed Ridge() (alpha 1) or one
+    # alpha shared by all groups fails this.
+    from pipeline.heads.specialists import DEFAULT_ALPHAS
+
+    X = rng.normal(size=(120, 40))
+    Y = np.column_stack([X @ rng.normal(size=(40, 2)), rng.normal(size=(120, 2))])
+    head = SpecialistsHead(groups={"clean": [0, 1], "noise": [2, 3]}).fit(X, Y)
+    assert head.alphas_["clean"] <= 1e-2 and head.alphas_["noise"] >= 100
+    assert set(head.alphas_.values()) <= set(DEFAULT_ALPHAS)
+    fixed = SpecialistsHead(groups={"clean": [0, 1], "noise": [2, 3]}, alpha=3.0).fit(X, Y)
+    assert fixed.alphas_ == {"clean": 3.0, "noise": 3.0}  # a value the user gives is used as it is
