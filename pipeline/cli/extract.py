@@ -32,10 +32,12 @@ def add_arguments(p) -> None:
                         "patch grid). Token models (KerasHub) also offer mean (= avg over patches) and cls "
                         "(the class token)")
     p.add_argument("--weights", default="imagenet",
-                   help="imagenet (Keras cache/download), none (random, seeded; BatchNorm statistics calibrated "
-                        "on synthetic images so features keep a sane scale), auto (imagenet if available, else "
-                        "none, loudly), none-raw (random without that calibration, as bneck did before; only "
-                        "to reproduce files recorded as none(seed=S)), or a .weights.h5/.h5 file (default imagenet)")
+                   help="imagenet (Keras cache/download; for a KerasHub backbone its preset: "
+                        "~/.keras/presets/NAME, else KerasHub's download), none (random, seeded; BatchNorm "
+                        "statistics calibrated on synthetic images so features keep a sane scale), auto (imagenet "
+                        "if available, else none, loudly), none-raw (random without that calibration, as bneck did "
+                        "before; only to reproduce files recorded as none(seed=S)), a .weights.h5/.h5 file, or a "
+                        "KerasHub preset directory (default imagenet)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init for --weights none/auto (default 0)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                    help="auto: fp32 for keypoint/regression targets (bf16 costs them accuracy: bench/quality.py), "
