@@ -35,8 +35,8 @@ def add_arguments(p) -> None:
                    help="imagenet (Keras cache/download; for a KerasHub backbone its preset: "
                         "~/.keras/presets/NAME, else KerasHub's download), none (random, seeded; BatchNorm "
                         "statistics calibrated on synthetic images so features keep a sane scale), auto (imagenet "
-                        "if available, else none, loudly), none-raw (random without that calibration, as bneck did "
-                        "before; only to reproduce files recorded as none(seed=S)), a .weights.h5/.h5 file, or a "
+                        "if available, else none, loudly), none-raw (random without that calibration, the older init "
+                        "kept only to reproduce files recorded as none(seed=S)), a .weights.h5/.h5 file, or a "
                         "KerasHub preset directory (default imagenet)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init for --weights none/auto (default 0)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
