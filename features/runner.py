@@ -19,6 +19,7 @@ from features import FORMAT_VERSION, backbones, images, keypoints
 from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, shard_output
 from features.faults import fault_point
 from features.mapper import batches, int8
+from features.mapper.batches import LostRows
 from features.mapper.runtimes import make_extractor, resolve_runtime, resolve_xla
 from features.reader.fs import absolute
 from features.reader.manifest import Manifest, parse_shard
@@ -172,7 +173,7 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
     bar = _progress(cfg, total_rows, done_rows, os.path.basename(pstore.out_path))
     writer = ChunkWriter(pstore)
     stop_flag = install_signal_handlers()
-    computed = lost_total = 0
+    computed, lost = 0, LostRows()
     # The decode threads mirror each image too (in C) for extractors that take the mirrored
     # batch, instead of the main thread copying a whole batch while the model waits for it.
     mirror = cfg.flip and getattr(extractor, "takes_mirrored", False)
@@ -215,16 +216,8 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
                 results, pending = inflight.popleft()
                 out = pending.result()
                 fault_point("batch")
-                lost = batches.store_rows(results, out, buf, pstore.chunk_range, buffers)
-                if lost:
-                    good = sum(r[2][0] is not None for r in results)
-                    if not computed and lost == good:  # the first batch: nothing worth keeping yet
-                        raise StoreRangeError(
-                            "every feature row of the first batch is lost in the float16 store (all zeros or "
-                            "infinite: the backbone's activations are outside float16's "
-                            "range, as with random weights on a BatchNorm backbone). Rerun with "
-                            "--store-dtype float32 --overwrite")
-                    lost_total += lost
+                lost.add(batches.store_rows(results, out, buf, pstore.chunk_range, buffers),
+                         good=sum(r[2][0] is not None for r in results))
                 if _FAULT_DELAY:
                     time.sleep(_FAULT_DELAY)
                 computed += len(results)
@@ -248,14 +241,10 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
             restore_signal_handlers(stop_flag)
     writer.close(wait=True)
     bar.close()
-    if lost_total:
-        log.warning("%d feature rows were lost in the float16 store (all zeros or infinite) and train nothing; "
-                    "extract with --store-dtype float32 to keep them", lost_total)
+    if lost.warning():
+        log.warning("%s", lost.warning())
     return computed, writer.bytes_written
 
-
-class StoreRangeError(ValueError):
-    """The features do not fit the store dtype (float16 underflow or overflow): stopped before more work."""
 
 
 def _progress(cfg, total, initial, name):

@@ -158,16 +158,55 @@ class BufferPool:
 
 
 def lost_rows(stored: np.ndarray) -> int:
-    """Rows of ``stored`` (good images only) that the store dtype destroyed: all zero, or not finite.
+    """Rows of ``stored`` (good images only) that the store dtype destroyed or nearly so.
 
     Only float16 can do this (its range is 6e-8 .. 65504): a backbone whose activations are tiny
     (a random-initialised MobileNet gives ~1e-19) is stored as exact zeros, and a head trained on
-    them learns nothing. A float32 row of zeros is a real (if odd) feature row and is not counted.
+    them learns nothing. A row counts as lost when it is all zero, holds an infinity, or when most of
+    its non-zero values are float16 subnormals (below 6.1e-5, kept with fewer than 10 significant
+    bits): activations that small have mostly been flushed to zero beside them. A float32 row of
+    zeros is a real (if odd) feature row and is not counted.
     """
     if stored.dtype != np.float16 or not len(stored):
         return 0
     flat = stored.reshape(len(stored), -1)
-    return int((~np.isfinite(flat).all(axis=1) | ~flat.any(axis=1)).sum())
+    nonzero = flat != 0
+    subnormal = nonzero & (np.abs(flat) < np.finfo(np.float16).tiny)
+    mostly_subnormal = 2 * subnormal.sum(axis=1) > nonzero.sum(axis=1)
+    return int((~np.isfinite(flat).all(axis=1) | ~nonzero.any(axis=1) | mostly_subnormal).sum())
+
+
+class StoreRangeError(ValueError):
+    """The features do not fit the store dtype (float16 underflow or overflow): stopped before more work."""
+
+
+class LostRows:
+    """The run's count of good rows the float16 store lost: stops a run whose every good row so far is lost.
+
+    Stopping early matters: a run of random BatchNorm weights or an odd layer would otherwise compute a whole
+    dataset of zeros. Once some rows have been kept, losing others is reported at the end instead, with the count.
+    """
+
+    def __init__(self):
+        self.lost = self.kept = 0
+
+    def add(self, lost: int, good: int) -> None:
+        """Count a batch's ``good`` rows, ``lost`` of which the store lost; raises if none was ever kept."""
+        if lost and lost == good and not self.kept:
+            raise StoreRangeError(
+                f"every feature row so far ({self.lost + lost}) is lost in the float16 store (all zeros, infinite "
+                "or mostly below float16's range: the backbone's activations do not fit it, as with random "
+                "weights on a BatchNorm backbone). Rerun with --store-dtype float32 --overwrite")
+        self.lost += lost
+        self.kept += good - lost
+
+    def warning(self) -> str | None:
+        """The end-of-run warning, or None when no row was lost."""
+        if not self.lost:
+            return None
+        return (f"{self.lost} of {self.lost + self.kept} feature rows were lost in the float16 store (all zeros, "
+                "infinite or mostly below its range) and will train nothing; extract with --store-dtype float32 "
+                "--overwrite to keep them")
 
 
 def store_rows(results, features, buf: dict, chunk_range, pool: BufferPool) -> int:
