@@ -21,6 +21,7 @@ the `auto` precision within 2 % of fp32 on every task), with the extraction spee
 
     python bench/quality.py                      # demo digits and faces, fp32 / bf16 / int8
     python bench/quality.py --precisions fp32,bf16 --datasets faces
+    python bench/quality.py --where-bf16-loses --datasets faces   # store, runtime and layer, one at a time
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ FLIP = {"digits": False, "faces": True}
 INPUT = {"digits": "64", "faces": "96"}
 
 
-def extract(data: str, out: str, *, precision: str, input_size: str, weights: str, runtime: str) -> dict:
+def extract(data: str, out: str, *, precision: str, input_size: str, weights: str, runtime: str,
+            layer: str = "block4_pool", store_dtype: str = "float16") -> dict:
     from features.config import ExtractConfig
     from features.runner import extract as run
 
-    cfg = ExtractConfig(data=data, output=out, backbone="vgg16", layer="block4_pool", input_size=input_size,
-                        weights=weights, precision=precision, runtime=runtime, progress=False)
+    cfg = ExtractConfig(data=data, output=out, backbone="vgg16", layer=layer, input_size=input_size,
+                        weights=weights, precision=precision, runtime=runtime, progress=False,
+                        store_dtype=store_dtype)
     s = run(cfg)
     return {"seconds": round(s.seconds, 1), "images_per_s": round(s.images_per_s, 2), "rows": s.rows}
 
@@ -123,6 +126,61 @@ def bneck_default(train: str, test: str, work: str, *, task: str) -> dict:
             "grid": meta["training"].get("grid"), "alpha_per_group": meta["training"].get("alpha_per_group")}
 
 
+#: Where bf16 loses (issue 19): each step from fp32 features to what `--precision bf16` stores, one at a time.
+#: (name, precision, runtime, store dtype, layer); the first is the reference.
+BF16_STEPS = (
+    ("fp32, TF, float32 store", "fp32", "tensorflow", "float32", "block4_pool"),
+    ("fp32, TF, float16 store", "fp32", "tensorflow", "float16", "block4_pool"),
+    ("bf16, TF, float32 store", "bf16", "tensorflow", "float32", "block4_pool"),
+    ("bf16, OpenVINO, float32 store", "bf16", "openvino", "float32", "block4_pool"),
+    ("bf16, OpenVINO, float16 store", "bf16", "openvino", "float16", "block4_pool"),
+    ("fp32, TF, float32 store, block3_pool", "fp32", "tensorflow", "float32", "block3_pool"),
+    ("bf16, OpenVINO, float32 store, block3_pool", "bf16", "openvino", "float32", "block3_pool"),
+)
+
+
+def _feature_error(path: str, ref: str) -> float:
+    """||X - X_ref|| / ||X_ref|| over the valid training rows of two extractions of the same images."""
+    X, _, _, _, _ = _load(path, pooling=None, flipped=False)
+    R, _, _, _, _ = _load(ref, pooling=None, flipped=False)
+    return float(np.linalg.norm(X - R) / np.linalg.norm(R))
+
+
+def where_bf16_loses(name: str, train_src: str, test_src: str, task: str, workdir: str, weights: str) -> dict:
+    """The headline metric of bneck's default head after each step of :data:`BF16_STEPS`, and the features'
+    relative error against fp32 at the same layer: which part of bf16 extraction costs what."""
+    from features.mapper import device
+
+    out, refs = {}, {}
+    for step, prec, runtime, store, layer in BF16_STEPS:
+        if runtime == "openvino" and not device.openvino_available():
+            continue
+        common.log(f"== {name}: {step}")
+        d = os.path.join(workdir, f"{name}-steps-{prec}-{runtime}-{store}-{layer}-{weights}")
+        os.makedirs(d, exist_ok=True)
+        tr, te = os.path.join(d, "train.h5"), os.path.join(d, "test.h5")
+        size = INPUT.get(name, "224")
+        speed = extract(train_src, tr, precision=prec, input_size=size, weights=weights, runtime=runtime,
+                        layer=layer, store_dtype=store)
+        extract(test_src, te, precision=prec, input_size=size, weights=weights, runtime=runtime, layer=layer,
+                store_dtype=store)
+        refs.setdefault(layer, tr)
+        with tempfile.TemporaryDirectory(dir=d) as work:
+            default = bneck_default(tr, te, work, task="classification" if task == "classification"
+                                    else "regression")
+        key = "accuracy" if task == "classification" else "rmse_px"
+        out[step] = {key: default[key], "feature_error_vs_fp32": round(_feature_error(tr, refs[layer]), 5),
+                     "extract_img_s": speed["images_per_s"]}
+    for step, row in out.items():
+        layer = "block3_pool" if step.endswith("block3_pool") else "block4_pool"
+        base = out[next(s for s in out if s.startswith("fp32, TF, float32") and
+                        (s.endswith("block3_pool") == (layer == "block3_pool")))]
+        key = "accuracy" if "accuracy" in row else "rmse_px"
+        row["loss_vs_fp32"] = round((base[key] - row[key]) / base[key] if key == "accuracy"
+                                    else (row[key] - base[key]) / base[key], 4)
+    return out
+
+
 def main(argv=None) -> dict:
     p = common.parser(__doc__)
     p.add_argument("--datasets", default="digits,faces", help="demo datasets to run (default digits,faces)")
@@ -135,6 +193,9 @@ def main(argv=None) -> dict:
     p.add_argument("--n-faces", type=int, default=600, help="demo training faces (default 600)")
     p.add_argument("--workdir", default=os.path.join(common.DEFAULT_ROOT, "quality"),
                    help="where demo data and feature files are cached")
+    p.add_argument("--where-bf16-loses", action="store_true",
+                   help="instead: for each dataset, the default head's metric after each step from fp32 to bf16 "
+                        "features (float16 store, TF vs OpenVINO bf16, a shallower layer), one at a time")
     args = p.parse_args(argv)
     from features.mapper import device
     from features.mapper.runtimes import resolve_runtime
@@ -153,6 +214,10 @@ def main(argv=None) -> dict:
     if "int8" in precisions and not device.nncf_available():
         common.log("int8 skipped: the [int8] extra (OpenVINO + NNCF) is not installed")
         precisions.remove("int8")
+    if args.where_bf16_loses:
+        return common.emit({"bench": "quality", "where_bf16_loses": {
+            name: where_bf16_loses(name, tr, te, task, args.workdir, args.weights)
+            for name, (tr, te, task) in sets.items()}, "weights": args.weights})
     result = {"bench": "quality", "runtime": runtime, "weights": args.weights, "auto_precision":
               device.resolve_precision("auto"), "datasets": {}}
     for name, (train_src, test_src, task) in sets.items():
