@@ -42,6 +42,41 @@ def import_keras_hub():
     return keras_hub
 
 
+#: The Keras packages whose layers a network built on a hub backbone holds, ``{registered package: module
+#: prefixes}``: a fine-tuned model (``model.keras``) is read back with these trusted beside Keras' own.
+NETWORK_PACKAGES = {"keras_hub": ("keras_hub.",), "bneck": ("features.backbones.tokens",)}
+
+
+def load_fixes() -> dict:
+    """``custom_objects`` with which Keras reads back a saved network holding hub layers ({} without [hub]).
+
+    bneck's own token layer is named so its module need not be imported first. KerasHub 0.32's
+    ``ViTPatchingAndEmbedding.get_config`` writes ``num_patches`` and ``num_positions``, which its own
+    ``__init__`` refuses, so a saved ViT network does not load back; the fix drops those two derived values.
+    """
+    try:
+        from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
+    except ImportError:
+        return {}
+    import inspect
+
+    from features.backbones.tokens import PatchGrid
+
+    fixes = {"bneck>PatchGrid": PatchGrid}
+    if "num_patches" not in inspect.signature(ViTPatchingAndEmbedding.__init__).parameters:
+        class ViTPatchingFromItsOwnConfig(ViTPatchingAndEmbedding):
+            @classmethod
+            def from_config(cls, config):
+                derived = ("num_patches", "num_positions")
+                return ViTPatchingAndEmbedding.from_config({k: v for k, v in config.items() if k not in derived})
+
+        import keras
+
+        # The key Keras looks a class up by when it reads a config (the class name: KerasHub registers none).
+        fixes[keras.saving.get_registered_name(ViTPatchingAndEmbedding)] = ViTPatchingFromItsOwnConfig
+    return fixes
+
+
 @dataclass(frozen=True)
 class HubSpec:
     """One KerasHub vision transformer (a preset name and the config of its architecture)."""

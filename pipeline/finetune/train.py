@@ -125,7 +125,16 @@ class _Saved:
 
     def save(self, dirpath):
         """Write ``model.keras`` without optimizer state (a fresh uncompiled clone with the same weights)."""
-        clean = keras.models.clone_model(self.model)
+        from features.backbones.hub import load_fixes
+
+        fixes = load_fixes()
+
+        def clone_layer(layer):  # as clone_model does, with the fix of a hub layer whose config does not load
+            cls = fixes.get(keras.saving.get_registered_name(type(layer)), type(layer))
+            return cls.from_config(layer.get_config())
+
+        with keras.saving.CustomObjectScope(fixes):  # the same fixes for the layers of a nested model
+            clean = keras.models.clone_model(self.model, clone_function=clone_layer)
         clean.set_weights(self.model.get_weights())
         clean.save(os.path.join(dirpath, MODEL_FILE))
 

@@ -52,8 +52,12 @@ def _refuse(path, why):
     raise UnsafeHeadFile(f"{path}: refusing to load: {why}")
 
 
-def check_keras_file(path) -> None:
+def check_keras_file(path, trusted_packages: dict[str, tuple[str, ...]] | None = None) -> None:
     """Refuse a ``.keras`` file that is not a plain archive of built-in Keras objects, without loading it.
+
+    ``trusted_packages`` (``{registered package: module prefixes}``) admits the layers of those installed
+    packages too: a fine-tuned network holds its backbone's KerasHub layers and bneck's own token layer.
+    Heads pass none: they are built-in layers only.
 
     This is checked before Keras sees the file, so these hold whatever Keras version is installed:
     the file is a zip (a legacy HDF5 ``.h5`` model is refused: Keras ignores ``safe_mode`` for those),
@@ -100,20 +104,25 @@ def check_keras_file(path) -> None:
             if cls in _CODE_LAYERS:
                 _refuse(path, f"config.json holds a {cls} layer, which can run code or load files "
                               "(arbitrary code execution); bneck networks use built-in layers only")
-            keras_module = isinstance(module, str) and (module == "keras" or module.startswith("keras."))
+            prefixes = tuple(p for ps in (trusted_packages or {}).values() for p in ps)
+            keras_module = isinstance(module, str) and (module == "keras" or module.startswith("keras.")
+                                                        or (bool(prefixes) and module.startswith(prefixes)))
             if module is not None and not keras_module:
                 _refuse(path, f"config.json names {module}.{cls}, which is not a Keras built-in "
                               "(a module or function outside Keras could run arbitrary code)")
             registered = node.get("registered_name")
-            if isinstance(registered, str) and ">" in registered:  # "package>Name": a custom registered object
+            if isinstance(registered, str) and ">" in registered and \
+                    registered.split(">", 1)[0] not in (trusted_packages or {}):  # "package>Name": custom
                 _refuse(path, f"config.json names the custom object {registered!r}; bneck networks use built-ins only")
             stack.extend(node.values())
 
 
-def load_keras_file(path):
+def load_keras_file(path, trusted_packages: dict[str, tuple[str, ...]] | None = None, custom_objects=None):
     """``keras.saving.load_model(path, safe_mode=True, compile=False)`` after :func:`check_keras_file`.
 
     Refuses to run on a Keras older than :data:`KERAS_FLOOR`, whose ``safe_mode`` has known bypasses.
+    ``trusted_packages`` as in :func:`check_keras_file`; ``custom_objects`` go to Keras (load fixes of
+    a trusted package's classes).
     """
     import keras
 
@@ -122,8 +131,8 @@ def load_keras_file(path):
         raise UnsafeHeadFile(f"{path}: refusing to load with Keras {version}: releases before "
                              f"{'.'.join(map(str, KERAS_FLOOR))} have published safe_mode bypasses "
                              "(CVE-2025-1550 ... CVE-2026-1462); pip install 'keras>=3.14'")
-    check_keras_file(path)
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    check_keras_file(path, trusted_packages)
+    return keras.saving.load_model(path, safe_mode=True, compile=False, custom_objects=custom_objects)
 
 _FITTED = ("task_", "n_outputs_", "best_epoch_", "history_", "input_shape_", "y_ndim_")
 

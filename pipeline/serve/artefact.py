@@ -176,7 +176,9 @@ def open_artefact(path, format):
     if format == "keras":
         import keras
 
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        from features.backbones.hub import load_fixes
+
+        model = keras.saving.load_model(path, safe_mode=True, compile=False, custom_objects=load_fixes())
         dtype = np.dtype(model.inputs[0].dtype)
         return (lambda x: np.asarray(model(x.astype(dtype), training=False))), list(model.output_names)
     if format == "savedmodel":

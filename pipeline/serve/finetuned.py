@@ -32,8 +32,12 @@ def load_finetuned(model_dir):
     meta = verify_model_dir(model_dir)
     if meta.get("head") != "finetuned" or MODEL_FILE not in meta["files"]:
         raise ModelDirError(f"{model_dir}: not a fine-tuned model directory (no {MODEL_FILE})")
+    from features.backbones.hub import NETWORK_PACKAGES, load_fixes
+
     try:
-        return load_keras_file(os.path.join(model_dir, MODEL_FILE)), meta
+        # A fine-tuned KerasHub backbone keeps its own layers (and bneck's token layer): trusted by package.
+        return load_keras_file(os.path.join(model_dir, MODEL_FILE), trusted_packages=NETWORK_PACKAGES,
+                               custom_objects=load_fixes()), meta
     except UnsafeHeadFile as exc:
         raise ModelDirError(str(exc)) from None
 

@@ -80,6 +80,7 @@ def test_finetune_unfreezes_the_transformers_own_layers(preset, tmp_path, capsys
     meta = json.loads((tmp_path / "ft" / "model.json").read_text())
     trained = json.dumps(meta)
     assert "layernorm" in trained  # the truncated model's layers are DINOv2's own, not one nested model
+    assert len(_predict_scores(capsys, tmp_path / "ft", preset / "data")) == 8  # and it loads back to predict
 
 
 def _predict_scores(capsys, model_dir, images):
@@ -125,3 +126,54 @@ def test_export_savedmodel_and_tflite_match_predict(preset, tmp_path, capsys, fm
         got = np.asarray(got)
     assert len(want) == 8
     np.testing.assert_allclose(got, np.array([want[p] for p in sorted(want)]), atol=1e-4)
+
+
+# SigLIP, CLIP and ViT take their preset's own input size (224): a user's preset of the real size, made tiny
+# (2 layers, width 32), goes through every command a KerasHub entry must support.
+FIXED_SIZE = {"siglip_base_patch16_224": "intermediate_dim", "clip_vit_base_patch16": "intermediate_dim",
+              "vit_base_patch16_224_imagenet": "mlp_dim"}
+
+
+def _fixed_size_preset(name, path):
+    import dataclasses
+
+    import keras
+
+    from features import backbones
+
+    spec = backbones.get(name)
+    tiny = dict(num_layers=2, hidden_dim=32, num_heads=2, **{FIXED_SIZE[name]: 64})
+    spec = dataclasses.replace(spec, config=tuple({**dict(spec.config), **tiny}.items()))
+    keras.utils.set_random_seed(7)
+    spec.build(weights=None).save_to_preset(str(path))  # the vision encoder alone, as a user would keep it
+    kernel, bias = backbones.preprocess_affine(spec.preprocessing)
+    keras_hub.layers.ImageConverter(image_size=spec.input_size, scale=list(np.diag(kernel)),
+                                    offset=list(bias)).save_to_preset(str(path))
+
+
+@pytest.mark.slow  # three model builds at 224 px per entry
+@pytest.mark.parametrize("name", list(FIXED_SIZE))
+def test_fixed_size_entries_extract_train_predict_export_and_finetune(name, preset, tmp_path, capsys):
+    _fixed_size_preset(name, tmp_path / "preset")
+    flags = ["--backbone", name, "--weights", str(tmp_path / "preset"), "--precision", "fp32", "--runtime",
+             "tensorflow", "--store-dtype", "float32", "--batch-size", "4", "--no-progress"]
+    out = tmp_path / "f.h5"
+    assert main(["extract", str(preset / "data"), "-o", str(out), *flags, "--pooling", "cls"]) == 0
+    with h5py.File(out) as f:
+        assert f["features"].shape == (8, 32) and f.attrs["backbone"] == name
+        assert f.attrs["weights"] == "file:preset" and list(f.attrs["input_size"]) == [224, 224]
+        assert np.abs(f["features"][()] - f["features_flipped"][()]).max() > 0  # the mirror is another view
+    assert main(["train", str(out), "-o", str(tmp_path / "m"), "--head", "logreg"]) == 0
+    rows = _predict_scores(capsys, tmp_path / "m", preset / "data")  # the backbone rebuilt from the preset
+    assert len(rows) == 8
+    assert main(["export", str(tmp_path / "m"), "-o", str(tmp_path / "m.keras"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0
+    assert main(["train", str(out), "-o", str(tmp_path / "d"), "--head", "dense", "--units", "8", "--epochs",
+                 "1"]) == 0
+    assert main(["finetune", str(tmp_path / "d"), str(preset / "data"), "-o", str(tmp_path / "ft"),
+                 "--unfreeze-last", "1", "--epochs", "1", "--val-split", "0.25"]) == 0
+    assert json.loads((tmp_path / "ft" / "model.json").read_text())["head"] == "finetuned"
+    # The fine-tuned network keeps KerasHub's layers and bneck's token layer: it loads back (the KerasHub ViT
+    # layer only with bneck's fix of its config) and predicts.
+    assert len(_predict_scores(capsys, tmp_path / "ft", preset / "data")) == 8

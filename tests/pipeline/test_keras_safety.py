@@ -185,3 +185,30 @@ def test_dense_specialists_save_each_network_and_load_checked(tmp_path):
     doc["files"].pop("specialists/1/head.keras")
     (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
     _refused(tmp_path / "m", r"specialists/1/head\.keras is not listed")
+
+
+def test_trusted_packages_admit_a_hub_network_and_nothing_else(dense_dir, tmp_path):
+    # A fine-tuned KerasHub backbone holds KerasHub layers and bneck's token layer (pipeline/serve/finetuned.py
+    # trusts those packages); a head trusts none, and the trust never extends to any other module.
+    from features.backbones.hub import NETWORK_PACKAGES
+    from pipeline.heads import UnsafeHeadFile
+    from pipeline.heads.dense import check_keras_file
+
+    def with_layer(module, registered):
+        config = _config(dense_dir)
+        layer = next(lay for lay in config["config"]["layers"] if lay["class_name"] == "Dense")
+        layer.update(module=module, registered_name=registered)
+        path = tmp_path / f"{registered.replace('>', '_')}.keras"
+        path.write_bytes(_rezip(dense_dir / "head.keras", {"config.json": json.dumps(config)}))
+        return path
+
+    hub = with_layer("keras_hub.src.models.vit.vit_layers", "ViTPatchingAndEmbedding")
+    ours = with_layer("features.backbones.tokens", "bneck>PatchGrid")
+    for path in (hub, ours):
+        check_keras_file(path, NETWORK_PACKAGES)
+        with pytest.raises(UnsafeHeadFile, match="not a Keras built-in|custom object"):
+            check_keras_file(path)  # a head: built-ins only
+    for module, registered, match in (("os", "system", r"names os\."), ("keras_hubx.evil", "Evil", "keras_hubx"),
+                                      ("keras.layers", "evil>Dense", "custom object 'evil>Dense'")):
+        with pytest.raises(UnsafeHeadFile, match=match):
+            check_keras_file(with_layer(module, registered), NETWORK_PACKAGES)
