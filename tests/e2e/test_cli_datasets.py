@@ -54,6 +54,19 @@ def test_webdataset_shards_with_a_cut_off_tar(tmp_path, capsys):
     assert info["bad_rows"] == [{"row": 8, "path": "00002.tar#s2k2", "reason": "truncated"}]
 
 
+def test_webdataset_cut_off_in_a_label_json_loses_only_that_row(tmp_path, capsys):
+    files = write_shards(tmp_path / "shards", n_shards=2, per_shard=3)
+    data = open(files[0], "rb").read()
+    with tarfile.open(files[0]) as tf:
+        last_json = [x for x in tf.getmembers() if x.name.endswith(".json")][-1]
+    open(files[0], "wb").write(data[:last_json.offset_data + 10])  # the image is whole, its .json is not
+    summary = _extract(capsys, tmp_path / "shards", tmp_path / "f.h5", "--label-key", "name")
+    assert summary["rows"] == 6 and summary["bad_reasons"] == {"truncated": 1}
+    info = _info(capsys, tmp_path / "f.h5")
+    assert info["classes"] == {"even": 3, "odd": 2}
+    assert info["bad_rows"] == [{"row": 2, "path": "00000.tar#s0k2", "reason": "truncated"}]
+
+
 @pytest.mark.slow  # three extracts and a merge
 def test_webdataset_shards_merge_into_the_single_run(tmp_path, capsys):
     pattern = _cut_shards(tmp_path)
