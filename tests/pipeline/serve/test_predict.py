@@ -20,7 +20,7 @@ from tests.imagefolders import make_class_folder
 
 CFG = dict(backbone="mobilenet", layer="conv_pw_1_relu", input_size="32", weights="none", seed=3, precision="fp32",
            store_dtype="float32", batch_size=4, progress=False)
-NAMES = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x"]
+NAMES = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_keypoints_come_back_in_the_new_images_own_pixels(models):
     got = np.array([result["targets"][n] for n in NAMES])
     # 64 wide, 48 high: x scale 2, y scale 1.5 about the pixel-centre convention's edges.
     np.testing.assert_allclose(got[[0, 2, 4]], (in_frame[[0, 2, 4]] + 0.5) * 2 - 0.5, atol=1e-3)
-    np.testing.assert_allclose(got[[1, 3]], (in_frame[[1, 3]] + 0.5) * 1.5 - 0.5, atol=1e-3)
+    np.testing.assert_allclose(got[[1, 3, 5]], (in_frame[[1, 3, 5]] + 0.5) * 1.5 - 0.5, atol=1e-3)
 
 
 def test_other_weights_than_the_features_were_made_with_are_refused(models, tmp_path):
