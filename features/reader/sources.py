@@ -249,6 +249,13 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def detect_kind(path, options=None) -> str | None:
+    """The kind ``--source-kind auto`` picks for ``path`` (the first of :data:`SOURCES` whose ``detect`` accepts it),
+    or ``None``; ``options``: the reader options given (``{"categories": ...}`` makes a list file Places365)."""
+    path = os.fspath(path)
+    return next((name for name, s in SOURCES.items() if s.detect(path, options or {})), None)
+
+
 def read_source(path, *, kind="auto", progress=False, shard=None, **options) -> Manifest:
     """Read a dataset description into a :class:`~features.reader.manifest.Manifest`.
 
@@ -278,7 +285,7 @@ def read_source(path, *, kind="auto", progress=False, shard=None, **options) -> 
         raise SourceError(f"{path}: no such file or directory")
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     if kind == "auto":
-        kind = next((name for name, s in SOURCES.items() if s.detect(path, given)), None)
+        kind = detect_kind(path, given)
         if kind is None:
             raise SourceError(f"{path}: cannot tell the source kind (expected a directory, .csv, .txt, .tar or "
                               f".parquet); pass --source-kind, one of {', '.join(SOURCES)}")
