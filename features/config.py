@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from features.mapper import int8
 from features.mapper.runtimes import default_runtime
+from features.reader.fs import is_url
 from features.reader.manifest import parse_shard
 
 
@@ -65,6 +66,11 @@ class ExtractConfig:
         """
         from features import backbones
 
+        if is_url(self.output):
+            # The writer preallocates the file and writes rows in place (pwrite, fsync, atomic renames).
+            raise ValueError(f"-o/--output {self.output}: the HDF5 output must be a local path, not a URL; it is "
+                             "written in place with fsync and atomic renames, which an object store cannot do. "
+                             "Write it locally, then copy it up")
         try:
             spec = backbones.get(self.backbone)
         except KeyError as exc:

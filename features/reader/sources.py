@@ -30,7 +30,7 @@ import numpy as np
 from features.fsutil import walk_files
 
 from . import fs
-from .base import file_rows, parse_floats, read_table, root_of, sorted_classes
+from .base import check_xy_pairs, file_rows, parse_floats, read_table, root_of, sorted_classes
 from .datasets import read_kaggle_keypoints, read_places365
 from .errors import SourceError
 from .groups import check_group_by, read_groups_file
@@ -138,6 +138,7 @@ def read_csv(path, *, image_root=None, path_column=None, label_column=None, targ
         if not tcols:
             raise SourceError(f"{path}: no label column ({'/'.join(LABEL_COLUMNS)}) and no numeric "
                               f"target columns; name them with --label-column or --target-columns")
+    check_xy_pairs(path, [header[j] for j in tcols])  # given or detected: a lone nose_tip_x is half a point
     targets = parse_floats(path, header, rows, tcols)
     for i in np.flatnonzero(np.isnan(targets).all(axis=1)):
         errors.setdefault(int(i), "no_targets")
@@ -248,6 +249,13 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def detect_kind(path, options=None) -> str | None:
+    """The kind ``--source-kind auto`` picks for ``path`` (the first of :data:`SOURCES` whose ``detect`` accepts it),
+    or ``None``; ``options``: the reader options given (``{"categories": ...}`` makes a list file Places365)."""
+    path = os.fspath(path)
+    return next((name for name, s in SOURCES.items() if s.detect(path, options or {})), None)
+
+
 def read_source(path, *, kind="auto", progress=False, shard=None, **options) -> Manifest:
     """Read a dataset description into a :class:`~features.reader.manifest.Manifest`.
 
@@ -277,7 +285,7 @@ def read_source(path, *, kind="auto", progress=False, shard=None, **options) -> 
         raise SourceError(f"{path}: no such file or directory")
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     if kind == "auto":
-        kind = next((name for name, s in SOURCES.items() if s.detect(path, given)), None)
+        kind = detect_kind(path, given)
         if kind is None:
             raise SourceError(f"{path}: cannot tell the source kind (expected a directory, .csv, .txt, .tar or "
                               f".parquet); pass --source-kind, one of {', '.join(SOURCES)}")

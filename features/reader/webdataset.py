@@ -12,8 +12,13 @@ row remembers its image's byte range, so the decode pool later reads exactly tha
 tar, and a resumed or sharded run reads the members of its own rows only. Row ids are
 ``<shard>.tar#<key>``, in shard order then member order: deterministic.
 
-A tar that ends early keeps the samples before the break; a sample whose image member is cut off
-is marked ``truncated``, one without an image member ``not_image``.
+A tar that ends early keeps the samples before the break; the sample at the break is marked
+``truncated`` when it lost a member it needs (its image, its ``cls`` while other samples have one,
+its ``json`` for ``label_key``/``target_keys``, or any of these cut off inside), and kept otherwise.
+In an intact tar, a sample without an image member is ``not_image``; one without the ``json`` its
+targets come from is ``no_targets``, as one whose ``json`` lacks the fields; a missing class (no
+``cls`` where others have one, no ``json`` for ``label_key``) stops the read naming the sample,
+as an empty label cell does in a CSV: guessing a class would mislabel the row.
 """
 
 from __future__ import annotations
@@ -89,9 +94,11 @@ def read_webdataset(path, *, label_key=None, target_columns=None, progress=False
         keys = list(target_keys)
         check_xy_pairs(path, keys)
         targets = np.full((len(rows), len(keys)), np.nan, np.float32)
+        if not any("json_text" in meta for *_, meta in rows):
+            raise SourceError(f"{path}: no sample has a .json member to read --target-columns from")
         for i, (s, key, _, reason, meta) in enumerate(rows):
-            if reason and "json_text" not in meta:
-                continue  # a cut-off sample: invalid anyway, its targets stay NaN
+            if "json_text" not in meta:
+                continue  # no json (a cut-off sample is truncated already): its targets stay NaN, no_targets
             doc = _json_of(shards[s], key, meta)
             for k, name in enumerate(keys):
                 value = doc.get(name)
@@ -119,8 +126,11 @@ def read_webdataset(path, *, label_key=None, target_columns=None, progress=False
         fields = {"labels": np.array([index.get(v, 0) for v in values], np.int64), "class_names": classes}
     else:
         cls = [meta.get("cls") for *_, meta in rows]
-        have = [c is not None or bool(r[3]) for c, r in zip(cls, rows)]  # a cut-off sample may have lost it
         if any(c is not None for c in cls):
+            for i, (c, row) in enumerate(zip(cls, rows)):
+                if c is None and row[4].get("cut"):
+                    errors.setdefault(i, "truncated")  # the tar broke off in (or before) this sample's .cls
+            have = [c is not None or i in errors for i, c in enumerate(cls)]  # a bad row's class is moot
             if not all(have):
                 i = have.index(False)
                 raise SourceError(f"{shards[rows[i][0]]}#{rows[i][1]}: this sample has no .cls member but others "
@@ -163,15 +173,19 @@ def _index_tar(shard, *, need_json):
             if magic == b"\x1f\x8b":
                 raise SourceError(f"{shard}: a gzip-compressed tar; members of a compressed shard cannot be read "
                                   "by range, so decompress it first (gunzip)")
-            members = _members(shard, f, size)
-            samples = _group(shard, f, members, size, need_json)
+            members, complete = _members(shard, f, size)
+            samples = _group(shard, f, members, size, need_json, complete)
     except OSError as exc:
         raise SourceError(f"{shard}: cannot read this tar ({exc})") from None
     return size, samples
 
 
 def _members(shard, f, size):
-    """Regular-file members in tar order; a break in the tar ends the list with a warning."""
+    """``(members, complete)``: regular-file members in tar order, and whether the tar ends as a tar should.
+
+    A break in the tar ends the list with a warning: a header or member cut off, or no end-of-archive
+    block after the last member (a tar cut exactly between two members).
+    """
     out = []
     try:
         tf = tarfile.open(fileobj=f, mode="r:")
@@ -185,15 +199,26 @@ def _members(shard, f, size):
         except (tarfile.ReadError, EOFError, OSError) as exc:
             log.warning(f"{shard}: the tar breaks off after {len(out)} members ({exc}); the samples before the "
                         "break are kept")
-            break
+            return out, False
         if info is None:
             break
         if info.isfile():
             out.append((info.name, info.offset_data, info.size))
-    return out
+    # tarfile ends quietly at a cut-off header or at the end of the file; a whole tar ends with a zero block.
+    f.seek(tf.offset)
+    if f.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+        log.warning(f"{shard}: the tar breaks off after {len(out)} members (no end-of-archive block); the samples "
+                    "before the break are kept")
+        return out, False
+    return out, True
 
 
-def _group(shard, f, members, size, need_json):
+def _group(shard, f, members, size, need_json, complete):
+    """Members grouped into samples ``(key, image, reason, meta)``; ``complete``: the tar did not break off.
+
+    The last sample of a broken tar may have lost members at the break (``meta["cut"]``): one needed for
+    this read that is missing or cut off makes it ``truncated``, not a sample without it.
+    """
     samples = []
     for name, offset, length in members:
         head, base = name.rsplit("/", 1) if "/" in name else ("", name)
@@ -219,10 +244,15 @@ def _group(shard, f, members, size, need_json):
                 raise SourceError(f"{shard}#{key}: .cls holds {text[:40]!r}, not an integer class index") from None
         elif ext == "json" and need_json and not cut:
             sample[3]["json"] = (offset, length)
+    if samples and not complete:
+        samples[-1][3]["cut"] = True
     out = []
     for key, image, reason, meta in samples:
         if image is None:
-            reason = "not_image"  # no jpg/jpeg/png/webp member: nothing to decode
+            # No jpg/jpeg/png/webp member: nothing to decode, or nothing left of it at the break.
+            reason = "truncated" if meta.get("cut") else "not_image"
+        elif need_json and "json" not in meta and meta.get("cut"):
+            reason = reason or "truncated"  # its .json was cut off, or came after the break
         if need_json and "json" in meta:
             off, length = meta["json"]
             f.seek(off)
@@ -234,7 +264,8 @@ def _group(shard, f, members, size, need_json):
 def _json_of(shard, key, meta):
     text = meta.get("json_text")
     if text is None:
-        raise SourceError(f"{shard}#{key}: this sample has no .json member to read labels or targets from")
+        raise SourceError(f"{shard}#{key}: this sample has no .json member to read its class from (--label-key); "
+                          "give every sample one")
     try:
         doc = json.loads(text)
     except ValueError as exc:

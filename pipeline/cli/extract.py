@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("data", help="class folders DATA/<class>/<image>, a folder of images, a CSV, a Kaggle keypoint "
                                 "CSV, a list file, webdataset .tar shards or .parquet files (see --source-kind)")
-    p.add_argument("-o", "--output", required=True, help="output HDF5 file (written atomically)")
+    p.add_argument("-o", "--output", required=True, help="output HDF5 file, a local path (written atomically)")
     p.add_argument("--backbone", default="vgg16",
                    help=f"backbone name, one of the {len(REGISTRY)} of `bneck backbones` (default vgg16)")
     p.add_argument("--layer", help="bottleneck layer (default: the backbone's last conv/pool block)")

@@ -1,5 +1,5 @@
-"""``bneck predict``: new images through the stitched backbone and head, or a feature file's cached rows through
-the head alone; one line per image or row."""
+"""``bneck predict``: new images (files, folders, or the rows of a dataset source) through the stitched backbone and
+head, or a feature file's cached rows through the head alone; one line per image or row."""
 
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ HELP = ("run new images through the stitched backbone and head, or a feature "
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="model directory from `bneck train` or `bneck finetune`")
-    p.add_argument("inputs", nargs="+", help="image files or directories (searched recursively), or one HDF5 "
-                   "feature file from `bneck extract` (any task, unlabelled included): its cached rows go through "
-                   "the head alone, no backbone is built")
+    p.add_argument("inputs", nargs="+", help="image files or directories (searched recursively); dataset sources "
+                   "as `bneck extract` detects them (a Kaggle keypoints CSV such as test.csv, a CSV of image paths, "
+                   "a list file, .tar shards, .parquet), read with their defaults, one result per row named by its "
+                   "row id; or one HDF5 feature file from `bneck extract` (any task, unlabelled included): its "
+                   "cached rows go through the head alone, no backbone is built")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes to report per image (default 5)")
     p.add_argument("--tta-flip", action="store_true", help="average the original and mirrored predictions")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     p.add_argument("--json", action="store_true", help="JSON lines: path plus label/scores, or image_size and targets "
-                   "(keypoints in each image's own pixels); a feature file's lines carry their row too")
+                   "(keypoints in each image's own pixels); a dataset source's or feature file's lines carry their "
+                   "row too")
     add_model_args(p)
 
 

@@ -6,6 +6,8 @@ mirror are un-mirrored first (same convention as :mod:`features.keypoints`).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from features import images, keypoints
@@ -57,22 +59,36 @@ class Predictor:
 
     def predict_files(self, paths, *, top_k: int = 5):
         """Yield one result dict per path, in order; undecodable files give ``{"path", "error"}``."""
-        check_top_k(top_k)
         paths = list(paths)
+        yield from self.predict_sources(paths, paths, top_k=top_k)
+
+    def predict_sources(self, names, sources, *, top_k: int = 5, bad=None):
+        """Yield one result dict per source, in order, named ``names[i]`` (its ``path``).
+
+        ``sources`` is anything :func:`features.images.decode` takes: paths, inline arrays, the blobs of a
+        manifest (``manifest.source(i)``), read in batches as they are decoded. ``bad``: ``{i: reason}`` of
+        rows already known to have no usable image (a manifest's ``row_errors``), reported without decoding.
+        """
+        check_top_k(top_k)
+        bad = bad or {}
+        pairs = iter(zip(names, sources))
         with images.decode_pool() as pool:
-            for start in range(0, len(paths), self.batch_size):
-                chunk = paths[start:start + self.batch_size]
-                decoded = images.decode_all(chunk, self.input_size, pool=pool)
-                ok = [i for i, (arr, _, _) in enumerate(decoded) if arr is not None]
+            for start in itertools.count(0, self.batch_size):
+                chunk = list(itertools.islice(pairs, self.batch_size))
+                if not chunk:
+                    return
+                todo = [i for i in range(len(chunk)) if start + i not in bad]
+                decoded = dict(zip(todo, images.decode_all([chunk[i][1] for i in todo], self.input_size, pool=pool)))
+                ok = [i for i in todo if decoded[i][0] is not None]
                 results = {}
                 if ok:
                     x = np.stack([decoded[i][0] for i in ok])
                     sizes = np.array([decoded[i][1] for i in ok])
                     preds = to_image_pixels(self.meta, self.predict_arrays(x, widths=sizes[:, 1]), sizes)
-                    results = {i: self._result(chunk[i], preds[j], sizes[j], top_k) for j, i in enumerate(ok)}
-                for i, path in enumerate(chunk):
-                    yield results.get(i) or {"path": path, "error": decoded[i][2],
-                                             "detail": images.REASONS.get(decoded[i][2], "")}
+                    results = {i: self._result(chunk[i][0], preds[j], sizes[j], top_k) for j, i in enumerate(ok)}
+                for i, (name, _) in enumerate(chunk):
+                    reason = bad.get(start + i) or decoded[i][2]
+                    yield results.get(i) or {"path": name, "error": reason, "detail": images.REASONS.get(reason, "")}
 
     def _result(self, path, pred, size, top_k):
         return result_for(self.meta, path, pred, size, top_k)

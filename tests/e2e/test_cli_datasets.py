@@ -1,6 +1,7 @@
 """`bneck extract` on the layouts users have (issue 22), run through the CLI's main on tiny files the test writes:
 webdataset tars, parquet, an unlabelled folder; sharded, merged, resumed; info, train, evaluate and predict on them."""
 
+import csv
 import json
 import os
 import tarfile
@@ -8,6 +9,8 @@ import tarfile
 import h5py
 import numpy as np
 import pytest
+
+from PIL import Image
 
 from features import faults
 from pipeline.cli.main import main
@@ -52,6 +55,19 @@ def test_webdataset_shards_with_a_cut_off_tar(tmp_path, capsys):
     assert info["task"] == "classification" and info["classes"] == {"0": 5, "1": 3}
     assert info["attrs"]["source_kind"] == "webdataset"
     assert info["bad_rows"] == [{"row": 8, "path": "00002.tar#s2k2", "reason": "truncated"}]
+
+
+def test_webdataset_cut_off_in_a_label_json_loses_only_that_row(tmp_path, capsys):
+    files = write_shards(tmp_path / "shards", n_shards=2, per_shard=3)
+    data = open(files[0], "rb").read()
+    with tarfile.open(files[0]) as tf:
+        last_json = [x for x in tf.getmembers() if x.name.endswith(".json")][-1]
+    open(files[0], "wb").write(data[:last_json.offset_data + 10])  # the image is whole, its .json is not
+    summary = _extract(capsys, tmp_path / "shards", tmp_path / "f.h5", "--label-key", "name")
+    assert summary["rows"] == 6 and summary["bad_reasons"] == {"truncated": 1}
+    info = _info(capsys, tmp_path / "f.h5")
+    assert info["classes"] == {"even": 3, "odd": 2}
+    assert info["bad_rows"] == [{"row": 2, "path": "00000.tar#s0k2", "reason": "truncated"}]
 
 
 @pytest.mark.slow  # three extracts and a merge
@@ -137,6 +153,36 @@ def test_predict_refuses_features_that_do_not_fit_the_model(tmp_path, capsys, ca
     _extract(capsys, tmp_path / "d.parquet", tmp_path / "other.h5", "--seed", "3")  # other random weights
     assert main(["predict", str(tmp_path / "m"), str(tmp_path / "other.h5")]) == 1
     assert "other.h5" in caplog.text and "weights" in caplog.text
+
+
+@pytest.mark.slow  # a training and three predicts (each builds the backbone)
+def test_predict_reads_a_kaggle_test_csv_row_by_row(small_faces, tmp_path, capsys, caplog):
+    model = tmp_path / "m"
+    assert main(["train", small_faces["features"], "-o", str(model), "--head", "specialists", "--pooling", "avg",
+                 "--val-split", "0"]) == 0
+    with open(small_faces["paths"]["keypoints_validation"], newline="") as f:
+        faces = [row["Image"] for row in csv.DictReader(f)][:3]
+    test = tmp_path / "test.csv"  # Kaggle's test.csv: ImageId, Image (96x96 grey pixels as text)
+    test.write_text("ImageId,Image\n" + "".join(f"{i + 1},{px}\n" for i, px in enumerate(faces)))
+    Image.fromarray(np.array(faces[1].split(), np.uint8).reshape(96, 96)).save(tmp_path / "face.png")
+    capsys.readouterr()
+    assert main(["predict", str(model), str(test), str(tmp_path / "face.png"), "--json"]) == 0
+    lines = _json_lines(capsys.readouterr().out)
+    assert [r.get("row") for r in lines] == [0, 1, 2, None]
+    assert [r["path"] for r in lines] == ["test.csv#row=0", "test.csv#row=1", "test.csv#row=2",
+                                          str(tmp_path / "face.png")]
+    assert all(r["image_size"] == [96, 96] and len(r["targets"]) == 30 for r in lines)
+    # The same face as a PNG file: the same keypoints (up to float sums in another batch).
+    kp = np.array([list(r["targets"].values()) for r in lines])
+    np.testing.assert_allclose(kp[1], kp[3], atol=1e-3)
+    assert np.abs(kp[0] - kp[1]).max() > 0.01  # and another face, other keypoints
+    assert main(["predict", str(model), str(test)]) == 0  # plain text: each row named by its id
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == \
+        ["test.csv#row=0", "test.csv#row=1", "test.csv#row=2"]
+    (tmp_path / "bad.csv").write_text("ImageId,Image\n1,1 2 3\n")  # 3 pixels: not a square image
+    caplog.clear()
+    assert main(["predict", str(model), str(tmp_path / "bad.csv")]) == 1
+    assert "bad.csv:2: Image has 3 pixels" in caplog.text and "bneck extract" in caplog.text
 
 
 @pytest.mark.parametrize("text", ["path\n", "path,label\n"])

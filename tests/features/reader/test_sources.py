@@ -164,6 +164,12 @@ def test_folder_groups_file_keeps_names_as_written(tmp_path):
     ("", {}, r"r\.csv: empty CSV"),
     ("path,label\n", {}, r"r\.csv: .*no data rows"),
     ("path,note\na.png,hi\n", {}, r"r\.csv: no label column"),
+    # A lone *_x (or *_y) is half a point, detected or given, as the Kaggle, tar and parquet readers say.
+    ("path,nose_tip_x,left_eye_x,left_eye_y\na.png,1,2,3\n", {},
+     r"r\.csv: keypoint column 'nose_tip_x' has no matching 'nose_tip_y'"),
+    ("path,a_x,a_y,b_Y\na.png,1,2,3\n", {"target_columns": ["a_x", "b_Y"]},
+     r"r\.csv: keypoint column 'a_x' has no matching 'a_y'"),
+    ("path,a_x,a_y,b_Y\na.png,1,2,3\n", {}, r"r\.csv: keypoint column 'b_Y' has no matching 'b_X'"),
 ])
 def test_csv_structural_errors(tmp_path, text, kwargs, pattern):
     (tmp_path / "r.csv").write_text(text)

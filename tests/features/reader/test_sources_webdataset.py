@@ -67,6 +67,61 @@ def test_cut_off_tar_keeps_the_rows_before_and_marks_the_cut_one(tmp_path, caplo
     assert "breaks off" in caplog.text and "00000.tar" in caplog.text
 
 
+def _cut_in(path, ext, where):
+    """Cut ``path`` in its last ``.ext`` member: halfway into its data, inside its header, or just before it."""
+    data = open(path, "rb").read()
+    with tarfile.open(path) as tf:
+        member = [x for x in tf.getmembers() if x.name.endswith("." + ext)][-1]
+    cut = {"data": member.offset_data + member.size // 2, "header": member.offset + 100,
+           "boundary": member.offset}[where]
+    open(path, "wb").write(data[:cut])
+
+
+@pytest.mark.parametrize("where", ["data", "header", "boundary"])
+@pytest.mark.parametrize("ext, options", [("json", {"label_key": "name"}), ("json", {"target_columns": ["y"]}),
+                                          ("cls", {})])
+def test_a_tar_cut_off_in_a_label_member_marks_that_row_truncated(tmp_path, caplog, ext, options, where):
+    files = write_shards(tmp_path / "shards")  # members png, cls, json: the label comes after the image
+    _cut_in(files[0], ext, where)
+    m = read_source(str(tmp_path / "shards"), **options)
+    assert m.paths == IDS and m.row_errors == {2: "truncated"}  # the cut sample; every other row is kept
+    if "target_columns" in options:
+        assert m.targets.ravel().tolist()[:2] + m.targets.ravel().tolist()[3:] == [0, 1, 0, 1, 2]
+    else:
+        assert m.labels.tolist()[:2] + m.labels.tolist()[3:] == [0, 1, 0, 1, 0]
+    assert "breaks off" in caplog.text and "00000.tar" in caplog.text
+
+
+def test_a_tar_cut_between_samples_keeps_the_whole_ones(tmp_path, caplog):
+    files = write_shards(tmp_path / "shards")
+    _cut_in(files[0], "png", "boundary")  # s0k2 is gone entirely; s0k1 has all its members
+    m = read_source(str(tmp_path / "shards"), label_key="name")
+    assert m.paths == IDS[:2] + IDS[3:] and m.row_errors == {} and m.labels.tolist() == [0, 1, 0, 1, 0]
+    assert "no end-of-archive block" in caplog.text
+
+
+def test_a_cut_in_a_cls_before_the_image_is_truncated_not_a_missing_image(tmp_path):
+    write_tar(tmp_path / "a.tar", [(f"k{k}", {"cls": str(k), "png": png_bytes(k)}) for k in range(3)])
+    _cut_in(tmp_path / "a.tar", "cls", "data")
+    m = read_source(str(tmp_path / "a.tar"))
+    assert m.paths == ["a.tar#k0", "a.tar#k1", "a.tar#k2"] and m.row_errors == {2: "truncated"}
+
+
+def test_a_label_member_absent_from_an_intact_tar(tmp_path):
+    samples = [("k0", {"png": png_bytes(0), "json": {"y": 1.0, "name": "a"}}), ("k1", {"png": png_bytes(1)}),
+               ("k2", {"png": png_bytes(2), "json": {"y": 3.0, "name": "b"}})]
+    write_tar(tmp_path / "a.tar", samples)
+    # Targets: a sample without its json has none, like a json without the fields: that row only.
+    reg = read_source(str(tmp_path / "a.tar"), target_columns=["y"])
+    assert reg.row_errors == {1: "no_targets"} and reg.targets[[0, 2]].ravel().tolist() == [1.0, 3.0]
+    # A class cannot be guessed: the read stops, naming the tar and the sample (as an empty CSV label cell does).
+    with pytest.raises(SourceError, match=r"a\.tar#k1: this sample has no \.json member .*--label-key"):
+        read_source(str(tmp_path / "a.tar"), label_key="name")
+    write_tar(tmp_path / "b.tar", [("k0", {"png": png_bytes(0)})])
+    with pytest.raises(SourceError, match=r"b\.tar: no sample has a \.json member to read --target-columns"):
+        read_source(str(tmp_path / "b.tar"), target_columns=["y"])
+
+
 def test_bad_members_get_reason_codes_and_neighbours_stay(tmp_path):
     write_tar(tmp_path / "a.tar", [("k0", {"png": png_bytes(0), "cls": "0"}),
                                    ("k1", {"cls": "1", "txt": "no image"}),

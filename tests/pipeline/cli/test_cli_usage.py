@@ -28,6 +28,8 @@ CASES = [
     (["extract", *E, "--runtime", "openvino", "--precision", "fp16"], "fp16 is a GPU setting"),
     (["extract", *E, "--num-workers", "2"], "apply to --engine ray only"),
     (["extract", *E, "--max-bad-fraction", "2"], "must be between 0 and 1"),
+    (["extract", "data", "-o", "s3://bucket/x.h5"], "-o/--output s3://bucket/x.h5: the HDF5 output must be a local"),
+    (["extract", "data", "-o", "file:///tmp/x.h5"], "must be a local path, not a URL"),
     (["train", *X, "--grid", "C=a,b", "--head", "svm"], "takes numbers"),
     (["train", *X, "--grid", "C", "--head", "svm"], "malformed grid spec"),
     (["train", *X, "--grid", "units=4,8", "--head", "svm"], "unknown parameter"),

@@ -20,7 +20,7 @@ from tests.imagefolders import make_class_folder
 
 CFG = dict(backbone="mobilenet", layer="conv_pw_1_relu", input_size="32", weights="none", seed=3, precision="fp32",
            store_dtype="float32", batch_size=4, progress=False)
-NAMES = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x"]
+NAMES = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_keypoints_come_back_in_the_new_images_own_pixels(models):
     got = np.array([result["targets"][n] for n in NAMES])
     # 64 wide, 48 high: x scale 2, y scale 1.5 about the pixel-centre convention's edges.
     np.testing.assert_allclose(got[[0, 2, 4]], (in_frame[[0, 2, 4]] + 0.5) * 2 - 0.5, atol=1e-3)
-    np.testing.assert_allclose(got[[1, 3]], (in_frame[[1, 3]] + 0.5) * 1.5 - 0.5, atol=1e-3)
+    np.testing.assert_allclose(got[[1, 3, 5]], (in_frame[[1, 3, 5]] + 0.5) * 1.5 - 0.5, atol=1e-3)
 
 
 def test_other_weights_than_the_features_were_made_with_are_refused(models, tmp_path):
@@ -97,3 +97,39 @@ def test_other_weights_than_the_features_were_made_with_are_refused(models, tmp_
         Predictor(m)
     with pytest.raises(WeightsError, match="differ from those the features were made with"):
         export(m, tmp_path / "x.keras", format="keras")
+
+
+def test_which_inputs_predict_reads_as_dataset_sources(tmp_path):
+    from pipeline.serve.predict import source_kind
+    from tests.datafiles import png_bytes, write_tar
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(png_bytes(0))
+    write_tar(tmp_path / "photos" / "stray.tar", [("k", {"png": png_bytes(1)})])
+    (tmp_path / "shards").mkdir()
+    write_tar(tmp_path / "shards" / "0.tar", [("k", {"png": png_bytes(1)})])
+    (tmp_path / "test.csv").write_text("ImageId,Image\n1,0 0 0 0\n")
+    (tmp_path / "paths.csv").write_text("path\nphotos/a.png\n")
+    (tmp_path / "list.txt").write_text("photos/a.png\n")
+    (tmp_path / "f.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    make_class_folder(tmp_path / "classes", classes=("a", "b"), per_class=1)
+    got = {name: source_kind(str(tmp_path / name)) for name in
+           ["photos", "photos/a.png", "shards", "shards/{0..0}.tar", "test.csv", "paths.csv", "list.txt", "f.h5",
+            "classes", "typo.csv"]}
+    assert got == {"photos": None, "photos/a.png": None, "shards": "webdataset", "shards/{0..0}.tar": "webdataset",
+                   "test.csv": "kaggle_keypoints", "paths.csv": "csv", "list.txt": "list", "f.h5": None,
+                   "classes": None, "typo.csv": None}
+
+
+def test_predict_goes_through_a_sources_rows_keeping_bad_ones_in_place(models, tmp_path):
+    from pipeline.serve.predict import predict
+    from tests.datafiles import png_bytes, write_tar
+
+    write_tar(tmp_path / "a.tar", [("k0", {"png": png_bytes(0)}), ("k1", {"txt": "no image"}),
+                                   ("k2", {"png": png_bytes(2)})])
+    (tmp_path / "l.txt").write_text("gone.png\n")
+    got = list(predict(models["dir"] / "logreg", [tmp_path / "a.tar", models["big"], tmp_path / "l.txt"], top_k=1))
+    assert [(r.get("row"), r["path"], r.get("error")) for r in got] == [
+        (0, "a.tar#k0", None), (1, "a.tar#k1", "not_image"), (2, "a.tar#k2", None), (None, models["big"], None),
+        (0, "gone.png", "missing")]
+    assert all(r["label"] in ("a", "b") for r in got if "error" not in r)
