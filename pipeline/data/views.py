@@ -1,6 +1,7 @@
 """Lazy, row-indexable float32 views over feature datasets in bneck HDF5 files.
 
-Import these names from :mod:`pipeline.data.training`; this module only exists to keep files short.
+Views are made by :meth:`pipeline.data.featurefile.FeatureFile.view`; :class:`FeatureFileError`, the
+error every reader of a feature file raises, is defined here, at the bottom of pipeline/data.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from tqdm.auto import tqdm
 
 from features.attrs import plain
 
-__all__ = ["ConcatView", "FeatureFileError", "FeatureView", "batch_indices", "plain",
-           "total_nbytes"]
+__all__ = ["ConcatView", "FeatureFileError", "FeatureView", "batch_indices", "total_nbytes"]
 
 POOLINGS = ("none", "avg", "max")
 
@@ -157,7 +157,7 @@ class FeatureView(_ViewBase):
     :class:`FeatureFileError`.
 
     The view keeps its own read-only HDF5 handle (reopened lazily, e.g. after pickling), so it
-    stays usable after the :class:`~pipeline.data.training.FeatureFile` that made it is closed.
+    stays usable after the :class:`~pipeline.data.featurefile.FeatureFile` that made it is closed.
     """
 
     def __init__(self, path: str | os.PathLike, dataset: str = "features", *, rows=None,

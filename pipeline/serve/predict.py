@@ -7,7 +7,7 @@ import numpy as np
 from features import images, keypoints
 from features.fsutil import expand_paths
 from pipeline.data.keypoint_frame import to_image_pixels, unmirror_widths
-from pipeline.data.training import FeatureFile, check_compatible
+from pipeline.data.featurefile import FeatureFile, check_compatible
 from pipeline.evaluate import MODEL_COMPAT_KEYS, check_top_k, head_scores
 from pipeline.modeldir import load_model_dir
 from pipeline.serve.loader import predictor_for

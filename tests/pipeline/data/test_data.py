@@ -8,17 +8,10 @@ import pytest
 from feature_files import write_feature_file
 
 import pipeline.data.views
-from pipeline.data.training import (
-    ConcatView,
-    FeatureFile,
-    FeatureFileError,
-    FeatureView,
-    check_compatible,
-    load_training_data,
-    make_tf_dataset,
-    parse_bytes,
-    train_val_split,
-)
+from pipeline.data.featurefile import FeatureFile, check_compatible
+from pipeline.data.splits import train_val_split
+from pipeline.data.training import load_training_data, make_tf_dataset, parse_bytes
+from pipeline.data.views import ConcatView, FeatureFileError, FeatureView
 
 
 @pytest.fixture
