@@ -161,7 +161,9 @@ def _write_digits(outdir, seed) -> None:
             Image.fromarray(img).save(os.path.join(folder, f"{i:04d}.png"))
     _write_tars(os.path.join(tmp, "test"), os.path.join(tmp, "test-tars"), TEST_TARS)
     final = os.path.join(outdir, "digits")
-    # The demo owns outdir/digits: a stale tree from another seed would mix splits.
+    # The demo owns outdir/digits: a stale tree from another seed would mix splits. Not fsutil.replace_dir's
+    # swap: the old tree is worthless (make_demo removed its marker first, so a kill here only means the
+    # next run writes it again), and a swap killed half-way would leave an old copy in the user's folder.
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
