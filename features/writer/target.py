@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from features.faults import fault_point
 from features.fsutil import atomic_path, datasync
 
 TARGET_NAME = "target.h5"
@@ -142,6 +143,7 @@ class Target:
             os.ftruncate(fh.fileno(), size)
             os.fsync(fh.fileno())
         try:
+            fault_point("target_restored")
             now = _layout(self.path, self.views)
         except OSError as exc:
             # The bytes HDF5 reads are the snapshot's own, so a failure here is the system's (EIO,

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from features.attrs import plain
+from features.faults import fault_point
 
 __all__ = ["ConcatView", "FeatureFileError", "FeatureView", "batch_indices", "total_nbytes"]
 
@@ -51,7 +52,8 @@ def _normalize_index(idx, n: int) -> tuple[np.ndarray, bool]:
 
 
 def _read_sorted(ds, idx: np.ndarray) -> np.ndarray:
-    """Read strictly increasing rows ``idx`` of h5py dataset ``ds`` as float32."""
+    """Read strictly increasing rows ``idx`` of h5py dataset ``ds`` as float32 (every view reads rows here)."""
+    fault_point("view_read")  # testing hook: lazy loading is tested by what raising here would catch
     lo, hi = int(idx[0]), int(idx[-1]) + 1
     if hi - lo == len(idx):  # one contiguous run: a plain hyperslab, the fastest read
         return np.asarray(ds[lo:hi], dtype=np.float32)
