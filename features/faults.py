@@ -30,13 +30,16 @@ def _parse_kill_at(text: str):
 # in features/runner.py; never set in normal use. BNECK_TEST_KILL_AT="POINT:N[:SIGNAL]" sends
 # SIGKILL (or SIGNAL, e.g. TERM) to this process the N-th time the named point is reached.
 # Points: start, model_built (runner.extract); partial_opened, chunk_tmp_written (rows written
-# and synced, temp marker fsynced, before its rename), chunk_committed in features.writer.partial;
-# finalize_rows (the N-th row dataset written in the end session, before it closes),
-# finalize_tmp_written (final file complete and synced, before its rename), finalize_renamed
-# (after the rename, before the partial dir is removed) in features.writer.assemble;
-# atomic_write (features.fsutil, before the temp file is written);
+# and synced, temp marker fsynced, before its rename: fsutil.atomic_path's point), chunk_committed
+# in features.writer.partial; target_restored (a resumed target's snapshot written back, before its
+# layout is read) in features.writer.target; finalize_rows (the N-th row dataset written in the end
+# session, before it closes), finalize_tmp_written (final file complete and synced, before its
+# rename), finalize_renamed (after the rename, before the partial dir is removed) in
+# features.writer.assemble; atomic_write (features.fsutil, before the temp file is written);
 # decode (an image decoded, in a worker thread) and batch (a batch computed, before its chunk is
-# queued) in runner._run_chunks; model_tmp_written, model_moved_aside in pipeline.modeldir.
+# queued) in runner._run_chunks; model_tmp_written, model_moved_aside (between the two renames of
+# fsutil.replace_dir's swap) in pipeline.modeldir; view_read (a lazy view about to read rows from
+# its file) in pipeline.data.views.
 # Unset, fault_point() is one comparison.
 _KILL_AT = _parse_kill_at(os.environ.get("BNECK_TEST_KILL_AT", ""))
 _KILL_SEEN: dict[str, int] = {}

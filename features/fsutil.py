@@ -1,8 +1,10 @@
-"""Crash-safe file helpers shared by both stages: durable syncs, temp-then-rename writes, one directory walker.
+"""Crash-safe file helpers shared by both stages: durable syncs, temp-then-rename writes, one directory
+swap, one directory walker.
 
 A file that matters is written under a temporary name beside its final path, synced, and renamed
 into place, so a reader (or a rerun after a kill) sees the old file or the new one, never half of
-one. Everything in bneck that writes such a file goes through :func:`atomic_path`.
+one. Everything in bneck that writes such a file goes through :func:`atomic_path`; a finished
+directory (a model directory, a SavedModel) is moved into place by :func:`replace_dir`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import uuid
 
 from features.faults import fault_point
-
-_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 def datasync(fd: int) -> None:
@@ -28,16 +29,31 @@ def datasync(fd: int) -> None:
             return
         except OSError:  # file systems that do not support it (network shares)
             pass
-    _fdatasync(fd)
+    # Looked up on each call (not bound at import), so a test can stand in for the system's call.
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # macOS has no fdatasync
+        os.fsync(fd)
 
 
-def fsync_dir(path) -> None:
-    """Make the renames in directory ``path`` durable (a rename is an update of the directory)."""
-    fd = os.open(os.fspath(path) or ".", os.O_RDONLY)
+def fsync_dir(path, *, best_effort: bool = False) -> None:
+    """Make the renames in directory ``path`` durable (a rename is an update of the directory).
+
+    A file system that cannot fsync a directory (EINVAL, ENOTSUP) is accepted. ``best_effort``
+    accepts any failure, even a directory that cannot be opened (Windows), for callers whose
+    rename is already done and must not be reported as failed over its durability (a model
+    directory, :func:`replace_dir`); stage one's commits use the strict default.
+    """
+    try:
+        fd = os.open(os.fspath(path) or ".", os.O_RDONLY)
+    except OSError:
+        if best_effort:
+            return
+        raise
     try:
         os.fsync(fd)
     except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # file systems that cannot
+        if not best_effort and exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # file systems that cannot
             raise
     finally:
         os.close(fd)
@@ -52,11 +68,13 @@ def temp_beside(path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path, *, durable: bool = True):
+def atomic_path(path, *, durable: bool = True, point: str | None = None):
     """Yield a temporary path to write; on success it is renamed to ``path``, on any error removed.
 
     ``durable`` fsyncs the written file and the directory around the rename, for files a crash
     must not lose (chunk markers, feature files, model directories); previews and reports skip it.
+    ``point`` names the fault point (:mod:`features.faults`) reached once the temporary file is
+    written and synced, just before the rename.
     """
     path = os.fspath(path)
     tmp = temp_beside(path)
@@ -68,6 +86,8 @@ def atomic_path(path, *, durable: bool = True):
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        if point:
+            fault_point(point)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -83,6 +103,39 @@ def atomic_write_bytes(path, data: bytes, *, durable: bool = True) -> None:
     with atomic_path(path, durable=durable) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+def replace_dir(new, path, *, aside=None, durable: bool = True, point: str | None = None) -> None:
+    """Rename the finished directory ``new`` (beside ``path``, so the rename is atomic) to ``path``.
+
+    Without ``aside``, ``path`` must not exist: a directory with entries that appeared there
+    meanwhile makes the rename fail rather than be replaced. With ``aside`` (a name beside
+    ``path``), an existing ``path`` is swapped out, since a directory cannot be atomically replaced
+    by a non-empty one: ``path`` -> ``aside``, ``new`` -> ``path`` (on failure ``aside`` is renamed
+    back), then ``aside`` is deleted. ``path`` is never half-written: it is the old directory, the
+    new one, or, after a kill between the two renames, absent with the old one whole under
+    ``aside`` (the caller's name, so the caller can find such leftovers). ``durable`` fsyncs the
+    parent, best effort (:func:`fsync_dir`), before the old directory is deleted. ``point`` names
+    the fault point reached between the two renames.
+    """
+    new, path = os.fspath(new), os.fspath(path)
+    if aside is None or not os.path.lexists(path):
+        os.replace(new, path)
+        aside = None
+    else:
+        aside = os.fspath(aside)
+        os.replace(path, aside)
+        if point:
+            fault_point(point)
+        try:
+            os.replace(new, path)
+        except BaseException:
+            os.replace(aside, path)
+            raise
+    if durable:
+        fsync_dir(os.path.dirname(os.path.abspath(path)), best_effort=True)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def walk_files(root, *, suffixes=None, hidden: bool = False) -> list[str]:

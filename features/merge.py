@@ -6,8 +6,8 @@ shard's rows in order: instant, no copy, but the shard files must stay next to t
 (the VDS stores their paths relative to it, so the directory can be moved as a whole).
 ``copy=True`` writes a self-contained file instead, streamed in blocks.
 
-Everything is checked before anything is written; the output appears atomically (temp name,
-then ``os.replace``).
+Everything is checked before anything is written; the output appears atomically
+(:func:`features.fsutil.atomic_path`: temp name, fsync, rename).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from features.attrs import check_root_attrs, check_shapes, plain, read_checked_attrs
-from features.fsutil import fsync_dir
+from features.fsutil import atomic_path
 from features.reader.base import sorted_classes
 from features.reader.manifest import parse_shard, shard_bounds
 from features.writer.finished import PRODUCER, partial_dir
@@ -79,26 +79,16 @@ def merge(shards: list[str], output: str, *, copy: bool = False, overwrite: bool
             raise MergeError(f"{outside[0]} is not in the output's folder {out_dir} (or below it): a merged "
                              "file may only read shards from there; put the output beside the shards, or merge "
                              "with --copy")
-    tmp = f"{output}.tmp-{os.getpid()}"
     import h5py
 
-    try:
-        with h5py.File(tmp, "w") as f:
-            if copy:
-                _write_copy(f, infos, ref, n, progress, os.path.basename(output), classes)
-            else:
-                attrs["vds_sources"] = _write_vds(f, infos, ref, n, out_dir, classes)
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            f.attrs["complete"] = True
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-        fsync_dir(os.path.dirname(os.path.abspath(output)))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:  # beside the output: the VDS paths hold for both
+        if copy:
+            _write_copy(f, infos, ref, n, progress, os.path.basename(output), classes)
+        else:
+            attrs["vds_sources"] = _write_vds(f, infos, ref, n, out_dir, classes)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["complete"] = True
     return _summary(output, infos, n, copy, t0, skipped=False)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.data.featurefile import FeatureFile, check_compatible
 from pipeline.data.keypoint_frame import to_image_pixels
-from pipeline.data.training import FeatureFile, check_compatible, refuse_unlabelled
+from pipeline.data.training import refuse_unlabelled
 from pipeline.modeldir import load_model_dir
 
 #: Feature attrs that must agree between a model and the features it is applied to.

@@ -9,8 +9,8 @@ Layout::
         head.joblib     # format v1 (and estimators of the caller's own): a pickle, read only with trust_pickle
 
 A model directory is built in a hidden temporary directory next to its destination and moved
-into place with one ``os.replace``, so ``path`` is either absent, the previous model, or the
-complete new model: never half-written.
+into place with one rename (:func:`features.fsutil.replace_dir`), so ``path`` is either absent, the
+previous model, or the complete new model: never half-written.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from features.faults import fault_point  # testing hook (BNECK_TEST_KILL_AT), no-op when unset
-from features.fsutil import fsync_dir, walk_files
+from features.fsutil import replace_dir, walk_files
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelDirError", "load_model_dir", "save_model_dir", "upgrade_model_dir",
            "sha256_file", "pickle_refusal"]
@@ -217,40 +217,22 @@ def _remove_stale_tmp(path: Path) -> None:
 
 
 def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Rename the finished tmp dir to path; with overwrite, swap out the old dir first."""
+    """Rename the finished tmp dir to path; with overwrite, swap out the old dir first.
+
+    Either way the parent is fsynced (best effort: a model save never fails over it) before an
+    old model is deleted, so after a power cut ``path`` is not back to its old state although
+    save_model_dir returned.
+    """
     if not os.path.lexists(path):
         try:
-            os.replace(tmp, path)
+            replace_dir(tmp, path)
         except OSError as exc:  # created meanwhile by someone else: do not clobber it
             raise ModelDirError(f"{path}: could not move the new model into place ({exc})")
-        _fsync_dir(path.parent)
         return
     if not overwrite or not _is_replaceable(path):
         raise ModelDirError(f"{path}: appeared while saving; not overwriting it")
-    # A directory cannot be atomically replaced by a non-empty one, so: old -> aside, new ->
-    # path (restoring old if that fails), then delete old. path is never half-written.
-    old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
-    os.replace(path, old)
-    fault_point("model_moved_aside")
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    _fsync_dir(path.parent)  # the new model is durable before the old one is deleted
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Flush ``directory``'s entries so a rename into it survives a power cut (POSIX), best effort."""
-    # Without this the rename may live only in the page cache: after a crash the path could
-    # be back to its old state although save_model_dir returned. Unlike stage one, a model save
-    # never fails over it: a directory that cannot be opened (Windows) or fsynced (network,
-    # FUSE) is accepted.
-    try:
-        fsync_dir(str(directory))
-    except OSError:
-        pass
+    # old -> aside (under a name _remove_stale_old recognises), new -> path, then old deleted.
+    replace_dir(tmp, path, aside=path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old", point="model_moved_aside")
 
 
 def _remove_stale_old(path: Path) -> None:

@@ -94,6 +94,8 @@ def converted_path(cache_dir: str, digest: str) -> str:
 def _save_atomically(ov, ov_model, path: str) -> None:
     """Write the IR into a temp dir and rename it into place: a killed run never leaves half a model."""
     final_dir = os.path.dirname(path)
+    # Not fsutil.replace_dir: a cache entry is never replaced (another process that got there first
+    # wins and this copy is dropped) and never fsynced (a lost entry is converted again).
     tmp_dir = f"{final_dir}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
         ov.save_model(ov_model, os.path.join(tmp_dir, "model.xml"), compress_to_fp16=False)

@@ -83,6 +83,9 @@ def finalize(pstore, marks: dict[str, np.ndarray], row_data: dict[str, np.ndarra
     with open(target.path, "rb") as fh:
         os.fsync(fh.fileno())
     fault_point("finalize_tmp_written")
+    # Not fsutil.atomic_path: the file renamed here is not a fresh temp file but the run's own target,
+    # written in place over the whole run (rows by pwrite, then the end session above), and a kill
+    # before the rename must leave it where a rerun finishes it instead of deleting it.
     os.replace(target.path, pstore.out_path)
     fsync_dir(os.path.dirname(os.path.abspath(pstore.out_path)))  # before the partial dir goes
     fault_point("finalize_renamed")

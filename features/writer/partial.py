@@ -4,10 +4,10 @@ chunk commit markers, plus the resume checks. A complete file's checks are in :m
 While a run is in progress everything lives in ``OUT.h5.partial/``: ``settings.json``, the
 output file itself, preallocated (:mod:`features.writer.target`), into which each chunk's feature rows
 are written in place, and one small ``chunk-K.npz`` per finished chunk (its valid flags, reasons
-and image sizes; temp name, fsync, then ``os.replace``). A marker is committed only after its rows
-are durable, so a chunk either has a marker and all its rows or is recomputed: a rerun after
-SIGKILL recomputes at most the chunks that were in flight. The finished file is renamed to
-``OUT.h5`` (:mod:`features.writer.assemble`).
+and image sizes; :func:`features.fsutil.atomic_path`: temp name, fsync, rename). A marker is
+committed only after its rows are durable, so a chunk either has a marker and all its rows or is
+recomputed: a rerun after SIGKILL recomputes at most the chunks that were in flight. The finished
+file is renamed to ``OUT.h5`` (:mod:`features.writer.assemble`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from features import names
 from features.faults import fault_point
-from features.fsutil import atomic_write_bytes, fsync_dir
+from features.fsutil import atomic_path, atomic_write_bytes, fsync_dir
 from features.writer.changes import explain, saved_source
 from features.writer.finished import StoreError, partial_dir
 from features.writer.target import Target, TargetError, TargetUnreadable
@@ -81,8 +81,12 @@ class PartialStore:
     def _clear_leftovers(self, overwrite: bool) -> None:
         # Leftovers of a killed writer, never a finished chunk: temp chunks, and temp final
         # files next to the output (a kill just before the final rename leaves a full-size one).
+        # fsutil.temp_beside names them ".NAME.tmp-*" (hidden); older bneck wrote "NAME.tmp-*".
+        out_dir, out_name = os.path.split(os.path.abspath(self.out_path))
         for stale in glob.glob(os.path.join(glob.escape(self.dir), "*.tmp-*")) + \
-                glob.glob(glob.escape(self.out_path) + ".tmp-*"):
+                glob.glob(os.path.join(glob.escape(self.dir), ".*.tmp-*")) + \
+                glob.glob(glob.escape(self.out_path) + ".tmp-*") + \
+                glob.glob(os.path.join(glob.escape(out_dir), glob.escape(f".{out_name}.tmp-") + "*")):
             os.remove(stale)
         if overwrite:
             if os.path.lexists(self.out_path):
@@ -207,20 +211,12 @@ class PartialStore:
         if len(arrays["valid"]) != b - a:
             raise StoreError(f"chunk {k} of {self.dir} has {len(arrays['valid'])} rows, expected {b - a}")
         nbytes = self.target.write_rows(a, {v: arrays[v] for v in views})
-        path = self.chunk_path(k)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
+        # The commit is the rename, made durable (the directory fsynced) before the run reports the chunk
+        # done; a failure (a full disk) removes the temp marker, so the half chunk keeps no blocks.
+        with atomic_path(self.chunk_path(k), point="chunk_tmp_written") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **{name: arr for name, arr in arrays.items() if name not in views})
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            _remove_quietly(tmp)  # a disk-full failure must not keep the half chunk's blocks
-            raise
-        size = os.path.getsize(tmp)
-        fault_point("chunk_tmp_written")
-        os.replace(tmp, path)
-        fsync_dir(self.dir)  # the commit is the rename: durable before the run reports the chunk done
+            size = os.path.getsize(tmp)
         fault_point("chunk_committed")
         return nbytes + size
 

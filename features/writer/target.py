@@ -24,7 +24,8 @@ import os
 
 import numpy as np
 
-from features.fsutil import datasync, fsync_dir
+from features.faults import fault_point
+from features.fsutil import atomic_path, datasync
 
 TARGET_NAME = "target.h5"
 SNAPSHOT_NAME = "target.snapshot.npz"
@@ -96,11 +97,16 @@ class Target:
         return os.path.exists(self.path) and os.path.exists(self.snapshot_path)
 
     def create(self) -> "Target":
-        """Write a new, sparse file with the feature datasets allocated, and its snapshot."""
+        """Write a new, sparse file with the feature datasets allocated, and its snapshot.
+
+        Both are written with :func:`features.fsutil.atomic_path`, the snapshot inside the
+        target's write, so it is durable under its name before the target is renamed into place:
+        a target never lacks one. (The rows are written in place later, :meth:`write_rows`: no
+        rename is involved there.)
+        """
         import h5py
 
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        try:
+        with atomic_path(self.path) as tmp:
             with h5py.File(tmp, "w") as f:
                 for name in self.views:
                     _create_contiguous(f, name, (self.n_rows, *self.feature_shape), self.dtype)
@@ -109,23 +115,10 @@ class Target:
             pieces = _outside(size, self.ranges.values())
             with open(tmp, "rb") as fh:
                 blob = b"".join(os.pread(fh.fileno(), b - a, a) for a, b in pieces)
-                os.fsync(fh.fileno())
-            snap_tmp = f"{self.snapshot_path}.tmp-{os.getpid()}"
-            with open(snap_tmp, "wb") as fh:
+            with atomic_path(self.snapshot_path) as snap_tmp, open(snap_tmp, "wb") as fh:
                 np.savez(fh, pieces=np.array(pieces, dtype=np.int64).reshape(-1, 2),
                          blob=np.frombuffer(blob, dtype=np.uint8), size=np.int64(size),
                          ranges=np.array([self.ranges[v] for v in self.views], dtype=np.int64).reshape(-1, 2))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(snap_tmp, self.snapshot_path)  # the snapshot first: a target never lacks one
-            fsync_dir(os.path.dirname(self.path))
-            os.replace(tmp, self.path)
-            fsync_dir(os.path.dirname(self.path))
-        except BaseException:
-            for p in (tmp, f"{self.snapshot_path}.tmp-{os.getpid()}"):
-                if os.path.exists(p):
-                    os.remove(p)
-            raise
         return self
 
     def restore(self) -> "Target":
@@ -150,6 +143,7 @@ class Target:
             os.ftruncate(fh.fileno(), size)
             os.fsync(fh.fileno())
         try:
+            fault_point("target_restored")
             now = _layout(self.path, self.views)
         except OSError as exc:
             # The bytes HDF5 reads are the snapshot's own, so a failure here is the system's (EIO,

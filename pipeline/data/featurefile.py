@@ -1,6 +1,7 @@
 """Read-only access to bneck HDF5 feature files: validation, metadata and lazy row views.
 
-Import these names from :mod:`pipeline.data.training`; this module only exists to keep files short.
+:class:`FeatureFile` opens a file; :func:`check_compatible` compares two files' provenance attrs. The
+lazy row views it hands out, and :class:`FeatureFileError`, are defined in :mod:`pipeline.data.views`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import numpy as np
 
 from features import FORMAT_VERSION
 from features.attrs import check_root_attrs, check_shapes, plain, read_checked_attrs
-from pipeline.data.views import ConcatView, FeatureFileError, FeatureView
+from pipeline.data.views import FeatureFileError, FeatureView
 
-__all__ = ["ConcatView", "FeatureFile", "FeatureFileError", "FeatureView", "check_compatible"]
+__all__ = ["FeatureFile", "check_compatible"]
 
 # Attributes compared by check_compatible. Only *stored* attrs are compared: on-load pooling is
 # re-applied by the caller, so a file stored with pooling "none" stays compatible with a model

@@ -6,9 +6,9 @@ The public API for notebooks and the CLI::
     data = load_training_data("features.h5", pooling="avg", memory_budget="4GiB")
     data.X, data.y, data.X_val, data.y_val   # numpy arrays, or lazy views if too big
 
-Feature files are validated on open (:class:`FeatureFile`); rows are read lazily through
-:class:`FeatureView` / :class:`ConcatView`, so nothing ever requires the whole file in RAM
-unless it fits in the memory budget.
+Feature files are validated on open (:class:`pipeline.data.featurefile.FeatureFile`); rows are read
+lazily through :class:`pipeline.data.views.FeatureView` / :class:`~pipeline.data.views.ConcatView`, so
+nothing ever requires the whole file in RAM unless it fits in the memory budget.
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ import numpy as np
 from pipeline.data.featurefile import COMPAT_KEYS, FeatureFile, check_compatible
 from pipeline.data.keypoint_frame import into_frame, training_frame
 from pipeline.data.splits import group_codes, grouped_cv_folds, grouped_train_val_split, train_val_split
-from pipeline.data.views import ConcatView, FeatureFileError, FeatureView, batch_indices, total_nbytes
+from pipeline.data.views import ConcatView, FeatureFileError, batch_indices, total_nbytes
 
-__all__ = [
-    "ConcatView", "FeatureFile", "FeatureFileError", "FeatureView", "TrainingData",
-    "check_compatible", "load_training_data", "make_tf_dataset", "parse_bytes", "refuse_unlabelled",
-]
+__all__ = ["TrainingData", "load_training_data", "make_tf_dataset", "parse_bytes", "refuse_unlabelled"]
 
 log = logging.getLogger(__name__)
 

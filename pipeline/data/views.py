@@ -1,6 +1,7 @@
 """Lazy, row-indexable float32 views over feature datasets in bneck HDF5 files.
 
-Import these names from :mod:`pipeline.data.training`; this module only exists to keep files short.
+Views are made by :meth:`pipeline.data.featurefile.FeatureFile.view`; :class:`FeatureFileError`, the
+error every reader of a feature file raises, is defined here, at the bottom of pipeline/data.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from features.attrs import plain
+from features.faults import fault_point
 
-__all__ = ["ConcatView", "FeatureFileError", "FeatureView", "batch_indices", "plain",
-           "total_nbytes"]
+__all__ = ["ConcatView", "FeatureFileError", "FeatureView", "batch_indices", "total_nbytes"]
 
 POOLINGS = ("none", "avg", "max")
 
@@ -51,7 +52,8 @@ def _normalize_index(idx, n: int) -> tuple[np.ndarray, bool]:
 
 
 def _read_sorted(ds, idx: np.ndarray) -> np.ndarray:
-    """Read strictly increasing rows ``idx`` of h5py dataset ``ds`` as float32."""
+    """Read strictly increasing rows ``idx`` of h5py dataset ``ds`` as float32 (every view reads rows here)."""
+    fault_point("view_read")  # testing hook: lazy loading is tested by what raising here would catch
     lo, hi = int(idx[0]), int(idx[-1]) + 1
     if hi - lo == len(idx):  # one contiguous run: a plain hyperslab, the fastest read
         return np.asarray(ds[lo:hi], dtype=np.float32)
@@ -157,7 +159,7 @@ class FeatureView(_ViewBase):
     :class:`FeatureFileError`.
 
     The view keeps its own read-only HDF5 handle (reopened lazily, e.g. after pickling), so it
-    stays usable after the :class:`~pipeline.data.training.FeatureFile` that made it is closed.
+    stays usable after the :class:`~pipeline.data.featurefile.FeatureFile` that made it is closed.
     """
 
     def __init__(self, path: str | os.PathLike, dataset: str = "features", *, rows=None,

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 import warnings
 
 import numpy as np
 
-from features.fsutil import expand_paths, walk_files
+from features.fsutil import atomic_path, expand_paths, replace_dir, temp_beside, walk_files
 
 FORMATS = ("keras", "savedmodel", "tflite")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -96,28 +95,24 @@ def write_artefact(model, output: str, format: str, quantize, calib, size, targe
     A keypoint model's report names its ``target_frame``: the exported network outputs coordinates in
     those training pixels, and an app scales them to its photo as ``bneck predict`` does.
     """
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    # Same directory => same filesystem, so the final rename is atomic.
-    tmp = os.path.join(parent, f".{os.path.basename(output)}.{uuid.uuid4().hex[:12]}.partial")
-    try:
-        if format == "keras":
-            tmp += ".keras"  # Keras insists on the suffix
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    # Not fsynced (durable=False), as before: an export is rerun, not resumed, after a crash.
+    if format == "keras":
+        with atomic_path(output, durable=False) as tmp:  # the temp name keeps .keras: Keras insists on it
             model.save(tmp)
-            os.replace(tmp, output)
-        elif format == "savedmodel":
+    elif format == "savedmodel":
+        tmp = temp_beside(output)  # same directory => same filesystem, so the final rename is atomic
+        try:
             model.export(tmp, format="tf_saved_model", verbose=False)
             _replace_dir(tmp, output)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(_tflite_bytes(model, quantize, calib))
-            os.replace(tmp, output)
-    except BaseException:
-        if os.path.isdir(tmp):
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+            raise
+    else:
+        tflite = _tflite_bytes(model, quantize, calib)
+        with atomic_path(output, durable=False) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(tflite)
     run, names = open_artefact(output, format)
     n_bytes = os.path.getsize(output) if os.path.isfile(output) else \
         sum(os.path.getsize(f) for f in walk_files(output))
@@ -155,15 +150,9 @@ def _is_savedmodel(path) -> bool:
 
 def _replace_dir(tmp, output):
     """Move the finished directory ``tmp`` to ``output``; only an old SavedModel is ever replaced."""
-    if not os.path.lexists(output):
-        os.replace(tmp, output)
-        return
-    if not _is_savedmodel(output):
+    if os.path.lexists(output) and not _is_savedmodel(output):
         raise FileExistsError(f"{output}: exists and is not a SavedModel directory; not replacing it")
-    old = f"{tmp}.old"  # a non-empty directory cannot be replaced atomically: old aside, new in
-    os.replace(output, old)
-    os.replace(tmp, output)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, output, aside=f"{tmp}.old", durable=False)
 
 
 def open_artefact(path, format):

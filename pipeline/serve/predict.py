@@ -13,7 +13,7 @@ from features.reader import fs
 from features.reader.errors import SourceError
 from features.reader.sources import IMAGE_SUFFIXES, detect_kind, read_source
 from pipeline.data.keypoint_frame import to_image_pixels, unmirror_widths
-from pipeline.data.training import FeatureFile, check_compatible
+from pipeline.data.featurefile import FeatureFile, check_compatible
 from pipeline.evaluate import MODEL_COMPAT_KEYS, check_top_k, head_scores
 from pipeline.modeldir import load_model_dir
 from pipeline.serve.loader import predictor_for

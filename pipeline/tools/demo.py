@@ -161,7 +161,9 @@ def _write_digits(outdir, seed) -> None:
             Image.fromarray(img).save(os.path.join(folder, f"{i:04d}.png"))
     _write_tars(os.path.join(tmp, "test"), os.path.join(tmp, "test-tars"), TEST_TARS)
     final = os.path.join(outdir, "digits")
-    # The demo owns outdir/digits: a stale tree from another seed would mix splits.
+    # The demo owns outdir/digits: a stale tree from another seed would mix splits. Not fsutil.replace_dir's
+    # swap: the old tree is worthless (make_demo removed its marker first, so a kill here only means the
+    # next run writes it again), and a swap killed half-way would leave an old copy in the user's folder.
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -191,7 +193,7 @@ def _write_tars(folder, tars, n_tars) -> None:
                     tf.addfile(info, io.BytesIO(data))
 
 
-def make_demo(outdir, *, seed: int = 0, n_faces: int = 600) -> dict:
+def make_demo(outdir, *, seed: int = 0, n_faces: int = 600, digits: bool = True) -> dict:
     """Write the demo datasets into ``outdir`` (idempotent) and return their paths.
 
     Args:
@@ -199,11 +201,13 @@ def make_demo(outdir, *, seed: int = 0, n_faces: int = 600) -> dict:
             ``outdir/keypoints`` are owned by the demo and replaced when regenerated.
         seed: Seed of the digits split and of the face generator.
         n_faces: Rows of ``keypoints/training.csv``; ``validation.csv`` gets a quarter.
+        digits: False writes the keypoint CSVs only, without the 1797 digit PNGs and their tars
+            (the ``digits_*`` paths are then left out).
 
     Returns:
         ``{"root", "digits_train", "digits_test", "digits_test_tars", "keypoints_training",
         "keypoints_validation"}`` mapped to paths.  When ``outdir/.demo-complete``
-        records the same ``seed`` and ``n_faces``, nothing is rewritten.
+        records the same ``seed`` and ``n_faces`` and every returned path exists, nothing is rewritten.
     """
     if n_faces < 1:
         raise ValueError(f"n_faces must be >= 1, got {n_faces}")
@@ -216,6 +220,8 @@ def make_demo(outdir, *, seed: int = 0, n_faces: int = 600) -> dict:
         "keypoints_training": os.path.join(outdir, "keypoints", "training.csv"),
         "keypoints_validation": os.path.join(outdir, "keypoints", "validation.csv"),
     }
+    if not digits:
+        paths = {k: v for k, v in paths.items() if not k.startswith("digits_")}
     marker = os.path.join(outdir, MARKER)
     want = {"seed": int(seed), "n_faces": int(n_faces)}
     try:
@@ -228,7 +234,8 @@ def make_demo(outdir, *, seed: int = 0, n_faces: int = 600) -> dict:
     os.makedirs(os.path.join(outdir, "keypoints"), exist_ok=True)
     if os.path.exists(marker):
         os.unlink(marker)  # a half-regenerated tree must not look complete
-    _write_digits(outdir, seed)
+    if digits:
+        _write_digits(outdir, seed)
     # Separate streams per file: validation faces do not depend on how many training faces came first.
     for key, n, stream in (("keypoints_training", n_faces, 1),
                            ("keypoints_validation", max(1, n_faces // 4), 2)):
@@ -238,8 +245,11 @@ def make_demo(outdir, *, seed: int = 0, n_faces: int = 600) -> dict:
     return paths
 
 
-def main(argv=None) -> int:
-    """Command line entry: ``python -m pipeline.tools.demo OUTDIR [--seed S] [--n-faces N]``."""
+def main(argv=None, *, digits: bool = True) -> int:
+    """Command line entry: ``python -m pipeline.tools.demo OUTDIR [--seed S] [--n-faces N]``.
+
+    ``digits`` is :func:`make_demo`'s (the command line always writes the digits).
+    """
     ap = argparse.ArgumentParser(prog="python -m pipeline.tools.demo",
                                  description="Write the offline demo datasets (digits PNGs, "
                                              "synthetic Kaggle-format face keypoints).")
@@ -247,7 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--n-faces", type=int, default=600, help="training faces (default 600)")
     args = ap.parse_args(argv)
-    for key, path in make_demo(args.outdir, seed=args.seed, n_faces=args.n_faces).items():
+    for key, path in make_demo(args.outdir, seed=args.seed, n_faces=args.n_faces, digits=digits).items():
         print(f"{key}: {path}")
     return 0
 

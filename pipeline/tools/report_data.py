@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.data.training import FeatureFile
+from pipeline.data.featurefile import FeatureFile
 from pipeline.evaluate import evaluate_rows
 
 #: Feature-file attrs the model card shows first, in this order; the rest follow in a fold.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from features.keypoints import rescale_targets
-from pipeline.data.training import FeatureFileError
+from pipeline.data.views import FeatureFileError
 from pipeline.evaluate import classification_metrics, evaluate, regression_metrics
 from pipeline.train import train
 from tests.feature_files import write_feature_file

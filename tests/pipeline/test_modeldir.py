@@ -1,13 +1,16 @@
 """Tests for pipeline.modeldir: atomic save, overwrite, checksums, head loaders."""
 
+import errno
 import hashlib
 import json
+import os
 import re
 
 import joblib
 import numpy as np
 import pytest
 
+from features import faults
 from pipeline import heads, modeldir
 from pipeline.heads import Head, LogRegHead, loader_for
 from pipeline.modeldir import ModelDirError, load_model_dir, save_model_dir, sha256_file, verify_model_dir
@@ -357,21 +360,11 @@ class _Killed(BaseException):
     """Stands in for SIGKILL at a fault point: nothing after it runs, no cleanup of the swap."""
 
 
-def _kill_at(monkeypatch, point):
-    def fault_point(name):
-        if name == point:
-            raise _Killed(name)
-
-    monkeypatch.setattr(modeldir, "fault_point", fault_point)
-
-
 def test_overwrite_killed_between_renames_is_cleaned_up_by_the_next_save(tmp_path, monkeypatch):
     out = tmp_path / "m"
     save_model_dir(out, PlainHead(1), {"v": 1})
-    with monkeypatch.context() as mp:
-        _kill_at(mp, "model_moved_aside")
-        with pytest.raises(_Killed):
-            save_model_dir(out, PlainHead(2), {"v": 2}, overwrite=True)
+    with faults.raising_at("model_moved_aside", _Killed()), pytest.raises(_Killed):
+        save_model_dir(out, PlainHead(2), {"v": 2}, overwrite=True)
     (old,) = [n for n in _listing(tmp_path) if n.endswith(".old")]
     assert not out.exists() and re.fullmatch(r"\.m\.[0-9a-f]{8}\.old", old)
     assert verify_model_dir(tmp_path / old)["v"] == 1  # the previous model, intact
@@ -399,22 +392,36 @@ def test_leftovers_are_removed_by_an_overwrite_too(tmp_path):
     assert _listing(tmp_path) == ["m"]
 
 
+def _parent_syncs(monkeypatch, parent, out, *, refuse=False):
+    """Spy on the system's fsync: what ``out`` holds each time ``parent`` is synced (or refuse those syncs)."""
+    real_fsync, seen = os.fsync, []
+
+    def fsync(fd):
+        if os.path.samestat(os.fstat(fd), os.stat(parent)):
+            seen.append(load_model_dir(out, trust_pickle=True)[0].w)
+            if refuse:
+                raise OSError(errno.EIO, "Input/output error")  # a network file system, FUSE
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_parent_dir_fsynced_after_the_final_rename(tmp_path, monkeypatch, overwrite):
     out = tmp_path / "m"
     if overwrite:
         save_model_dir(out, PlainHead(1), {})
-    calls = []
-    monkeypatch.setattr(modeldir, "_fsync_dir",
-                        lambda d: calls.append((d, load_model_dir(out, trust_pickle=True)[0].w)))
+    seen = _parent_syncs(monkeypatch, tmp_path, out)
     save_model_dir(out, PlainHead(2), {}, overwrite=overwrite)
-    assert calls == [(tmp_path, 2)]  # once, with the new model already in place
+    assert seen == [2]  # once, with the new model already in place
 
 
-def test_directory_fsync_failure_is_ignored(tmp_path, monkeypatch):
-    def refuse(fd):
-        raise OSError(22, "Invalid argument")  # what some network filesystems answer
-
-    monkeypatch.setattr(modeldir.os, "fsync", refuse)
-    modeldir._fsync_dir(tmp_path)
-    modeldir._fsync_dir(tmp_path / "missing")  # cannot even be opened (as on Windows)
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_directory_fsync_failure_is_ignored(tmp_path, monkeypatch, overwrite):
+    out = tmp_path / "m"
+    if overwrite:
+        save_model_dir(out, PlainHead(1), {})
+    seen = _parent_syncs(monkeypatch, tmp_path, out, refuse=True)
+    save_model_dir(out, PlainHead(2), {}, overwrite=overwrite)  # the model is in place: the save does not fail
+    assert seen == [2] and _listing(tmp_path) == ["m"]

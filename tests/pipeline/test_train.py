@@ -67,7 +67,7 @@ def face_files(tmp_path_factory):
 
 
 def _mean_rmse(face_files):
-    from pipeline.data.training import FeatureFile
+    from pipeline.data.featurefile import FeatureFile
 
     with FeatureFile(face_files["train"]) as a, FeatureFile(face_files["val"]) as b:
         mean = np.nanmean(a.targets, axis=0)
@@ -84,7 +84,7 @@ def test_specialists_beat_the_mean_and_use_partial_rows(face_files, tmp_path):
     used = meta["training"]["rows_used_per_group"]
     # Each group trains on exactly the rows where its own points are present (original + mirrored):
     # the eye centres on nearly every row, the eyebrows on the ~30% of fully labelled rows.
-    from pipeline.data.training import FeatureFile
+    from pipeline.data.featurefile import FeatureFile
 
     with FeatureFile(face_files["train"]) as f:
         names, t = f.target_names, f.targets

@@ -146,7 +146,11 @@ def assert_same_file(ref, other) -> None:
 def leftovers(out) -> list[str]:
     """Anything a finished run should not have left next to ``out``."""
     out = str(out)
-    return sorted(glob.glob(glob.escape(out) + ".tmp-*") + glob.glob(glob.escape(out) + ".partial*"))
+    folder, name = os.path.split(out)
+    # Temp names: features.fsutil.temp_beside's hidden ".NAME.tmp-*", and older bneck's "NAME.tmp-*".
+    patterns = [glob.escape(out) + ".tmp-*", os.path.join(glob.escape(folder), glob.escape(f".{name}.tmp-") + "*"),
+                glob.escape(out) + ".partial*"]
+    return sorted(p for pattern in patterns for p in glob.glob(pattern))
 
 
 def committed_chunks(out) -> list[str]:

@@ -86,23 +86,3 @@ def test_zero_rows(tmp_path):
     t.restore()
     with h5py.File(t.path, "r") as f:
         assert f["features"].shape == (0, 3, 4)
-
-
-def test_rows_are_synced_with_f_fullfsync_where_the_os_has_it(monkeypatch):
-    # macOS: fsync() leaves the rows in the drive's cache, so a marker could reach the disk first.
-    import fcntl as fcntl_mod
-
-    from features import fsutil as target_mod
-    calls = []
-    monkeypatch.setattr(fcntl_mod, "F_FULLFSYNC", 51, raising=False)
-    monkeypatch.setattr(fcntl_mod, "fcntl", lambda fd, cmd, *a: calls.append(cmd))
-    monkeypatch.setattr(target_mod, "_fdatasync", lambda fd: calls.append("fdatasync"))
-    target_mod.datasync(3)
-    assert calls == [51]
-
-    def unsupported(fd, cmd, *a):
-        raise OSError(45, "Operation not supported")
-    calls.clear()
-    monkeypatch.setattr(fcntl_mod, "fcntl", unsupported)
-    target_mod.datasync(3)
-    assert calls == ["fdatasync"]

@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 from feature_files import write_feature_file
 
-import pipeline.data.views
-from pipeline.data.training import (
-    ConcatView,
-    FeatureFile,
-    FeatureFileError,
-    FeatureView,
-    check_compatible,
-    load_training_data,
-    make_tf_dataset,
-    parse_bytes,
-    train_val_split,
-)
+from features import faults
+from pipeline.data.featurefile import FeatureFile, check_compatible
+from pipeline.data.splits import train_val_split
+from pipeline.data.training import load_training_data, make_tf_dataset, parse_bytes
+from pipeline.data.views import ConcatView, FeatureFileError, FeatureView
 
 
 @pytest.fixture
@@ -288,22 +281,22 @@ def test_memory_budget_switch(ffile):
     small.close()
 
 
-def test_lazy_mode_reads_nothing_up_front(tmp_path, monkeypatch):
+class _RowsRead(Exception):
+    """Raised at the views' fault point: some rows were about to be read."""
+
+
+def test_lazy_mode_reads_nothing_up_front(tmp_path):
     p = tmp_path / "big.h5"
     write_feature_file(p, n=64, shape=(4, 4, 8))
-    real, rows_read = pipeline.data.views._read_sorted, []
-
-    def counting(ds, idx):
-        rows_read.append(len(idx))
-        return real(ds, idx)
-
-    monkeypatch.setattr(pipeline.data.views, "_read_sorted", counting)
     full = 64 * 4 * 4 * 8 * 4  # float32 bytes of the whole file
-    data = load_training_data(p, val_split=0.0, use_flipped=False, memory_budget=full // 4)
-    assert not data.in_memory and isinstance(data.X, FeatureView) and data.X.nbytes == full
-    assert rows_read == []  # nothing read yet: features are streamed by the head
-    batch = data.X[np.array([40, 3, 17])]
-    assert batch.shape == (3, 4, 4, 8) and sum(rows_read) == 3
+    with faults.raising_at("view_read", _RowsRead()):  # any read of feature rows would raise
+        data = load_training_data(p, val_split=0.0, use_flipped=False, memory_budget=full // 4)
+        assert not data.in_memory and isinstance(data.X, FeatureView) and data.X.nbytes == full
+        with pytest.raises(_RowsRead):  # the point does see a read: nothing read above is not a blind spot
+            data.X[np.array([40, 3, 17])]
+    batch = data.X[np.array([40, 3, 17])]  # features are streamed by the head, batch by batch
+    assert batch.shape == (3, 4, 4, 8)
+    np.testing.assert_array_equal(batch, data.X.to_numpy()[[40, 3, 17]])
 
 
 # -- compatibility -------------------------------------------------------------------------

@@ -105,13 +105,12 @@ def test_keypoints_are_in_the_picture(rng):
     assert patch.min() < p["skin"] * 0.5
 
 
-def test_cli(tmp_path, capsys, monkeypatch):
+def test_cli(tmp_path, capsys):
     # The digits tree is covered above; skip its 1797 PNGs here to keep the suite fast.
-    monkeypatch.setattr(demo, "_write_digits", lambda outdir, seed: os.makedirs(
-        os.path.join(outdir, "digits", "train")) or os.makedirs(os.path.join(outdir, "digits", "test")))
-    assert demo.main([str(tmp_path / "d"), "--seed", "2", "--n-faces", "4"]) == 0
+    assert demo.main([str(tmp_path / "d"), "--seed", "2", "--n-faces", "4"], digits=False) == 0
     assert "keypoints_training" in capsys.readouterr().out
     assert (tmp_path / "d" / demo.MARKER).read_text() == '{"seed": 2, "n_faces": 4}'
+    assert sorted(os.listdir(tmp_path / "d")) == [demo.MARKER, "keypoints"]
 
 
 def test_demo_digits_test_split_as_webdataset_tars(demo_paths):
