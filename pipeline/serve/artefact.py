@@ -97,13 +97,17 @@ def write_artefact(model, output: str, format: str, quantize, calib, size, targe
     """
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     # Not fsynced (durable=False), as before: an export is rerun, not resumed, after a crash.
+    # Each artefact is read back from its temporary name before it replaces anything: one that does not load
+    # (a layer whose config Keras cannot rebuild) is refused, and an older file at `output` is kept.
     if format == "keras":
         with atomic_path(output, durable=False) as tmp:  # the temp name keeps .keras: Keras insists on it
             model.save(tmp)
+            run, names = _read_back(tmp, format, output)
     elif format == "savedmodel":
         tmp = temp_beside(output)  # same directory => same filesystem, so the final rename is atomic
         try:
             model.export(tmp, format="tf_saved_model", verbose=False)
+            run, names = _read_back(tmp, format, output)
             _replace_dir(tmp, output)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -113,7 +117,7 @@ def write_artefact(model, output: str, format: str, quantize, calib, size, targe
         with atomic_path(output, durable=False) as tmp:
             with open(tmp, "wb") as f:
                 f.write(tflite)
-    run, names = open_artefact(output, format)
+            run, names = _read_back(tmp, format, output)
     n_bytes = os.path.getsize(output) if os.path.isfile(output) else \
         sum(os.path.getsize(f) for f in walk_files(output))
     from features.images import input_contract
@@ -124,6 +128,16 @@ def write_artefact(model, output: str, format: str, quantize, calib, size, targe
     if target_frame:
         report["target_frame"] = [int(v) for v in target_frame]
     return report, run
+
+
+def _read_back(tmp, format, output):
+    """:func:`open_artefact` of the just-written ``tmp``, or a ValueError naming ``output`` if it does not load."""
+    try:
+        return open_artefact(tmp, format)
+    except Exception as exc:  # noqa: BLE001 (any failure to load means the artefact is unusable)
+        why = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
+        raise ValueError(f"{output}: the exported {format} model does not load back ({type(exc).__name__}: {why}); "
+                         f"nothing was written. Try another --format") from None
 
 
 def _tflite_bytes(model, quantize, calib) -> bytes:

@@ -108,6 +108,21 @@ def test_keras_export_matches_predict_and_loads_safely(models, name, tmp_path):
     _close(got, want, 1e-4, regression)
 
 
+def test_an_export_that_does_not_load_back_is_refused_and_keeps_the_old_file(models, tmp_path, monkeypatch):
+    # A KerasHub layer whose saved config its own constructor refuses was one such case (ViT, KerasHub 0.32).
+    out = tmp_path / "m.keras"
+    out.write_bytes(b"the export of yesterday")
+
+    def unreadable(path, format):
+        raise TypeError("Unrecognized keyword arguments passed to SomeLayer: {'num_patches': 196}")
+
+    monkeypatch.setattr(artefact, "open_artefact", unreadable)
+    with pytest.raises(ValueError, match=r"m\.keras: the exported keras model does not load back \(TypeError: "
+                                         r"Unrecognized keyword.*nothing was written"):
+        ex.export(models["dir"] / "logreg", out, overwrite=True)
+    assert out.read_bytes() == b"the export of yesterday" and os.listdir(tmp_path) == ["m.keras"]
+
+
 @pytest.mark.slow  # ~6 s per head: TFLite conversion (float16 stays default)
 @pytest.mark.parametrize("name", ["dense", "logreg", "svm", "specialists"])
 def test_tflite_float32_matches_predict(models, name, tmp_path):
