@@ -92,6 +92,7 @@ def test_class_folders_and_a_csv_with_an_image_root_from_s3(bucket, tmp_path, ca
     assert "source: the files changed" in caplog.text and "--overwrite" in caplog.text
 
 
+@pytest.mark.slow  # the same tars from a local folder stay in the default suite (tests/e2e/test_cli_datasets.py)
 def test_webdataset_shards_from_s3_by_brace_pattern(bucket, tmp_path, capsys):
     s3, name = bucket
     for path in write_shards(tmp_path / "shards", n_shards=2, per_shard=3):

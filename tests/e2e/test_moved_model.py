@@ -69,6 +69,7 @@ def test_weights_path_env_and_a_clear_error_when_missing(trained, tmp_path, caps
         os.rename(moved, trained)
 
 
+@pytest.mark.slow  # ~2 s; the moved model's own test stays in the default suite
 def test_export_dir_with_bundled_weights_is_self_contained(trained, tmp_path, capsys):
     """`bneck export --format dir --bundle-weights`: one folder to send; it predicts the same with nothing else."""
     before = _predict_json(capsys, trained / "model", trained / "data")

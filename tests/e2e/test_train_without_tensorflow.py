@@ -27,7 +27,7 @@ print(json.dumps({"rc": rc, "imported": sorted(m for m in ("tensorflow", "keras"
 @pytest.mark.parametrize("head,task,extra", [
     ("svm", "classification", ["--grid", "C=0.1,1", "--cv", "2"]),
     ("logreg", "classification", []),
-    ("specialists", "regression", []),
+    pytest.param("specialists", "regression", [], marks=pytest.mark.slow),  # a subprocess each: logreg is enough
 ])
 def test_sklearn_heads_train_without_importing_tensorflow(tmp_path, head, task, extra):
     write_feature_file(tmp_path / "f.h5", n=24, task=task, n_targets=4, store_dtype="float32")
@@ -53,7 +53,8 @@ def test_only_keras_heads_ask_for_tensorflow(argv, needs):
     assert args.cmd.needs_tensorflow(args) is needs
 
 
-@pytest.mark.parametrize("head,task", [("logreg", "classification"), ("specialists", "regression")])
+@pytest.mark.parametrize("head,task", [("logreg", "classification"),
+                                       pytest.param("specialists", "regression", marks=pytest.mark.slow)])
 def test_evaluate_and_report_score_sklearn_heads_without_tensorflow(tmp_path, head, task):
     from pipeline.train import train
 

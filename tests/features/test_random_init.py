@@ -16,7 +16,7 @@ from features.random_init import batchnorm_layers, calibration_count, synthetic_
 
 BN_SPECS = [s for s in backbones.REGISTRY.values() if s.batchnorm]
 # About a second each at 96 px; the other BatchNorm entries are `slow`.
-FAST = {"mobilenet", "mobilenetv2", "mobilenetv3small", "efficientnetb0"}
+FAST = {"mobilenet"}
 SIZE = 96
 
 

@@ -137,6 +137,7 @@ def test_partial_run_with_other_settings_is_refused(dataset, tmp_path, monkeypat
         extract(_cfg(data, out, pooling="avg", chunk_rows=4))
 
 
+@pytest.mark.slow  # ~3 s; tests/reliability/test_bad_inputs.py covers bad images in depth
 def test_too_many_bad_images_keeps_chunks(dataset, tmp_path):
     data, _ = dataset
     out = tmp_path / "f.h5"
@@ -201,6 +202,7 @@ def test_runtime_choice_errors():
         resolve_runtime("onnx")
 
 
+@pytest.mark.slow  # ~1.5 s of extraction for a signal detail
 def test_extract_gives_the_caller_its_sigterm_handler_back(tmp_path):
     import signal
 

@@ -42,6 +42,7 @@ def _save_legacy(model, path):
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
 
 
+@pytest.mark.slow  # builds the full classifier (~2 s); the Keras 3 weights file stays in the default suite
 def test_legacy_h5_by_name_ignores_the_top(tmp_path):
     # A full model with a classifier top: loading into the notop backbone must skip the top by name.
     import keras

@@ -46,6 +46,7 @@ def test_submit_keeps_two_batches_in_flight_in_order(model, batch):
     assert first.result()[1] is None
 
 
+@pytest.mark.slow  # a second graph (~2 s)
 def test_staging_on_an_explicit_device_gives_the_same_features(model, batch):
     plain = tf_runtime.Extractor(model, SPEC.preprocess_function, batch_size=8, device=None)
     staged = tf_runtime.Extractor(model, SPEC.preprocess_function, batch_size=8, device="/CPU:0")
@@ -93,6 +94,7 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(model, batch, monkeypat
     assert ex.compute_batch == 8
 
 
+@pytest.mark.slow  # an XLA compile (~2.5 s)
 def test_xla_compiled_features_match(model, batch):
     ex = tf_runtime.Extractor(model, SPEC.preprocess_function, batch_size=8, xla=True, device=None)
     for a, b in zip(ex(batch), _reference(model, batch)):

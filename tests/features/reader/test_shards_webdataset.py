@@ -79,7 +79,8 @@ def _same(single, merged):
         assert set(b.attrs) - set(a.attrs) <= {"merged_from", "virtual", "vds_sources", "note"}
 
 
-@pytest.mark.parametrize("copy", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow  # the shared tars fixture extracts the tars whole and in shards (~6 s)
+@pytest.mark.parametrize("copy", [False, True])
 def test_tar_shards_merge_into_the_single_run(tars, copy):
     root, data, full, parts = tars
     assert [p.rows for p in parts] == [0, 3, 3, 2]  # 3 tars over 4 shards: shard 0 gets none
@@ -98,6 +99,7 @@ def test_tar_shards_merge_into_the_single_run(tars, copy):
     assert merge([p.output for p in parts], out, copy=copy, progress=False)["skipped_existing"]
 
 
+@pytest.mark.slow  # the shared tars fixture extracts the tars whole and in shards (~6 s)
 def test_info_shows_the_tar_range(tars):
     _, _, full, parts = tars
     assert "shard 2/4 3 rows from tars [1, 2) of 3" in format_info(describe_file(parts[2].output))
@@ -119,6 +121,7 @@ def _set(path, **attrs):
             f.attrs[k] = v
 
 
+@pytest.mark.slow  # the shared tars fixture extracts the tars whole and in shards (~6 s)
 def test_gaps_overlaps_and_mixed_units_are_refused_naming_the_file(tars, tmp_path):
     s = _copies(tars, tmp_path)
     out = str(tmp_path / "o.h5")

@@ -202,6 +202,7 @@ def _layer(model, name):
     return model.get_layer(BACKBONE).get_layer(name)
 
 
+@pytest.mark.slow  # ~8 s; the unit tests around it (layers, BatchNorm, epochs, mirrors) stay in the default suite
 def test_finetune_end_to_end(stage2, tmp_path):
     out = str(tmp_path / "ft")
     meta = ft.finetune(stage2["model"], stage2["data"], out, unfreeze_last=3, epochs=2, batch_size=8, lr=1e-2)
@@ -331,6 +332,7 @@ def test_train_bn_updates_moving_statistics(stage2, tmp_path):
     np.testing.assert_array_equal(moving(model.get_layer(BACKBONE), "conv_pw_1_bn"), moving(start, "conv_pw_1_bn"))
 
 
+@pytest.mark.slow  # its fixture trains a model (~3 s); finetune's usage errors stay in test_cli_usage.py
 def test_finetune_refuses_bad_requests(stage2, tmp_path):
     with pytest.raises(ValueError, match="choose what to unfreeze"):
         ft.finetune(stage2["model"], stage2["data"], str(tmp_path / "x"))

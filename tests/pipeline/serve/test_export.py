@@ -89,7 +89,9 @@ def test_preprocess_layer_equals_preprocess_input(mode, backbone):
     np.testing.assert_allclose(np.asarray(model(x)), spec.preprocess_input(x.copy()), rtol=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["dense", "logreg", "svm", "specialists", "bin_logreg", "bin_dense"])
+@pytest.mark.parametrize("name", ["dense", "logreg", "svm", "specialists",
+                                  pytest.param("bin_logreg", marks=pytest.mark.slow),
+                                  pytest.param("bin_dense", marks=pytest.mark.slow)])
 def test_keras_export_matches_predict_and_loads_safely(models, name, tmp_path):
     out = tmp_path / "m.keras"
     report = ex.export(models["dir"] / name, out)
@@ -131,7 +133,8 @@ def test_tflite_float32_matches_predict(models, name, tmp_path):
     _close(_run(tmp_path / "m.tflite", "tflite", models["x"]), models["want"][name], 1e-3, name == "specialists")
 
 
-@pytest.mark.parametrize("name", ["logreg", pytest.param("specialists", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a TFLite conversion each (~4 s); the float32 and Keras exports stay in the default suite
+@pytest.mark.parametrize("name", ["logreg", "specialists"])
 def test_tflite_float16_within_1e_2(models, name, tmp_path):
     report = ex.export(models["dir"] / name, tmp_path / "h.tflite", format="tflite", quantize="float16")
     full = ex.export(models["dir"] / name, tmp_path / "f.tflite", format="tflite", check=False)
@@ -140,6 +143,7 @@ def test_tflite_float16_within_1e_2(models, name, tmp_path):
     _close(_run(tmp_path / "h.tflite", "tflite", models["x"]), models["want"][name], 1e-2, name == "specialists")
 
 
+@pytest.mark.slow  # int8 calibration and conversion
 def test_tflite_int8_runs_on_images_found_under_source_root(models, tmp_path):
     report = ex.export(models["dir"] / "logreg", tmp_path / "q.tflite", format="tflite", quantize="int8",
                        n_representative=10)
@@ -157,6 +161,7 @@ def test_int8_without_images_is_a_clear_error(models, tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow  # a SavedModel export and load (~3 s); the Keras export stays in the default suite
 def test_savedmodel_serves_the_same_scores_and_replaces_only_a_savedmodel(models, tmp_path):
     out = tmp_path / "sm"
     for again in (False, True):  # the second export replaces the first, when asked to
