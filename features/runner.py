@@ -19,7 +19,6 @@ from features import FORMAT_VERSION, backbones, images, keypoints
 from features.config import ExtractConfig, ExtractSummary, TooManyBadImages, shard_output
 from features.faults import fault_point
 from features.mapper import batches, int8
-from features.mapper.batches import LostRows
 from features.mapper.runtimes import make_extractor, resolve_runtime, resolve_xla
 from features.reader.fs import absolute
 from features.reader.manifest import Manifest, parse_shard
@@ -173,7 +172,7 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
     bar = _progress(cfg, total_rows, done_rows, os.path.basename(pstore.out_path))
     writer = ChunkWriter(pstore)
     stop_flag = install_signal_handlers()
-    computed, lost = 0, LostRows()
+    computed, lost = 0, batches.LostRows()
     # The decode threads mirror each image too (in C) for extractors that take the mirrored
     # batch, instead of the main thread copying a whole batch while the model waits for it.
     mirror = cfg.flip and getattr(extractor, "takes_mirrored", False)
@@ -241,10 +240,10 @@ def _run_chunks(cfg, manifest: Manifest, start: int, pstore, extractor, input_si
             restore_signal_handlers(stop_flag)
     writer.close(wait=True)
     bar.close()
-    if lost.warning():
-        log.warning("%s", lost.warning())
+    warning = lost.warning()
+    if warning:
+        log.warning("%s", warning)
     return computed, writer.bytes_written
-
 
 
 def _progress(cfg, total, initial, name):

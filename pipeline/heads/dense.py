@@ -94,6 +94,8 @@ def check_keras_file(path, trusted_packages: dict[str, tuple[str, ...]] | None =
             _refuse(path, f"config.json is not readable JSON ({type(exc).__name__})")
     if isinstance(config, dict):  # compile=False: the compile config (optimizer, loss) is never deserialised
         config = {k: v for k, v in config.items() if k != "compile_config"}
+    trusted = trusted_packages or {}
+    modules = ("keras.", *(p for prefixes in trusted.values() for p in prefixes))  # beside "keras" itself
     stack = [config]
     while stack:  # iterative: a deeply nested config cannot exhaust the stack here
         node = stack.pop()
@@ -104,15 +106,13 @@ def check_keras_file(path, trusted_packages: dict[str, tuple[str, ...]] | None =
             if cls in _CODE_LAYERS:
                 _refuse(path, f"config.json holds a {cls} layer, which can run code or load files "
                               "(arbitrary code execution); bneck networks use built-in layers only")
-            prefixes = tuple(p for ps in (trusted_packages or {}).values() for p in ps)
-            keras_module = isinstance(module, str) and (module == "keras" or module.startswith("keras.")
-                                                        or (bool(prefixes) and module.startswith(prefixes)))
+            keras_module = isinstance(module, str) and (module == "keras" or module.startswith(modules))
             if module is not None and not keras_module:
                 _refuse(path, f"config.json names {module}.{cls}, which is not a Keras built-in "
                               "(a module or function outside Keras could run arbitrary code)")
             registered = node.get("registered_name")
             if isinstance(registered, str) and ">" in registered and \
-                    registered.split(">", 1)[0] not in (trusted_packages or {}):  # "package>Name": custom
+                    registered.split(">", 1)[0] not in trusted:  # "package>Name": custom
                 _refuse(path, f"config.json names the custom object {registered!r}; bneck networks use built-ins only")
             stack.extend(node.values())
 

@@ -16,9 +16,9 @@ import warnings
 import numpy as np
 
 from features.fsutil import atomic_path, expand_paths, replace_dir, temp_beside, walk_files
+from features.reader.sources import IMAGE_SUFFIXES
 
 FORMATS = ("keras", "savedmodel", "tflite")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def check_target(output, format: str, quantize, *, overwrite: bool = False, any_size: bool = False) -> str:
